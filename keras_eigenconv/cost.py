@@ -1,0 +1,174 @@
+"""Parameter and MAC counting for layers and whole models.
+
+A MAC is one multiply-accumulate of a convolution or matrix product. Bias additions,
+activations, BatchNorm and other element-wise work are not counted (the usual convention of
+papers that report "FLOPs" as MACs). ``params`` are trainable weights; ``fixed_params`` are
+stored, non-trainable ones (a frozen basis, BatchNorm moving statistics).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import keras
+
+__all__ = ["Cost", "ModelCost", "conv_output_length", "layer_cost", "model_cost"]
+
+
+@dataclass(frozen=True)
+class Cost:
+    """Cost of one layer (or a sum of layers)."""
+
+    params: int = 0
+    fixed_params: int = 0
+    macs: int = 0
+
+    @property
+    def total_params(self) -> int:
+        return self.params + self.fixed_params
+
+    def __add__(self, other: Cost) -> Cost:
+        return Cost(
+            self.params + other.params,
+            self.fixed_params + other.fixed_params,
+            self.macs + other.macs,
+        )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def conv_output_length(length, kernel, stride, padding, dilation):
+    """Output length of one spatial axis (``None`` stays ``None``), as Keras computes it."""
+    if length is None:
+        return None
+    if padding == "same":
+        return int(math.ceil(length / stride))
+    effective = (kernel - 1) * dilation + 1
+    return max(0, (length - effective) // stride + 1)
+
+
+def _weight_counts(layer) -> tuple[int, int]:
+    trainable = sum(math.prod(w.shape) for w in layer.trainable_weights)
+    fixed = sum(math.prod(w.shape) for w in layer.non_trainable_weights)
+    return int(trainable), int(fixed)
+
+
+def _pixels(shape) -> int:
+    dims = tuple(shape[1:-1])
+    if any(d is None for d in dims):
+        raise ValueError(
+            f"Cannot count MACs for spatial shape {dims}: give the model a fixed input size "
+            "(for example keras.Input((224, 224, 3)))."
+        )
+    return int(math.prod(dims))
+
+
+def layer_cost(layer, input_shape) -> Cost:
+    """Cost of one call of ``layer`` on inputs of ``input_shape`` (batch axis included).
+
+    Handles this package's layers (through their ``cost`` method), ``Conv1D/2D/3D``,
+    ``DepthwiseConv1D/2D``, ``SeparableConv1D/2D``, ``Conv2DTranspose`` and ``Dense``; other
+    layers count their weights and no MACs.
+    """
+    if hasattr(layer, "cost") and callable(layer.cost):
+        return layer.cost(input_shape)
+    params, fixed = _weight_counts(layer)
+    macs = 0
+    L = keras.layers
+    if isinstance(layer, L.Dense):
+        lead = input_shape[1:-1]
+        rows = math.prod(d for d in lead if d is not None) if lead else 1
+        macs = rows * int(input_shape[-1]) * layer.units
+    elif isinstance(layer, (L.SeparableConv1D, L.SeparableConv2D)):
+        out = layer.compute_output_shape(input_shape)
+        c = int(input_shape[-1])
+        k = math.prod(layer.kernel_size)
+        mid = c * layer.depth_multiplier
+        macs = _pixels(out) * (k * mid + mid * layer.filters)
+    elif isinstance(layer, (L.DepthwiseConv1D, L.DepthwiseConv2D)):
+        out = layer.compute_output_shape(input_shape)
+        c = int(input_shape[-1])
+        macs = _pixels(out) * math.prod(layer.kernel_size) * c * layer.depth_multiplier
+    elif isinstance(layer, (L.Conv2DTranspose, L.Conv1DTranspose, L.Conv3DTranspose)):
+        c = int(input_shape[-1])
+        macs = _pixels(input_shape) * math.prod(layer.kernel_size) * c * layer.filters
+    elif isinstance(layer, (L.Conv1D, L.Conv2D, L.Conv3D)):
+        out = layer.compute_output_shape(input_shape)
+        c = int(input_shape[-1]) // layer.groups
+        macs = _pixels(out) * math.prod(layer.kernel_size) * c * layer.filters
+    return Cost(params, fixed, int(macs))
+
+
+@dataclass
+class ModelCost:
+    """Per-layer costs of a model: ``rows`` of dicts and the ``total``."""
+
+    rows: list[dict] = field(default_factory=list)
+    total: Cost = field(default_factory=Cost)
+
+    def to_dict(self) -> dict:
+        return {"layers": list(self.rows), "total": self.total.to_dict()}
+
+    def to_markdown(self) -> str:
+        lines = [
+            "| layer | type | params | fixed params | MACs |",
+            "|---|---|---:|---:|---:|",
+        ]
+        for r in self.rows:
+            lines.append(
+                f"| {r['name']} | {r['type']} | {r['params']:,} | {r['fixed_params']:,} "
+                f"| {r['macs']:,} |"
+            )
+        t = self.total
+        lines.append(f"| **total** | | {t.params:,} | {t.fixed_params:,} | {t.macs:,} |")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        width = max([len(r["name"]) for r in self.rows] + [5])
+        out = [f"{'layer':<{width}}  {'type':<20} {'params':>12} {'fixed':>10} {'MACs':>15}"]
+        for r in self.rows:
+            out.append(
+                f"{r['name']:<{width}}  {r['type']:<20} {r['params']:>12,} "
+                f"{r['fixed_params']:>10,} {r['macs']:>15,}"
+            )
+        t = self.total
+        out.append(
+            f"{'total':<{width}}  {'':<20} {t.params:>12,} {t.fixed_params:>10,} {t.macs:>15,}"
+        )
+        return "\n".join(out)
+
+
+def _call_input_shapes(layer) -> list:
+    shapes = []
+    for node in getattr(layer, "_inbound_nodes", []):
+        tensors = node.input_tensors
+        if tensors:
+            shapes.append(tuple(tensors[0].shape))
+    return shapes
+
+
+def model_cost(model, prefix: str = "") -> ModelCost:
+    """Count parameters and MACs of every layer of a built model, nested models included.
+
+    A layer called several times (shared) has its weights counted once and its MACs once per
+    call. Layers of nested models are listed as ``outer/inner``.
+    """
+    result = ModelCost()
+    for layer in model.layers:
+        name = prefix + layer.name
+        if isinstance(layer, keras.Model):
+            sub = model_cost(layer, prefix=name + "/")
+            result.rows.extend(sub.rows)
+            result.total = result.total + sub.total
+            continue
+        shapes = _call_input_shapes(layer)
+        total = Cost(*_weight_counts(layer), 0)
+        for i, shape in enumerate(shapes):
+            c = layer_cost(layer, shape)
+            total = Cost(c.params, c.fixed_params, total.macs + c.macs) if i else c
+        row = {"name": name, "type": type(layer).__name__, **total.to_dict()}
+        result.rows.append(row)
+        result.total = result.total + total
+    return result

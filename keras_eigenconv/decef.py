@@ -1,0 +1,79 @@
+"""DeCEF: depthwise convolutional eigen-filters (Yu et al., arXiv 1910.09359).
+
+For input channel ``c`` the ``N`` filters ``W[:, :, c, n]`` are combinations of ``r``
+eigen-filters: ``W[:, :, c, n] = sum_j A[c*r + j, n] E[:, :, c, j]``. The layer is a
+depthwise conv with depth multiplier ``r`` (kernel ``E (kh, kw, C, r)``) then a 1x1 conv
+(``A (1, 1, C*r, N)``), no activation between. Weights ``kh*kw*C*r + C*r*N``; MACs per
+output pixel ``C*r*(kh*kw + N)``; it saves compute only when ``r < kh*kw*N / (kh*kw + N)``.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+from . import decompositions as dec
+from ._base import FactorizedConv2D
+
+
+@keras.saving.register_keras_serializable(package="keras_eigenconv")
+class DeCEFConv2D(FactorizedConv2D):
+    """Low-rank ``Conv2D`` with ``rank`` eigen-filters per input channel.
+
+    Args: those of ``keras.layers.Conv2D`` (channels-last, no groups) plus ``rank`` (``r``,
+    at most ``min(kh*kw, filters)``) and ``implementation``. Depthwise convs with a depth
+    multiplier above 1 run several times slower per MAC than dense convs on CPU runtimes,
+    so ``implementation="auto"`` uses the factorized form only when ``r`` is small enough to
+    win anyway and otherwise rebuilds the kernel and runs one conv (same output).
+
+    ``from_conv2d``: per-channel SVD of ``W[:, :, c, :].reshape(kh*kw, N)``; exact at full
+    rank. ``energy`` is pooled over channels: the share of the whole kernel's squared norm
+    kept (the paper does not define its effective-rank rule; this one equals
+    ``1 - relative_error**2``).
+    """
+
+    _scale_factor = "combination"
+
+    def max_rank(self, in_channels: int) -> int:
+        kh, kw = self.kernel_size
+        return min(kh * kw, self.filters)
+
+    def factor_shapes(self, in_channels: int) -> dict:
+        kh, kw = self.kernel_size
+        r = self.rank
+        return {
+            "eigen_filters": (kh, kw, in_channels, r),
+            "combination": (1, 1, in_channels * r, self.filters),
+        }
+
+    def kernel_from_factors(self, factors):
+        e = factors["eigen_filters"]
+        c, r = e.shape[2], e.shape[3]
+        a = ops.reshape(factors["combination"], (c, r, self.filters))
+        return ops.einsum("hwcj,cjn->hwcn", e, a)
+
+    def factorized_call(self, inputs, training=None):
+        y = ops.depthwise_conv(
+            inputs,
+            self.eigen_filters,
+            strides=self.strides,
+            padding=self.padding,
+            data_format="channels_last",
+            dilation_rate=self.dilation_rate,
+        )
+        return ops.conv(y, self.combination, padding="valid", data_format="channels_last")
+
+    def op_macs(self, input_shape):
+        h, w = self.out_hw(input_shape)
+        c, r = int(input_shape[-1]), self.rank
+        kh, kw = self.kernel_size
+        return [("depthwise", h * w * kh * kw * c * r), ("pointwise", h * w * c * r * self.filters)]
+
+    @classmethod
+    def spectrum(cls, kernel, **options):
+        return dec.decef_spectrum(kernel)
+
+    @classmethod
+    def decompose(cls, kernel, rank, **options):
+        e, a = dec.decef_factors(kernel, rank)
+        return {"eigen_filters": e, "combination": a}

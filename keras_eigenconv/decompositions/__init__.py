@@ -1,0 +1,16 @@
+"""Every decomposition of the package, in one place (NumPy, float64).
+
+Layers call these from ``from_conv2d``/``from_dense``; surgery and analysis call them to
+choose ranks. One module per family of maths:
+
+- ``matrix``: DeCEF, BasisConv and SVD factorizations, energy and entropy ranks.
+
+Conventions: a ``Conv2D`` kernel has the Keras layout ``(kh, kw, C, N)``. A ``*_spectrum``
+function returns the energies (squared singular values, descending) that each extra rank
+keeps, so ``sum(spectrum[:r]) / sum(spectrum) = 1 - relative_error(r) ** 2``.
+"""
+
+from .matrix import *  # noqa: F401,F403
+from .matrix import __all__ as _matrix_all
+
+__all__ = list(_matrix_all)

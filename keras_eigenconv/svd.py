@@ -1,0 +1,146 @@
+"""SVD conv with trainable factors and singular values (Sharma et al., arXiv 2401.08014).
+
+``decomposition="channel"``: ``W.reshape(kh*kw*C, N) = U diag(s) V^T``, run as a
+``kh x kw`` conv ``C -> R`` (``U``) then a 1x1 conv ``R -> N`` (``diag(s) V^T``). MACs per
+output pixel ``R*(kh*kw*C + N)``.
+
+``decomposition="spatial"``: the ``(kh*C) x (kw*N)`` unfolding ``= U diag(s) V^T``, run as
+a ``kh x 1`` conv ``C -> R`` then a ``1 x kw`` conv ``R -> N`` (Jaderberg et al. 2014);
+strides, dilation and padding split per axis, so it is exact for all of them.
+
+The singular values are their own weight (``singular_values``), so rank-pruning
+regularizers (``singular_value_regularizer``, the ``training`` module) act on them alone.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+from . import decompositions as dec
+from ._base import FactorizedConv2D
+
+DECOMPOSITIONS = ("channel", "spatial")
+
+
+@keras.saving.register_keras_serializable(package="keras_eigenconv")
+class SVDConv2D(FactorizedConv2D):
+    """``Conv2D`` as trainable SVD factors ``left_vectors``, ``singular_values``,
+    ``right_vectors`` of rank ``rank``.
+
+    Args: those of ``keras.layers.Conv2D`` plus ``rank`` (``R``), ``decomposition``
+    (``"channel"`` or ``"spatial"``), ``singular_value_regularizer`` and ``implementation``.
+    ``kernel_regularizer``/``kernel_constraint`` apply to the singular vectors. From scratch
+    the factors are the truncated SVD of a kernel drawn from ``kernel_initializer`` (so the
+    vectors start orthonormal), rescaled to keep its norm.
+    """
+
+    _scale_factor = "singular_values"
+
+    def __init__(
+        self,
+        filters,
+        kernel_size,
+        rank,
+        decomposition="channel",
+        singular_value_regularizer=None,
+        **kwargs,
+    ):
+        super().__init__(filters, kernel_size, rank, **kwargs)
+        if decomposition not in DECOMPOSITIONS:
+            raise ValueError(
+                f"{self._who}: decomposition must be one of {DECOMPOSITIONS}, got "
+                f"{decomposition!r}."
+            )
+        self.decomposition = decomposition
+        self.singular_value_regularizer = keras.regularizers.get(singular_value_regularizer)
+
+    @classmethod
+    def method_options(cls, **kwargs):
+        decomposition = kwargs.get("decomposition", "channel")
+        if decomposition not in DECOMPOSITIONS:
+            raise ValueError(
+                f"SVDConv2D: decomposition must be one of {DECOMPOSITIONS}, got {decomposition!r}."
+            )
+        return {"decomposition": decomposition}
+
+    def max_rank(self, in_channels: int) -> int:
+        kh, kw = self.kernel_size
+        if self.decomposition == "spatial":
+            return min(kh * in_channels, kw * self.filters)
+        return min(kh * kw * in_channels, self.filters)
+
+    def factor_shapes(self, in_channels: int) -> dict:
+        kh, kw = self.kernel_size
+        r, n = self.rank, self.filters
+        if self.decomposition == "spatial":
+            return {
+                "left_vectors": (kh, 1, in_channels, r),
+                "singular_values": (r,),
+                "right_vectors": (1, kw, r, n),
+            }
+        return {
+            "left_vectors": (kh, kw, in_channels, r),
+            "singular_values": (r,),
+            "right_vectors": (1, 1, r, n),
+        }
+
+    def _factor_regularizer(self, name):
+        if name == "singular_values":
+            return self.singular_value_regularizer
+        return self.kernel_regularizer
+
+    def _factor_constraint(self, name):
+        return None if name == "singular_values" else self.kernel_constraint
+
+    def kernel_from_factors(self, factors):
+        u, s, v = factors["left_vectors"], factors["singular_values"], factors["right_vectors"]
+        if self.decomposition == "spatial":
+            return ops.einsum("hcr,r,wrn->hwcn", u[:, 0], s, v[0])
+        return ops.einsum("hwcr,r,rn->hwcn", u, s, v[0, 0])
+
+    def factorized_call(self, inputs, training=None):
+        (sh, sw), (dh, dw) = self.strides, self.dilation_rate
+        # diag(s) folded into the smaller second factor
+        v = ops.multiply(self.right_vectors, ops.reshape(self.singular_values, (1, 1, -1, 1)))
+        if self.decomposition == "spatial":
+            y = self._conv(inputs, self.left_vectors, strides=(sh, 1), dilation_rate=(dh, 1))
+            return self._conv(y, v, strides=(1, sw), dilation_rate=(1, dw))
+        y = self._conv(inputs, self.left_vectors)
+        return ops.conv(y, v, padding="valid", data_format="channels_last")
+
+    def op_macs(self, input_shape):
+        h, w = self.out_hw(input_shape)
+        c, r, n = int(input_shape[-1]), self.rank, self.filters
+        kh, kw = self.kernel_size
+        if self.decomposition == "spatial":
+            # the kh x 1 stage runs at output height but input width
+            from .cost import conv_output_length
+
+            w1 = conv_output_length(int(input_shape[2]), 1, 1, self.padding, 1)
+            return [("conv", h * w1 * kh * c * r), ("conv", h * w * kw * r * n)]
+        return [("conv", h * w * kh * kw * c * r), ("pointwise", h * w * r * n)]
+
+    @classmethod
+    def spectrum(cls, kernel, decomposition="channel", **options):
+        if decomposition == "spatial":
+            return dec.svd_spatial_spectrum(kernel)
+        return dec.svd_channel_spectrum(kernel)
+
+    @classmethod
+    def decompose(cls, kernel, rank, decomposition="channel", **options):
+        fn = dec.svd_spatial_factors if decomposition == "spatial" else dec.svd_channel_factors
+        u, s, v = fn(kernel, rank)
+        return {"left_vectors": u, "singular_values": s, "right_vectors": v}
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "decomposition": self.decomposition,
+                "singular_value_regularizer": keras.saving.serialize_keras_object(
+                    self.singular_value_regularizer
+                ),
+            }
+        )
+        return config

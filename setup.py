@@ -1,0 +1,45 @@
+from setuptools import find_packages, setup
+
+with open("README.md", encoding="utf-8") as f:
+    long_description = f.read()
+
+extras = {
+    "tflite": ["ai-edge-litert>=2.0"],
+    "data": ["tensorflow-datasets>=4.9"],
+    "plot": ["matplotlib>=3.7"],
+    "tensor": ["tensorly>=0.8"],
+}
+extras["dev"] = sorted(
+    set(
+        extras["tflite"]
+        + extras["data"]
+        + extras["plot"]
+        + extras["tensor"]
+        + [
+            "pytest>=7",
+            "pytest-xdist>=3",
+            "hypothesis>=6",
+            "scikit-learn>=1.3",
+            "ruff>=0.5",
+            "pillow>=9",
+        ]
+    )
+)
+
+setup(
+    name="keras-eigenconv",
+    version="0.1.0",
+    description="Low-rank and structured replacements for Keras Conv2D/Dense layers: "
+    "smaller, faster CNNs, exported to LiteRT.",
+    long_description=long_description,
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["keras_eigenconv", "keras_eigenconv.*"]),
+    python_requires=">=3.10",
+    install_requires=["tensorflow>=2.16", "keras>=3.0", "numpy>=1.23"],
+    extras_require=extras,
+    entry_points={"console_scripts": ["keras-eigenconv=keras_eigenconv.cli:main"]},
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)
