@@ -142,6 +142,50 @@ class BasisConv2D(FactorizedConv2D):
         kernel = np.einsum("hwcm,mn->hwcn", basis, comb)
         return kernel.astype(np.float32), None if bias is None else np.asarray(bias, np.float32)
 
+    def inference_layers(self) -> list[keras.layers.Layer]:
+        """The equivalent built plain-Keras layers (inference): a ``Conv2D`` ``C -> M``
+        (the basis, BatchNorm folded in: ``F * s``, bias ``beta - mean * s`` with
+        ``s = gamma / sqrt(var + eps)``) then a 1x1 ``Conv2D`` ``M -> N`` (bias, activation)."""
+        if not self.built:
+            raise ValueError(f"{self._who}.inference_layers: build the layer first.")
+        basis = ops.convert_to_numpy(self.basis).astype(np.float64)
+        shift = None
+        if self.bn is not None:
+            bn = self.bn
+            gamma = ops.convert_to_numpy(bn.gamma) if bn.scale else 1.0
+            beta = ops.convert_to_numpy(bn.beta) if bn.center else 0.0
+            var = ops.convert_to_numpy(bn.moving_variance).astype(np.float64)
+            scale = np.asarray(gamma, np.float64) / np.sqrt(var + bn.epsilon)
+            shift = np.asarray(beta, np.float64) - ops.convert_to_numpy(bn.moving_mean) * scale
+            basis = basis * scale
+        first = keras.layers.Conv2D(
+            self.rank,
+            self.kernel_size,
+            strides=self.strides,
+            padding=self.padding,
+            dilation_rate=self.dilation_rate,
+            use_bias=shift is not None,
+            name=f"{self.name}_basis",
+            dtype=self.dtype_policy,
+        )
+        first.build((None, None, None, basis.shape[2]))
+        first.kernel.assign(basis.astype(np.float32))
+        if shift is not None:
+            first.bias.assign(shift.astype(np.float32))
+        second = keras.layers.Conv2D(
+            self.filters,
+            1,
+            activation=self.activation,
+            use_bias=self.use_bias,
+            name=f"{self.name}_combination",
+            dtype=self.dtype_policy,
+        )
+        second.build((None, None, None, self.rank))
+        second.kernel.assign(ops.convert_to_numpy(self.combination))
+        if self.use_bias:
+            second.bias.assign(ops.convert_to_numpy(self.bias))
+        return [first, second]
+
     def get_config(self):
         config = super().get_config()
         config.update({"trainable_basis": self.trainable_basis, "batch_norm": self.batch_norm})

@@ -77,3 +77,35 @@ class DeCEFConv2D(FactorizedConv2D):
     def decompose(cls, kernel, rank, **options):
         e, a = dec.decef_factors(kernel, rank)
         return {"eigen_filters": e, "combination": a}
+
+    def inference_layers(self) -> list[keras.layers.Layer]:
+        """The equivalent built plain-Keras layers (inference): ``DepthwiseConv2D`` with
+        ``depth_multiplier=r`` (kernel ``E``), then a 1x1 ``Conv2D`` (``A``, bias, activation)."""
+        if not self.built:
+            raise ValueError(f"{self._who}.inference_layers: build the layer first.")
+        c = int(self.eigen_filters.shape[2])
+        dw = keras.layers.DepthwiseConv2D(
+            self.kernel_size,
+            strides=self.strides,
+            padding=self.padding,
+            depth_multiplier=self.rank,
+            dilation_rate=self.dilation_rate,
+            use_bias=False,
+            name=f"{self.name}_depthwise",
+            dtype=self.dtype_policy,
+        )
+        dw.build((None, None, None, c))
+        dw.kernel.assign(ops.convert_to_numpy(self.eigen_filters))
+        pw = keras.layers.Conv2D(
+            self.filters,
+            1,
+            activation=self.activation,
+            use_bias=self.use_bias,
+            name=f"{self.name}_pointwise",
+            dtype=self.dtype_policy,
+        )
+        pw.build((None, None, None, c * self.rank))
+        pw.kernel.assign(ops.convert_to_numpy(self.combination))
+        if self.use_bias:
+            pw.bias.assign(ops.convert_to_numpy(self.bias))
+        return [dw, pw]

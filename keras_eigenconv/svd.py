@@ -133,6 +133,48 @@ class SVDConv2D(FactorizedConv2D):
         u, s, v = fn(kernel, rank)
         return {"left_vectors": u, "singular_values": s, "right_vectors": v}
 
+    def inference_layers(self) -> list[keras.layers.Layer]:
+        """The equivalent built plain-Keras layers (inference): a ``Conv2D`` ``C -> R``
+        (``U``; ``kh x kw``, or ``kh x 1`` for ``"spatial"``) then a ``Conv2D`` ``R -> N``
+        (``diag(s) V^T``; 1x1, or ``1 x kw``) holding the bias and activation."""
+        if not self.built:
+            raise ValueError(f"{self._who}.inference_layers: build the layer first.")
+        (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.strides, self.dilation_rate
+        u = ops.convert_to_numpy(self.left_vectors)
+        v = ops.convert_to_numpy(self.right_vectors) * ops.convert_to_numpy(
+            self.singular_values
+        ).reshape(1, 1, -1, 1)
+        if self.decomposition == "spatial":
+            first = dict(kernel_size=(kh, 1), strides=(sh, 1), dilation_rate=(dh, 1))
+            second = dict(kernel_size=(1, kw), strides=(1, sw), dilation_rate=(1, dw))
+            second["padding"] = self.padding
+        else:
+            first = dict(kernel_size=(kh, kw), strides=(sh, sw), dilation_rate=(dh, dw))
+            second = dict(kernel_size=(1, 1), padding="valid")
+        a = keras.layers.Conv2D(
+            self.rank,
+            padding=self.padding,
+            use_bias=False,
+            name=f"{self.name}_left",
+            dtype=self.dtype_policy,
+            **first,
+        )
+        a.build((None, None, None, u.shape[2]))
+        a.kernel.assign(u)
+        b = keras.layers.Conv2D(
+            self.filters,
+            activation=self.activation,
+            use_bias=self.use_bias,
+            name=f"{self.name}_right",
+            dtype=self.dtype_policy,
+            **second,
+        )
+        b.build((None, None, None, self.rank))
+        b.kernel.assign(v)
+        if self.use_bias:
+            b.bias.assign(ops.convert_to_numpy(self.bias))
+        return [a, b]
+
     def get_config(self):
         config = super().get_config()
         config.update(
