@@ -1,0 +1,578 @@
+"""SSConv2D: structured sparse convolution that runs as dense grouped ops (METHODS.md section 5).
+
+The kernel ``W (kh, kw, C, N)`` follows a fixed, cyclically shifted block pattern
+(``decompositions.structured``): with ``G`` groups, filter group ``g`` reaches channel groups
+``g, ..., g+a-1 (mod G)`` with full ``kh x kw`` kernels (``a = kernel_span``), the next
+``b = pointwise_span`` channel groups with ``1 x 1`` kernels, and nothing else. It runs as
+
+    y = take(conv_G(take(x, kxk_index), kernel) + conv1x1_G(take(window(x), pw_index),
+             pointwise_kernel), inverse filter order) + bias
+
+a grouped ``kh x kw`` conv and a grouped 1x1 conv over fixed channel gathers (built-in
+``GATHER`` + ``CONV_2D`` in LiteRT), never a masked dense kernel. Weights
+``kh*kw*a*Cg*N + b*Cg*N`` (``Cg = C/G``), MACs per output pixel the same number.
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import numpy as np
+from keras import ops
+
+from . import decompositions as dec
+from ._base import IMPLEMENTATIONS, _tuple2, check_conv2d
+from .cost import Cost, conv_output_length
+
+__all__ = ["SSConv2D", "set_ssc_implementation"]
+
+# "auto" runs the grouped ops when their MACs are below this share of the dense conv's.
+AUTO_FACTORIZED_THRESHOLD = 0.9
+
+
+def _is_identity(index: np.ndarray) -> bool:
+    return bool(np.array_equal(index, np.arange(index.size)))
+
+
+def _with_seed(initializer, seed):
+    """A copy of ``initializer`` seeded with ``seed`` (when it takes a seed and has none)."""
+    if seed is None:
+        return initializer
+    config = initializer.get_config()
+    if "seed" not in config or config["seed"] is not None:
+        return initializer
+    return type(initializer).from_config({**config, "seed": seed})
+
+
+@keras.saving.register_keras_serializable(package="keras_eigenconv")
+class SSConv2D(keras.layers.Layer):
+    """Structured sparse ``Conv2D``: grouped ``kh x kw`` + grouped 1x1 over a fixed pattern.
+
+    Args: those of ``keras.layers.Conv2D`` (channels-last) plus
+
+    - ``groups`` (``G``, divides ``C`` and ``filters``): number of channel/filter groups;
+    - ``kernel_span`` (``a``, default 1): channel groups each filter reaches with full
+      ``kh x kw`` kernels (``rank`` is an alias, for the uniform ``from_conv2d(rank=)`` API);
+    - ``pointwise_span`` (``b``, default 0): the next channel groups, reached with ``1 x 1``
+      kernels (the tap ``((kh-1)//2, (kw-1)//2)``, the centre for odd sizes); ``a + b <= G``;
+    - ``layout``: ``"contiguous"`` (groups are runs of channels, as ``Conv2D(groups=)``) or
+      ``"interleaved"`` (group = index mod ``G``, HetConv's one-channel shift per filter);
+    - ``shift``: cyclic shift of the channel index before grouping, in ``[0, C)``;
+    - ``implementation``: ``"factorized"`` runs the grouped ops (what a LiteRT export runs);
+      ``"dense"`` scatters the weights into the ``(kh, kw, C, N)`` kernel and runs one conv
+      (same output and weights; faster for TensorFlow CPU training, where grouped convs are
+      slow); ``"auto"`` = factorized when its MACs are below 0.9 of the dense conv's.
+
+    Configurations: ``G=1`` dense conv; ``a=1, b=0`` ``Conv2D(groups=G)``; ``G=C=N``
+    depthwise (``G=C, N=M*C``: depth multiplier ``M``); ``a=0`` (grouped) pointwise;
+    ``G=P, a=1, b=P-1, layout="interleaved"`` HetConv-``P``. Each part is initialized by
+    ``kernel_initializer`` on its compact shape (the fan-in Keras uses for a grouped conv).
+    """
+
+    def __init__(
+        self,
+        filters: int,
+        kernel_size,
+        groups: int = 1,
+        kernel_span: int | None = None,
+        pointwise_span: int = 0,
+        layout: str = "contiguous",
+        shift: int = 0,
+        strides=(1, 1),
+        padding: str = "valid",
+        data_format: str | None = None,
+        dilation_rate=(1, 1),
+        activation=None,
+        use_bias: bool = True,
+        implementation: str = "auto",
+        kernel_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        kernel_regularizer=None,
+        bias_regularizer=None,
+        activity_regularizer=None,
+        kernel_constraint=None,
+        bias_constraint=None,
+        seed: int | None = None,
+        rank: int | None = None,
+        **kwargs,
+    ):
+        super().__init__(activity_regularizer=activity_regularizer, **kwargs)
+        who = self._who
+        if isinstance(filters, bool) or not isinstance(filters, (int, np.integer)) or filters < 1:
+            raise ValueError(f"{who}: filters must be a positive int, got {filters!r}.")
+        self.filters = int(filters)
+        self.kernel_size = _tuple2(kernel_size, "kernel_size", who)
+        self.strides = _tuple2(strides, "strides", who)
+        self.dilation_rate = _tuple2(dilation_rate, "dilation_rate", who)
+        if max(self.strides) > 1 and max(self.dilation_rate) > 1:
+            raise ValueError(
+                f"{who}: strides > 1 together with dilation_rate > 1 is not supported "
+                "(as in keras.layers.Conv2D)."
+            )
+        padding = str(padding).lower()
+        if padding not in ("valid", "same"):
+            raise ValueError(f"{who}: padding must be 'valid' or 'same', got {padding!r}.")
+        self.padding = padding
+        data_format = data_format or keras.config.image_data_format()
+        if data_format != "channels_last":
+            raise ValueError(
+                f"{who}: data_format={data_format!r} is not supported; use 'channels_last'."
+            )
+        self.data_format = "channels_last"
+        if rank is not None and kernel_span is not None and rank != kernel_span:
+            raise ValueError(f"{who}: rank is an alias of kernel_span; pass one of them, not both.")
+        kernel_span = rank if kernel_span is None else kernel_span
+        self.groups = groups
+        self.kernel_span = 1 if kernel_span is None else kernel_span
+        self.pointwise_span = pointwise_span
+        self.layout = layout
+        self.shift = shift
+        # Validate what does not depend on the input channels now (filters stand in for C).
+        self._pattern_for(self.filters, shift=0)
+        if implementation not in IMPLEMENTATIONS:
+            raise ValueError(
+                f"{who}: implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}."
+            )
+        self.implementation = implementation
+        self.activation = keras.activations.get(activation)
+        self.use_bias = bool(use_bias)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
+        self.bias_regularizer = keras.regularizers.get(bias_regularizer)
+        self.kernel_constraint = keras.constraints.get(kernel_constraint)
+        self.bias_constraint = keras.constraints.get(bias_constraint)
+        self.seed = seed
+        self.input_spec = keras.layers.InputSpec(ndim=4)
+        self.pattern: dec.SSCPattern | None = None
+        self._resolved_implementation: str | None = None
+
+    @property
+    def _who(self) -> str:
+        return f"SSConv2D '{self.name}'"
+
+    @property
+    def rank(self) -> int:
+        """Alias of ``kernel_span`` (the width of the ``k x k`` block band)."""
+        return self.kernel_span
+
+    def _pattern_for(self, in_channels: int, shift=None) -> dec.SSCPattern:
+        try:
+            return dec.SSCPattern(
+                int(in_channels),
+                self.filters,
+                self.kernel_size,
+                self.groups,
+                self.kernel_span,
+                self.pointwise_span,
+                self.layout,
+                self.shift if shift is None else shift,
+            )
+        except ValueError as err:
+            raise ValueError(f"{self._who}: {err}") from None
+
+    # ---- build and call ------------------------------------------------------------------
+
+    def build(self, input_shape):
+        c = input_shape[-1]
+        if c is None:
+            raise ValueError(f"{self._who}: the channel axis of the input must be known.")
+        p = self._pattern_for(c)
+        if (
+            p.pointwise_span
+            and max(self.strides) > 1
+            and self.padding == "same"
+            and (input_shape[1] is None or input_shape[2] is None)
+        ):
+            raise ValueError(
+                f"{self._who}: 1x1 connections with strides > 1 and padding='same' need known "
+                "spatial dims (the centre tap's offset depends on them). Give the model a "
+                "fixed input size, or use padding='valid' or strides=1."
+            )
+        self.pattern = p
+        self.input_spec = keras.layers.InputSpec(ndim=4, axes={-1: int(c)})
+        init = _with_seed(self.kernel_initializer, self.seed)
+        self.kernel = self.pointwise_kernel = None
+        if p.kernel_span:
+            self.kernel = self.add_weight(
+                name="kernel",
+                shape=p.kernel_shape,
+                initializer=init,
+                regularizer=self.kernel_regularizer,
+                constraint=self.kernel_constraint,
+            )
+        if p.pointwise_span:
+            self.pointwise_kernel = self.add_weight(
+                name="pointwise_kernel",
+                shape=p.pointwise_shape,
+                initializer=init,
+                regularizer=self.kernel_regularizer,
+                constraint=self.kernel_constraint,
+            )
+        self.bias = None
+        if self.use_bias:
+            self.bias = self.add_weight(
+                name="bias",
+                shape=(self.filters,),
+                initializer=self.bias_initializer,
+                regularizer=self.bias_regularizer,
+                constraint=self.bias_constraint,
+            )
+        self._inverse_filter_perm = np.argsort(p.filter_perm).astype("int32")
+        self._dense_map = None
+        self._resolved_implementation = self._resolve(self.implementation)
+
+    def _resolve(self, implementation: str) -> str:
+        if implementation != "auto":
+            return implementation
+        return "factorized" if self.mac_ratio() < AUTO_FACTORIZED_THRESHOLD else "dense"
+
+    def mac_ratio(self) -> float:
+        """Structural MACs over those of the dense conv: ``(a*kh*kw + b) / (G*kh*kw)``."""
+        kk = math.prod(self.kernel_size)
+        return (self.kernel_span * kk + self.pointwise_span) / (self.groups * kk)
+
+    @property
+    def resolved_implementation(self) -> str | None:
+        """``"factorized"`` or ``"dense"``: what ``call`` runs (``None`` before build)."""
+        return self._resolved_implementation
+
+    def _flat_weights(self):
+        parts = [
+            ops.reshape(w, (-1,)) for w in (self.kernel, self.pointwise_kernel) if w is not None
+        ]
+        parts.append(ops.zeros((1,), dtype=parts[0].dtype))
+        return ops.concatenate(parts, axis=0)
+
+    def dense_kernel(self):
+        """The equivalent ``(kh, kw, C, N)`` kernel as a tensor (zeros where not connected)."""
+        if self._dense_map is None:
+            self._dense_map = self.pattern.dense_index_map().astype("int32")
+        return ops.take(self._flat_weights(), self._dense_map)
+
+    def _window(self, x):
+        """The input pixels that the 1x1 connections (the window's tap) read, per output."""
+        th, tw = self.pattern.tap
+        pads, slices = [(0, 0)], [slice(None)]
+        for axis, tap in ((1, th), (2, tw)):
+            k, s = self.kernel_size[axis - 1], self.strides[axis - 1]
+            d = self.dilation_rate[axis - 1]
+            lo, hi, start, trim = dec.center_tap_window(x.shape[axis], k, s, d, self.padding, tap)
+            pads.append((lo, hi))
+            slices.append(slice(start or None, -trim if trim else None, s if s > 1 else None))
+        pads.append((0, 0))
+        slices.append(slice(None))
+        if any(lo or hi for lo, hi in pads):
+            x = ops.pad(x, pads)
+        if any(sl != slice(None) for sl in slices):
+            x = x[tuple(slices)]
+        return x
+
+    def _part(self, x, weight, index, span, kernel_size, **conv_args):
+        p = self.pattern
+        if span == p.groups:  # reaches every channel: one dense conv, permutation folded in
+            part = "kernel" if weight is self.kernel else "pointwise"
+            fold = p.grouped_dense_index_map(part).astype("int32")
+            return ops.conv(x, ops.take(ops.reshape(weight, (-1,)), fold), **conv_args)
+        if not _is_identity(index):
+            x = ops.take(x, index.astype("int32"), axis=-1)
+        if span * p.cg == 1:  # one channel per group: a depthwise conv
+            w = ops.reshape(weight, (*kernel_size, p.groups, p.ng))
+            return ops.depthwise_conv(x, w, **conv_args)
+        return ops.conv(x, weight, **conv_args)
+
+    def factorized_call(self, inputs):
+        """Grouped ``kh x kw`` conv + grouped 1x1 conv, in grouped filter order, reordered."""
+        p = self.pattern
+        y = None
+        if p.kernel_span:
+            y = self._part(
+                inputs,
+                self.kernel,
+                p.kxk_index,
+                p.kernel_span,
+                self.kernel_size,
+                strides=self.strides,
+                padding=self.padding,
+                data_format="channels_last",
+                dilation_rate=self.dilation_rate,
+            )
+        if p.pointwise_span:
+            z = self._part(
+                self._window(inputs),
+                self.pointwise_kernel,
+                p.pointwise_index,
+                p.pointwise_span,
+                (1, 1),
+                padding="valid",
+                data_format="channels_last",
+            )
+            y = z if y is None else ops.add(y, z)
+        if not _is_identity(self._inverse_filter_perm):
+            y = ops.take(y, self._inverse_filter_perm, axis=-1)
+        return y
+
+    def call(self, inputs):
+        if self._resolved_implementation == "dense":
+            y = ops.conv(
+                inputs,
+                self.dense_kernel(),
+                strides=self.strides,
+                padding=self.padding,
+                data_format="channels_last",
+                dilation_rate=self.dilation_rate,
+            )
+        else:
+            y = self.factorized_call(inputs)
+        if self.use_bias:
+            y = ops.add(y, self.bias)
+        if self.activation is not None:
+            y = self.activation(y)
+        return y
+
+    def compute_output_shape(self, input_shape):
+        b, h, w, _ = input_shape
+        (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.strides, self.dilation_rate
+        return (
+            b,
+            conv_output_length(h, kh, sh, self.padding, dh),
+            conv_output_length(w, kw, sw, self.padding, dw),
+            self.filters,
+        )
+
+    # ---- costs ---------------------------------------------------------------------------
+
+    def cost(self, input_shape) -> Cost:
+        """Parameters and MACs of one call, counted from the structure (non-zero connections).
+
+        ``params = kh*kw*a*Cg*N + b*Cg*N (+ N bias)``; ``MACs = H_out*W_out*(kh*kw*a*Cg*N +
+        b*Cg*N)``, whatever ``implementation`` runs. ``input_shape``: ``(H, W, C)`` or with batch.
+        """
+        shape = tuple(input_shape)
+        if len(shape) == 3:
+            shape = (None, *shape)
+        p = self._pattern_for(shape[-1])
+        out = self.compute_output_shape(shape)
+        if out[1] is None or out[2] is None:
+            raise ValueError(f"{self._who}.cost needs known spatial dims, got {shape}.")
+        params = p.num_weights + (self.filters if self.use_bias else 0)
+        return Cost(int(params), 0, int(out[1] * out[2] * p.num_weights))
+
+    # ---- from and to Conv2D --------------------------------------------------------------
+
+    @classmethod
+    def spectrum(
+        cls, kernel, groups: int = 1, pointwise_span: int = 0, layout: str = "contiguous", **_
+    ) -> np.ndarray:
+        """Energy that each extra ``kernel_span`` (``rank``) keeps, at its best shift.
+
+        ``spectrum[r-1] = kept(r) - kept(r-1)``, ``kept(r)`` the squared norm of the best-shift
+        projection with ``kernel_span=r`` (``kept(0) = 0``), ``r`` up to ``groups -
+        pointwise_span``. Sums to the kernel's energy when ``pointwise_span=0``.
+        """
+        kept = [0.0]
+        for r in range(1, groups - pointwise_span + 1):
+            kept.append(
+                float(dec.ssc_shift_energies(kernel, groups, r, pointwise_span, layout).max())
+            )
+        return np.diff(np.asarray(kept))
+
+    @classmethod
+    def from_conv2d(
+        cls,
+        conv,
+        rank: int | None = None,
+        energy: float | None = None,
+        implementation: str = "auto",
+        name: str | None = None,
+        groups: int = 1,
+        kernel_span: int | None = None,
+        pointwise_span: int = 0,
+        layout: str = "contiguous",
+        shift="best",
+        **kwargs,
+    ) -> SSConv2D:
+        """Project a built ``Conv2D``'s kernel onto the pattern (nearest in Frobenius norm).
+
+        ``shift="best"`` (default) picks the cyclic shift whose pattern keeps the most kernel
+        energy (``decompositions.ssc_best_shift``); an int fixes it. ``rank`` is
+        ``kernel_span``; ``energy`` picks the smallest ``kernel_span`` in
+        ``[1, groups - pointwise_span]`` whose projection keeps that share of the kernel's
+        squared Frobenius norm (the largest if none does). With ``groups=1`` the layer is
+        exact. Bias, activation, strides, padding, dilation, regularizers and constraints are
+        copied; ``conv`` is not modified.
+        """
+        who = "SSConv2D.from_conv2d"
+        w = check_conv2d(conv, "SSConv2D")
+        n_set = sum(v is not None for v in (rank, energy, kernel_span))
+        if n_set > 1:
+            raise ValueError(f"{who}: pass one of rank (= kernel_span), kernel_span or energy.")
+        span = rank if rank is not None else kernel_span
+        if energy is not None:
+            if isinstance(energy, bool) or not 0.0 < float(energy) <= 1.0:
+                raise ValueError(
+                    f"{who}: energy={energy!r} must be in (0, 1], the share of the kernel's "
+                    "squared Frobenius norm to keep."
+                )
+            # validate the pattern arguments before searching
+            dec.SSCPattern(w.shape[2], w.shape[3], w.shape[:2], groups, 1, pointwise_span, layout)
+            kept = np.cumsum(cls.spectrum(w, groups, pointwise_span, layout))
+            total = float((w**2).sum())
+            ok = np.flatnonzero(kept >= (float(energy) - 1e-12) * total)
+            span = int(ok[0]) + 1 if ok.size else len(kept)
+        span = 1 if span is None else span
+        if shift == "best":
+            try:
+                shift = dec.ssc_best_shift(w, groups, span, pointwise_span, layout)
+            except ValueError as err:
+                raise ValueError(f"{who} ('{conv.name}'): {err}") from None
+        config = conv.get_config()
+        layer = cls(
+            filters=conv.filters,
+            kernel_size=conv.kernel_size,
+            groups=groups,
+            kernel_span=span,
+            pointwise_span=pointwise_span,
+            layout=layout,
+            shift=shift,
+            strides=conv.strides,
+            padding=conv.padding,
+            dilation_rate=conv.dilation_rate,
+            activation=config["activation"],
+            use_bias=conv.use_bias,
+            implementation=implementation,
+            kernel_initializer=config["kernel_initializer"],
+            bias_initializer=config["bias_initializer"],
+            kernel_regularizer=config["kernel_regularizer"],
+            bias_regularizer=config["bias_regularizer"],
+            activity_regularizer=config.get("activity_regularizer"),
+            kernel_constraint=config["kernel_constraint"],
+            bias_constraint=config["bias_constraint"],
+            name=name or conv.name,
+            dtype=conv.dtype_policy,
+            trainable=conv.trainable,
+            **kwargs,
+        )
+        layer.build((None, None, None, w.shape[2]))
+        k, p = dec.ssc_project(w, layer.pattern)
+        layer.set_compact_weights(k, p)
+        if conv.use_bias:
+            layer.bias.assign(ops.convert_to_numpy(conv.bias))
+        return layer
+
+    def set_compact_weights(self, kernel, pointwise_kernel) -> None:
+        """Assign the compact weights (shapes ``pattern.kernel_shape``/``pointwise_shape``)."""
+        for var, value in ((self.kernel, kernel), (self.pointwise_kernel, pointwise_kernel)):
+            if var is None:
+                continue
+            value = np.asarray(value)
+            if tuple(value.shape) != tuple(var.shape):
+                raise ValueError(
+                    f"{self._who}: weight '{var.name}' has shape {tuple(var.shape)}, got "
+                    f"{value.shape}."
+                )
+            var.assign(value.astype(var.dtype))
+
+    def folded_kernel_and_bias(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """The equivalent dense kernel (zeros where not connected) and bias, as NumPy."""
+        if not self.built:
+            raise ValueError(f"{self._who}: build the layer first.")
+        p = self.pattern
+        k = ops.convert_to_numpy(self.kernel) if self.kernel is not None else np.zeros(0)
+        pw = (
+            ops.convert_to_numpy(self.pointwise_kernel)
+            if self.pointwise_kernel is not None
+            else np.zeros(0)
+        )
+        kernel = dec.ssc_dense_kernel(p, k, pw).astype(np.float32)
+        bias = ops.convert_to_numpy(self.bias) if self.use_bias else None
+        return kernel, bias
+
+    def relative_error(self, conv) -> float:
+        """Relative Frobenius error of this layer's dense kernel against ``conv``'s."""
+        return dec.relative_error(
+            ops.convert_to_numpy(conv.kernel), self.folded_kernel_and_bias()[0]
+        )
+
+    def to_conv2d(self, name: str | None = None) -> keras.layers.Conv2D:
+        """The equivalent, built ``keras.layers.Conv2D`` (dense kernel with zeros)."""
+        kernel, bias = self.folded_kernel_and_bias()
+        conv = keras.layers.Conv2D(
+            filters=self.filters,
+            kernel_size=self.kernel_size,
+            strides=self.strides,
+            padding=self.padding,
+            dilation_rate=self.dilation_rate,
+            activation=self.activation,
+            use_bias=bias is not None,
+            kernel_initializer=self.kernel_initializer,
+            bias_initializer=self.bias_initializer,
+            kernel_regularizer=self.kernel_regularizer,
+            bias_regularizer=self.bias_regularizer,
+            kernel_constraint=self.kernel_constraint,
+            bias_constraint=self.bias_constraint,
+            name=name or self.name,
+            dtype=self.dtype_policy,
+        )
+        conv.build((None, None, None, kernel.shape[2]))
+        conv.kernel.assign(kernel)
+        if bias is not None:
+            conv.bias.assign(bias)
+        return conv
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        ser = keras.saving.serialize_keras_object
+        config.update(
+            {
+                "filters": self.filters,
+                "kernel_size": self.kernel_size,
+                "groups": self.groups,
+                "kernel_span": self.kernel_span,
+                "pointwise_span": self.pointwise_span,
+                "layout": self.layout,
+                "shift": self.shift,
+                "strides": self.strides,
+                "padding": self.padding,
+                "data_format": self.data_format,
+                "dilation_rate": self.dilation_rate,
+                "activation": keras.activations.serialize(self.activation)
+                if self.activation is not None
+                else None,
+                "use_bias": self.use_bias,
+                "implementation": self.implementation,
+                "kernel_initializer": ser(self.kernel_initializer),
+                "bias_initializer": ser(self.bias_initializer),
+                "kernel_regularizer": ser(self.kernel_regularizer),
+                "bias_regularizer": ser(self.bias_regularizer),
+                "activity_regularizer": ser(self.activity_regularizer),
+                "kernel_constraint": ser(self.kernel_constraint),
+                "bias_constraint": ser(self.bias_constraint),
+                "seed": self.seed,
+            }
+        )
+        return config
+
+
+def set_ssc_implementation(model, implementation: str) -> int:
+    """Set ``implementation`` on every ``SSConv2D`` of ``model`` (nested models included).
+
+    For example ``"dense"`` before training in TensorFlow, ``"factorized"`` before export;
+    the weights are the same. Compile again (or convert) after it: Keras caches traced
+    functions. Returns the number of layers changed.
+    """
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(
+            f"set_ssc_implementation: implementation must be one of {IMPLEMENTATIONS}, "
+            f"got {implementation!r}."
+        )
+    layers = [model] if isinstance(model, SSConv2D) else list(model._flatten_layers())
+    count = 0
+    for layer in layers:
+        if isinstance(layer, SSConv2D):
+            layer.implementation = implementation
+            if layer.built:
+                layer._resolved_implementation = layer._resolve(implementation)
+            count += 1
+    return count
