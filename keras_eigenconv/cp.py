@@ -1,0 +1,143 @@
+"""CP-decomposed convolution (Lebedev et al. 2015, "Speeding-up CNNs using fine-tuned
+CP-decomposition").
+
+``W[x, y, c, n] = sum_r Kx[x, r] Ky[y, r] Kc[c, r] Kn[n, r]``: a 1x1 conv ``C -> R``
+(``Kc``), a depthwise ``kh x 1`` conv (``Kx``, the vertical strides/dilation/padding), a
+depthwise ``1 x kw`` conv (``Ky``, the horizontal ones), a 1x1 conv ``R -> N`` (``Kn``).
+Weights ``R*(C + kh + kw + N)``; MACs
+``H_in*W_in*C*R + H_out*W_in'*kh*R + H_out*W_out*(kw*R + R*N)``.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+from keras import ops
+
+from . import decompositions as dec
+from ._base import FactorizedConv2D, check_conv2d, check_rank
+from .cost import conv_output_length
+
+
+@keras.saving.register_keras_serializable(package="keras_eigenconv")
+class CPConv2D(FactorizedConv2D):
+    """``Conv2D`` as rank-``R`` CP factors ``first (1, 1, C, R)``, ``vertical (kh, 1, R, 1)``,
+    ``horizontal (1, kw, R, 1)``, ``last (1, 1, R, N)``.
+
+    Args: those of ``keras.layers.Conv2D`` plus ``rank`` (``R <= kh*kw*min(C, N)``, a rank
+    that always suffices) and ``implementation``.
+
+    ``from_conv2d``: CP is not exact in general. Below ``kh*kw*min(C, N)`` the factors come
+    from TensorLy's ALS ``parafac`` (SVD init, fixed seed); at that rank (the default,
+    ``rank=None``) an exact construction is used. The returned layer has
+    ``decomposition_error``, the relative Frobenius error of its kernel (also
+    ``relative_error(conv)``). ``energy=e`` picks the smallest rank whose ALS error is at most
+    ``sqrt(1 - e)`` (doubling, then bisection; several ALS runs). From scratch the factors
+    are Gaussian (``SeedGenerator(seed)``) rescaled to the norm of a kernel drawn from
+    ``kernel_initializer``.
+    """
+
+    _scale_factor = "last"
+
+    def max_rank(self, in_channels: int) -> int:
+        kh, kw = self.kernel_size
+        return kh * kw * min(int(in_channels), self.filters)
+
+    def factor_shapes(self, in_channels: int) -> dict:
+        kh, kw = self.kernel_size
+        r = self.rank
+        return {
+            "first": (1, 1, in_channels, r),
+            "vertical": (kh, 1, r, 1),
+            "horizontal": (1, kw, r, 1),
+            "last": (1, 1, r, self.filters),
+        }
+
+    def initial_factors(self, drawn_kernel):
+        shapes = self.factor_shapes(drawn_kernel.shape[2])
+        return {
+            name: np.asarray(
+                ops.convert_to_numpy(keras.random.normal(shape, seed=self.seed_generator)),
+                np.float64,
+            )
+            for name, shape in shapes.items()
+        }
+
+    def kernel_from_factors(self, factors):
+        return ops.einsum(
+            "cr,xr,yr,rn->xycn",
+            factors["first"][0, 0],
+            factors["vertical"][:, 0, :, 0],
+            factors["horizontal"][0, :, :, 0],
+            factors["last"][0, 0],
+        )
+
+    def factorized_call(self, inputs, training=None):
+        (sh, sw), (dh, dw) = self.strides, self.dilation_rate
+        y = ops.conv(inputs, self.first, padding="valid", data_format="channels_last")
+        y = ops.depthwise_conv(
+            y, self.vertical, strides=(sh, 1), padding=self.padding, dilation_rate=(dh, 1)
+        )
+        y = ops.depthwise_conv(
+            y, self.horizontal, strides=(1, sw), padding=self.padding, dilation_rate=(1, dw)
+        )
+        return ops.conv(y, self.last, padding="valid", data_format="channels_last")
+
+    def op_macs(self, input_shape):
+        h, w = self.out_hw(input_shape)
+        hi, wi, c = int(input_shape[1]), int(input_shape[2]), int(input_shape[3])
+        kh, kw = self.kernel_size
+        r = self.rank
+        w1 = conv_output_length(wi, 1, 1, self.padding, 1)
+        return [
+            ("pointwise", hi * wi * c * r),
+            ("depthwise", h * w1 * kh * r),
+            ("depthwise", h * w * kw * r),
+            ("pointwise", h * w * r * self.filters),
+        ]
+
+    @classmethod
+    def rank_for(cls, kernel, rank=None, energy=None, **options):
+        """``rank``; or the smallest rank whose ALS error is ``<= sqrt(1 - energy)``; or the
+        exact rank ``kh*kw*min(C, N)``."""
+        name = cls.__name__
+        if rank is not None and energy is not None:
+            raise ValueError(f"{name}: pass rank or energy, not both.")
+        w = np.asarray(kernel, dtype=np.float64)
+        full = dec.cp_max_rank(w.shape)
+        if energy is None:
+            return full if rank is None else check_rank(name, rank, full)
+        if isinstance(energy, bool) or not (0.0 < float(energy) <= 1.0):
+            raise ValueError(
+                f"{name}: energy={energy!r} must be in (0, 1], the share of the kernel's "
+                "squared Frobenius norm to keep (e.g. 0.9)."
+            )
+        target = np.sqrt(max(0.0, 1.0 - float(energy))) + 1e-9
+
+        def ok(r):
+            return dec.cp_factors(w, r)[-1] <= target
+
+        lo, hi = 0, 1  # invariant: ranks <= lo fail, hi passes (or is the exact rank)
+        while hi < full and not ok(hi):
+            lo, hi = hi, min(2 * hi, full)
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if ok(mid) else (mid, hi)
+        return hi
+
+    @classmethod
+    def decompose(cls, kernel, rank, **options):
+        first, vertical, horizontal, last, _ = dec.cp_factors(kernel, rank)
+        return {"first": first, "vertical": vertical, "horizontal": horizontal, "last": last}
+
+    @classmethod
+    def from_conv2d(cls, conv, rank=None, energy=None, implementation="auto", name=None, **kw):
+        """As ``FactorizedConv2D.from_conv2d``; sets ``decomposition_error`` (relative
+        Frobenius error of the CP kernel; 0 only where the CP rank suffices)."""
+        layer = super().from_conv2d(
+            conv, rank=rank, energy=energy, implementation=implementation, name=name, **kw
+        )
+        layer.decomposition_error = dec.relative_error(
+            check_conv2d(conv, name or cls.__name__), ops.convert_to_numpy(layer.full_kernel())
+        )
+        return layer

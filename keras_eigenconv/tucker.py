@@ -1,0 +1,130 @@
+"""Tucker-2 convolution (Kim et al. 2016, "Compression of deep CNNs for fast and low power
+mobile applications").
+
+``W[x, y, c, n] = sum_{a, b} U[c, a] G[x, y, a, b] V[n, b]``: a 1x1 conv ``C -> R1``
+(``U``), a ``kh x kw`` conv ``R1 -> R2`` (``G``, with the strides, padding and dilation), a
+1x1 conv ``R2 -> N`` (``V^T``). Weights ``C*R1 + kh*kw*R1*R2 + R2*N``; MACs
+``H_in*W_in*C*R1 + H_out*W_out*(kh*kw*R1*R2 + R2*N)``.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+from keras import ops
+
+from . import decompositions as dec
+from ._base import FactorizedConv2D, check_rank
+
+
+def _rank_pair(who: str, rank, bound=None) -> tuple[int, int]:
+    if isinstance(rank, (list, tuple)):
+        if len(rank) != 2:
+            raise ValueError(
+                f"{who}: rank must be an int or a pair (R1, R2) of ints, got {rank!r}."
+            )
+        pair = tuple(rank)
+    else:
+        pair = (rank, rank)
+    b = bound or (None, None)
+    return (check_rank(who, pair[0], b[0]), check_rank(who, pair[1], b[1]))
+
+
+@keras.saving.register_keras_serializable(package="keras_eigenconv")
+class Tucker2Conv2D(FactorizedConv2D):
+    """``Conv2D`` as Tucker-2 factors ``first (1, 1, C, R1)``, ``core (kh, kw, R1, R2)``,
+    ``last (1, 1, R2, N)``.
+
+    Args: those of ``keras.layers.Conv2D`` plus ``rank``: an int (``R1 = R2``) or a pair
+    ``(R1, R2)`` with ``R1 <= C``, ``R2 <= N``; and ``implementation``.
+
+    ``from_conv2d(conv, rank=None, energy=None)``: HOSVD of the two channel unfoldings
+    (exact at full ranks). ``rank="vbmf"`` picks each rank by empirical VBMF
+    (``decompositions.vbmf_rank``) on its unfolding, as Kim et al. do (at least 1);
+    ``energy=e`` picks each rank as the smallest keeping ``e`` of its unfolding's squared
+    norm (so the kernel's relative error is at most ``sqrt(2 (1 - e))``).
+    """
+
+    _scale_factor = "core"
+
+    def validate_rank(self, rank, in_channels=None):
+        bound = None if in_channels is None else self.max_rank(in_channels)
+        pair = _rank_pair(self._who, rank, bound)
+        return pair[0] if pair[0] == pair[1] and not isinstance(rank, (list, tuple)) else pair
+
+    @property
+    def ranks(self) -> tuple[int, int]:
+        """``(R1, R2)``."""
+        return _rank_pair(self._who, self.rank)
+
+    def max_rank(self, in_channels: int):
+        return (int(in_channels), self.filters)
+
+    def factor_shapes(self, in_channels: int) -> dict:
+        kh, kw = self.kernel_size
+        r1, r2 = self.ranks
+        return {
+            "first": (1, 1, in_channels, r1),
+            "core": (kh, kw, r1, r2),
+            "last": (1, 1, r2, self.filters),
+        }
+
+    def kernel_from_factors(self, factors):
+        return ops.einsum(
+            "ca,xyab,bn->xycn", factors["first"][0, 0], factors["core"], factors["last"][0, 0]
+        )
+
+    def factorized_call(self, inputs, training=None):
+        y = ops.conv(inputs, self.first, padding="valid", data_format="channels_last")
+        y = self._conv(y, self.core)
+        return ops.conv(y, self.last, padding="valid", data_format="channels_last")
+
+    def op_macs(self, input_shape):
+        h, w = self.out_hw(input_shape)
+        hi, wi, c = int(input_shape[1]), int(input_shape[2]), int(input_shape[3])
+        r1, r2 = self.ranks
+        kh, kw = self.kernel_size
+        return [
+            ("pointwise", hi * wi * c * r1),
+            ("conv", h * w * kh * kw * r1 * r2),
+            ("pointwise", h * w * r2 * self.filters),
+        ]
+
+    @classmethod
+    def spectrum(cls, kernel, **options):
+        """``(input-channel, filter)`` unfolding spectra (squared singular values)."""
+        return dec.tucker2_spectra(kernel)
+
+    @classmethod
+    def rank_for(cls, kernel, rank=None, energy=None, **options):
+        """``(R1, R2)`` from ``rank`` (int, pair or ``"vbmf"``) or ``energy``; else full."""
+        name = cls.__name__
+        if rank is not None and energy is not None:
+            raise ValueError(f"{name}: pass rank or energy, not both.")
+        s_in, s_out = dec.tucker2_spectra(kernel)
+        if energy is not None:
+            if isinstance(energy, bool) or not (0.0 < float(energy) <= 1.0):
+                raise ValueError(
+                    f"{name}: energy={energy!r} must be in (0, 1], the share of each channel "
+                    "unfolding's squared norm to keep (e.g. 0.9)."
+                )
+            return (dec.energy_rank(s_in, float(energy)), dec.energy_rank(s_out, float(energy)))
+        if rank is None:
+            return (len(s_in), len(s_out))
+        if isinstance(rank, str):
+            if rank != "vbmf":
+                raise ValueError(
+                    f"{name}: rank={rank!r} is not understood; pass an int, a pair (R1, R2), "
+                    "or 'vbmf'."
+                )
+            w = np.asarray(kernel, dtype=np.float64)
+            kh, kw, c, n = w.shape
+            u_in = np.transpose(w, (2, 0, 1, 3)).reshape(c, -1)
+            u_out = np.transpose(w, (3, 0, 1, 2)).reshape(n, -1)
+            return (max(1, dec.vbmf_rank(u_in)), max(1, dec.vbmf_rank(u_out)))
+        return _rank_pair(name, rank, (len(s_in), len(s_out)))
+
+    @classmethod
+    def decompose(cls, kernel, rank, **options):
+        first, core, last = dec.tucker2_factors(kernel, _rank_pair(cls.__name__, rank))
+        return {"first": first, "core": core, "last": last}
