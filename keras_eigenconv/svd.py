@@ -9,7 +9,10 @@ a ``kh x 1`` conv ``C -> R`` then a ``1 x kw`` conv ``R -> N`` (Jaderberg et al.
 strides, dilation and padding split per axis, so it is exact for all of them.
 
 The singular values are their own weight (``singular_values``), so rank-pruning
-regularizers (``singular_value_regularizer``, the ``training`` module) act on them alone.
+regularizers (``singular_value_regularizer``, the ``training`` module) act on them alone;
+``orthogonality`` adds ``orthogonality * ||G - I||_F^2 / R^2`` for the Gram matrix ``G`` of
+each factor's rank-``R`` columns (``training.Orthogonality``). ``training.RankPruning`` and
+``training.set_svd_rank`` shrink ``rank`` during ``fit``.
 """
 
 from __future__ import annotations
@@ -29,7 +32,9 @@ class SVDConv2D(FactorizedConv2D):
     ``right_vectors`` of rank ``rank``.
 
     Args: those of ``keras.layers.Conv2D`` plus ``rank`` (``R``), ``decomposition``
-    (``"channel"`` or ``"spatial"``), ``singular_value_regularizer`` and ``implementation``.
+    (``"channel"`` or ``"spatial"``), ``singular_value_regularizer``, ``orthogonality``
+    (strength of the orthogonality penalty on both singular-vector factors, default 0) and
+    ``implementation``.
     ``kernel_regularizer``/``kernel_constraint`` apply to the singular vectors. From scratch
     the factors are the truncated SVD of a kernel drawn from ``kernel_initializer`` (so the
     vectors start orthonormal), rescaled to keep its norm.
@@ -44,6 +49,7 @@ class SVDConv2D(FactorizedConv2D):
         rank,
         decomposition="channel",
         singular_value_regularizer=None,
+        orthogonality=0.0,
         **kwargs,
     ):
         super().__init__(filters, kernel_size, rank, **kwargs)
@@ -54,6 +60,11 @@ class SVDConv2D(FactorizedConv2D):
             )
         self.decomposition = decomposition
         self.singular_value_regularizer = keras.regularizers.get(singular_value_regularizer)
+        if isinstance(orthogonality, bool) or not float(orthogonality) >= 0.0:
+            raise ValueError(
+                f"{self._who}: orthogonality must be a float >= 0, got {orthogonality!r}."
+            )
+        self.orthogonality = float(orthogonality)
 
     @classmethod
     def method_options(cls, **kwargs):
@@ -88,6 +99,15 @@ class SVDConv2D(FactorizedConv2D):
     def _factor_regularizer(self, name):
         if name == "singular_values":
             return self.singular_value_regularizer
+        if self.orthogonality > 0.0:
+            from .training import Orthogonality  # training imports this module
+
+            # rank axis: last for U (kh, kw, C, R), third for V (1, kw, R, N)
+            return Orthogonality(
+                self.orthogonality,
+                rank_axis=-1 if name == "left_vectors" else 2,
+                base=self.kernel_regularizer,
+            )
         return self.kernel_regularizer
 
     def _factor_constraint(self, name):
@@ -183,6 +203,7 @@ class SVDConv2D(FactorizedConv2D):
                 "singular_value_regularizer": keras.saving.serialize_keras_object(
                     self.singular_value_regularizer
                 ),
+                "orthogonality": self.orthogonality,
             }
         )
         return config
