@@ -1,0 +1,51 @@
+"""Plain-text and Markdown tables for the package's reports."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+def _cell(value, fmt: str | None) -> str:
+    if value is None:
+        return ""
+    if fmt:
+        return format(value, fmt)
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return str(value)
+
+
+def text_table(
+    rows: Sequence[dict], columns: Sequence[str], formats: dict[str, str] | None = None
+) -> str:
+    """Aligned plain-text table of ``rows`` (dicts) over ``columns``; numbers right-aligned."""
+    formats = formats or {}
+    cells = [[_cell(r.get(c), formats.get(c)) for c in columns] for r in rows]
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
+    numeric = [
+        all(isinstance(r.get(c), (int, float)) or r.get(c) is None for r in rows) for c in columns
+    ]
+
+    def line(values):
+        return "  ".join(
+            v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric)
+        ).rstrip()
+
+    return "\n".join([line(columns)] + [line(row) for row in cells])
+
+
+def markdown_table(
+    rows: Sequence[dict], columns: Sequence[str], formats: dict[str, str] | None = None
+) -> str:
+    """GitHub Markdown table of ``rows`` over ``columns``."""
+    formats = formats or {}
+    numeric = [
+        all(isinstance(r.get(c), (int, float)) or r.get(c) is None for r in rows) for c in columns
+    ]
+    out = ["| " + " | ".join(columns) + " |"]
+    out.append("|" + "|".join("---:" if n else "---" for n in numeric) + "|")
+    for r in rows:
+        out.append("| " + " | ".join(_cell(r.get(c), formats.get(c)) for c in columns) + " |")
+    return "\n".join(out)

@@ -1,0 +1,153 @@
+"""Effective-rank analysis of a model's conv filters (the observation DeCEF is built on).
+
+For each ``Conv2D`` (in model order, nested models included) with kernel ``W (kh, kw, C, N)``:
+
+- whole-filter ranks of ``W.reshape(kh*kw*C, N)`` (the BasisConv / SVD-channel rank): the
+  smallest rank keeping 90/95/99 % of the squared Frobenius norm, and the Roy-Vetterli entropy
+  rank ``exp(H(s / sum s))``; normalized by ``min(kh*kw*C, N)``;
+- per-input-channel eigen-filter ranks (the DeCEF rank): energy pooled over channels at the
+  same thresholds, and the mean over channels of the entropy rank of ``W[:, :, c, :]``;
+  normalized by ``min(kh*kw, N)`` (not defined for 1x1 convs).
+
+Depth is the index of the conv among the model's convs (0 = first), also given as a share of
+the model's depth.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import keras
+import numpy as np
+
+from . import decompositions as dec
+from ._table import markdown_table, text_table
+
+THRESHOLDS = (0.9, 0.95, 0.99)
+MEASURES = (
+    [f"filter_energy{int(t * 100)}" for t in THRESHOLDS]
+    + ["filter_entropy"]
+    + [f"decef_energy{int(t * 100)}" for t in THRESHOLDS]
+    + ["decef_entropy"]
+)
+
+
+def _convs(model, prefix=""):
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            yield from _convs(layer, prefix + layer.name + "/")
+        elif isinstance(layer, keras.layers.Conv2D) and getattr(layer, "groups", 1) == 1:
+            if layer.built:
+                yield prefix + layer.name, layer
+
+
+def filter_ranks(kernel) -> dict:
+    """All rank measures of one ``(kh, kw, C, N)`` kernel, normalized to ``[0, 1]``."""
+    w = dec.as_float64_kernel(kernel)
+    kh, kw, c, n = w.shape
+    out = {}
+    whole = dec.basis_spectrum(w)
+    full = min(kh * kw * c, n)
+    for t in THRESHOLDS:
+        out[f"filter_energy{int(t * 100)}"] = dec.energy_rank(whole, t) / full
+    out["filter_entropy"] = dec.entropy_rank(np.sqrt(whole)) / full
+    if kh * kw > 1:
+        per = dec.decef_spectrum(w)
+        dfull = min(kh * kw, n)
+        for t in THRESHOLDS:
+            out[f"decef_energy{int(t * 100)}"] = dec.energy_rank(per, t) / dfull
+        per_channel = np.transpose(w, (2, 0, 1, 3)).reshape(c, kh * kw, n)
+        s = np.linalg.svd(per_channel, compute_uv=False)
+        out["decef_entropy"] = float(np.mean([dec.entropy_rank(si) for si in s])) / dfull
+    else:
+        for m in MEASURES:
+            if m.startswith("decef"):
+                out[m] = None
+    return out
+
+
+@dataclass
+class RankAnalysis:
+    """Per-conv rank measures against depth; ``rows`` of dicts."""
+
+    rows: list[dict] = field(default_factory=list)
+
+    columns = ("depth", "layer", "kernel", *MEASURES)
+
+    def to_dict(self) -> dict:
+        return {"measures": list(MEASURES), "layers": list(self.rows)}
+
+    def __str__(self) -> str:
+        return text_table(self.rows, self.columns, {m: ".2f" for m in MEASURES})
+
+    def to_markdown(self) -> str:
+        return markdown_table(self.rows, self.columns, {m: ".2f" for m in MEASURES})
+
+    def mean(self, measure: str, spatial_only: bool = False) -> float:
+        vals = [
+            r[measure]
+            for r in self.rows
+            if r[measure] is not None and (not spatial_only or r["kernel"][0] * r["kernel"][1] > 1)
+        ]
+        return float(np.mean(vals)) if vals else float("nan")
+
+    def depth_trend(self, measure: str = "filter_entropy") -> float:
+        """Slope of ``measure`` against relative depth (negative: rank falls with depth)."""
+        pts = [(r["relative_depth"], r[measure]) for r in self.rows if r[measure] is not None]
+        if len(pts) < 2:
+            return float("nan")
+        x, y = np.array(pts).T
+        return float(np.polyfit(x, y, 1)[0])
+
+    def plot(self, path, title: str | None = None) -> None:
+        """Write a PNG of each measure against depth (needs matplotlib: the ``plot`` extra)."""
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError as err:  # pragma: no cover - depends on the install
+            raise ImportError(
+                "Plotting needs matplotlib: pip install 'keras-eigenconv[plot]'"
+            ) from err
+        fig, ax = plt.subplots(figsize=(9, 5))
+        depth = [r["depth"] for r in self.rows]
+        for m in MEASURES:
+            ys = [np.nan if r[m] is None else r[m] for r in self.rows]
+            if not np.all(np.isnan(ys)):
+                ax.plot(depth, ys, marker=".", label=m)
+        ax.set_xlabel("conv layer depth (index)")
+        ax.set_ylabel("effective rank / maximum rank")
+        ax.set_ylim(0, 1.05)
+        ax.set_title(title or "Effective rank of conv filters against depth")
+        ax.legend(fontsize=7, ncol=2)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+
+
+def analyze(model, plot=None, title: str | None = None) -> RankAnalysis:
+    """Effective ranks of every built, ungrouped ``Conv2D`` of ``model`` against depth.
+
+    ``plot``: a path; writes a PNG of rank against depth, one line per measure.
+    """
+    convs = list(_convs(model))
+    if not convs:
+        raise ValueError(f"analyze: model '{model.name}' has no built Conv2D layer to analyze.")
+    result = RankAnalysis()
+    for i, (name, layer) in enumerate(convs):
+        kernel = keras.ops.convert_to_numpy(layer.kernel)
+        if not np.all(np.isfinite(kernel)):
+            raise ValueError(f"analyze: the kernel of Conv2D '{name}' contains NaN or Inf.")
+        row = {
+            "depth": i,
+            "relative_depth": i / max(len(convs) - 1, 1),
+            "layer": name,
+            "kernel": tuple(int(d) for d in kernel.shape),
+        }
+        row.update(filter_ranks(kernel))
+        result.rows.append(row)
+    if plot is not None:
+        result.plot(plot, title=title)
+    return result
