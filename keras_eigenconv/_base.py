@@ -19,12 +19,14 @@ from .cost import Cost, conv_output_length
 
 IMPLEMENTATIONS = ("auto", "factorized", "dense")
 
-# Relative time per MAC of the primitive ops on CPU runtimes (TensorFlow/oneDNN and
-# LiteRT/XNNPACK), measured by benchmarks/layers.py on the reference machine: a depthwise
-# conv with depth_multiplier > 1 costs about 4 dense-conv MACs per MAC.
-OP_TIME_PER_MAC = {"conv": 1.0, "pointwise": 1.0, "depthwise": 4.0}
+# Relative time per MAC of the primitive ops in TensorFlow on CPU (oneDNN), fitted to
+# benchmarks/layers.py on the reference machine (2 cores): a depthwise conv with
+# depth_multiplier > 1 costs about 10 dense-conv MACs per MAC (DeCEF at rank 5 is slower
+# than the dense conv at 56x56x64 and 28x28x128, faster at 14x14x256 and 7x7x512).
+# LiteRT export re-chooses per layer by measurement (keras_eigenconv.inference).
+OP_TIME_PER_MAC = {"conv": 1.0, "pointwise": 1.0, "depthwise": 10.0}
 # "auto" keeps the factorized form only when its estimated time is below this share of the
-# dense conv's (each extra op also costs a memory round trip of its activations).
+# dense path's (each extra op also costs a memory round trip of its activations).
 AUTO_FACTORIZED_THRESHOLD = 0.9
 
 
@@ -161,7 +163,7 @@ class FactorizedConv2D(keras.layers.Layer):
                 "(NHWC), which every CPU and mobile runtime prefers."
             )
         self.data_format = "channels_last"
-        self.rank = check_rank(who, rank)
+        self.rank = self.validate_rank(rank)
         if implementation not in IMPLEMENTATIONS:
             raise ValueError(
                 f"{who}: implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}."
@@ -185,6 +187,14 @@ class FactorizedConv2D(keras.layers.Layer):
     def max_rank(self, in_channels: int) -> int:
         """Largest meaningful rank for ``in_channels`` inputs."""
         raise NotImplementedError
+
+    def validate_rank(self, rank, in_channels: int | None = None):
+        """Check ``rank`` (against ``max_rank`` once ``in_channels`` is known); return it.
+
+        Layers whose rank is not one int (Tucker-2 pairs, TT-rank lists) override this.
+        """
+        bound = None if in_channels is None else self.max_rank(in_channels)
+        return check_rank(self._who, rank, bound)
 
     def factor_shapes(self, in_channels: int) -> dict[str, tuple[int, ...]]:
         """Shapes of the trainable factors, by weight name."""
@@ -238,7 +248,7 @@ class FactorizedConv2D(keras.layers.Layer):
         if c is None:
             raise ValueError(f"{self._who}: the channel axis of the input must be known.")
         c = int(c)
-        check_rank(self._who, self.rank, self.max_rank(c))
+        self.validate_rank(self.rank, c)
         self.input_spec = keras.layers.InputSpec(ndim=4, axes={-1: c})
         self._factor_names = []
         for name, shape in self.factor_shapes(c).items():
@@ -330,10 +340,20 @@ class FactorizedConv2D(keras.layers.Layer):
             out[1] * out[2] * math.prod(self.kernel_size) * int(input_shape[-1]) * self.filters
         )
 
+    def rebuild_macs(self, in_channels: int) -> int:
+        """MACs of ``kernel_from_factors`` (paid once per call by ``"dense"``)."""
+        return math.prod(self.kernel_size) * in_channels * self.filters * self.rank
+
     def time_ratio_estimate(self, input_shape) -> float:
-        """Cost-model estimate of factorized time / dense ``Conv2D`` time (``OP_TIME_PER_MAC``)."""
+        """Cost-model estimate of factorized time / ``"dense"`` time for one image.
+
+        Factorized: the ops' MACs weighted by ``OP_TIME_PER_MAC``. Dense: the dense conv's
+        MACs plus rebuilding the kernel, which is paid per call (per batch), so batch 1 is
+        the conservative case for inference.
+        """
         est = sum(OP_TIME_PER_MAC[kind] * m for kind, m in self.op_macs(input_shape))
-        return est / max(self.dense_macs(input_shape), 1)
+        dense = self.dense_macs(input_shape) + self.rebuild_macs(int(input_shape[-1]))
+        return est / max(dense, 1)
 
     def full_kernel(self):
         """The equivalent ``(kh, kw, C, N)`` kernel as a tensor."""

@@ -133,9 +133,14 @@ def test_implementation_auto_follows_the_cost_model():
     svd = SVDConv2D(64, 3, rank=16)
     svd.build((None, 16, 16, 64))
     assert svd.resolved_implementation == "factorized"
-    full = SVDConv2D(64, 3, rank=64)
-    full.build((None, 16, 16, 64))
+    full = SVDConv2D(64, 3, rank=64)  # more MACs than the conv: run the conv
+    full.build((None, 56, 56, 64))
     assert full.resolved_implementation == "dense"
+    # at 7x7, rebuilding a rank-307 kernel per call costs 6x the conv itself
+    deep = SVDConv2D(512, 3, rank=307)
+    deep.build((None, 7, 7, 512))
+    assert deep.resolved_implementation == "factorized"
+    assert deep.time_ratio_estimate((None, 7, 7, 512)) < 0.2
 
 
 def test_from_scratch_initialization_keeps_the_initializer_scale():
