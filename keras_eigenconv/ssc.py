@@ -179,17 +179,6 @@ class SSConv2D(keras.layers.Layer):
         if c is None:
             raise ValueError(f"{self._who}: the channel axis of the input must be known.")
         p = self._pattern_for(c)
-        if (
-            p.pointwise_span
-            and max(self.strides) > 1
-            and self.padding == "same"
-            and (input_shape[1] is None or input_shape[2] is None)
-        ):
-            raise ValueError(
-                f"{self._who}: 1x1 connections with strides > 1 and padding='same' need known "
-                "spatial dims (the centre tap's offset depends on them). Give the model a "
-                "fixed input size, or use padding='valid' or strides=1."
-            )
         self.pattern = p
         self.input_spec = keras.layers.InputSpec(ndim=4, axes={-1: int(c)})
         init = _with_seed(self.kernel_initializer, self.seed)
@@ -258,6 +247,12 @@ class SSConv2D(keras.layers.Layer):
         for axis, tap in ((1, th), (2, tw)):
             k, s = self.kernel_size[axis - 1], self.strides[axis - 1]
             d = self.dilation_rate[axis - 1]
+            if x.shape[axis] is None and s > 1:
+                raise ValueError(
+                    f"{self._who}: 1x1 connections with strides > 1 need known spatial dims "
+                    "(the centre tap's offset depends on them). Give the model a fixed input "
+                    "size, or use strides=1 or implementation='dense'."
+                )
             lo, hi, start, trim = dec.center_tap_window(x.shape[axis], k, s, d, self.padding, tap)
             pads.append((lo, hi))
             slices.append(slice(start or None, -trim if trim else None, s if s > 1 else None))
