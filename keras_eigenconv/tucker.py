@@ -90,6 +90,11 @@ class Tucker2Conv2D(FactorizedConv2D):
             ("pointwise", h * w * r2 * self.filters),
         ]
 
+    def rebuild_macs(self, in_channels: int) -> int:
+        kh, kw = self.kernel_size
+        r1, r2 = self.ranks
+        return kh * kw * r2 * (r1 * in_channels + in_channels * self.filters)
+
     @classmethod
     def spectrum(cls, kernel, **options):
         """``(input-channel, filter)`` unfolding spectra (squared singular values)."""
