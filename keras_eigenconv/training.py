@@ -256,6 +256,11 @@ def set_svd_rank(layer: SVDConv2D, keep) -> dict[str, tuple[int, np.ndarray]]:
         sliced[old.path] = (axis, keep)
         _replace_variable(layer, name, old, value)
     layer.rank = int(keep.size)
+    # "auto" picks factorized or dense from the rank: decide again, as a reloaded layer would
+    build = layer.get_build_config() or {}
+    shape = build.get("input_shape")
+    if shape is not None:
+        layer._resolved_implementation = layer._resolve_implementation(tuple(shape))
     return sliced
 
 
