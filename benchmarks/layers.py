@@ -30,12 +30,14 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from keras_eigenconv import BasisConv2D, DeCEFConv2D, SVDConv2D  # noqa: E402
+from keras_eigenconv.ssc import SSConv2D  # noqa: E402
 
 CANDIDATES: list[tuple[str, type, dict]] = [
     ("DeCEF", DeCEFConv2D, {}),
     ("BasisConv", BasisConv2D, {}),
     ("SVD-channel", SVDConv2D, {"decomposition": "channel"}),
     ("SVD-spatial", SVDConv2D, {"decomposition": "spatial"}),
+    ("SSC G=8 (rank = kernel_span)", SSConv2D, {"groups": 8}),
 ]
 
 SHAPES = [(56, 64), (28, 128), (14, 256), (7, 512)]
