@@ -274,7 +274,8 @@ class FactorizedConv2D(keras.layers.Layer):
         else:
             self.bias = None
         self._build_extra(c)
-        self._initialize_factors(c)
+        if not getattr(self, "_factors_from_kernel", False):  # from_conv2d sets them itself
+            self._initialize_factors(c)
         self._resolved_implementation = self._resolve_implementation(input_shape)
 
     def _build_extra(self, in_channels: int) -> None:
@@ -489,6 +490,7 @@ class FactorizedConv2D(keras.layers.Layer):
             trainable=conv.trainable,
             **kwargs,
         )
+        layer._factors_from_kernel = True  # skip the random init: decompose() sets every factor
         layer.build((None, None, None, kernel.shape[2]))
         layer.set_factors(cls.decompose(kernel, r, **options))
         if conv.use_bias:
