@@ -151,3 +151,47 @@ def analyze(model, plot=None, title: str | None = None) -> RankAnalysis:
     if plot is not None:
         result.plot(plot, title=title)
     return result
+
+
+def register_cli(subparsers) -> None:
+    p = subparsers.add_parser(
+        "analyze",
+        help="effective rank of every conv layer's filters against depth",
+        description="Effective rank of each Conv2D's filters (whole-filter and per-channel, "
+        "energy and entropy ranks, normalized) against depth. Example: keras-eigenconv "
+        "analyze resnet50 --weights imagenet --plot ranks.png",
+    )
+    p.add_argument("model", help="a keras.applications name (resnet50, ...) or a .keras file")
+    p.add_argument(
+        "--weights",
+        default="imagenet",
+        help="passed to the keras.applications constructor (imagenet, none, or a file path)",
+    )
+    p.add_argument("--plot", metavar="PNG", help="write a plot of rank against depth")
+    p.add_argument("--markdown", metavar="PATH", help="also write the table as Markdown")
+    p.add_argument("--json", metavar="PATH", help="also write the table as JSON")
+    p.set_defaults(func=_cmd_analyze)
+
+
+def _cmd_analyze(args) -> int:
+    import json
+
+    from .surgery import load_model_arg
+
+    model = load_model_arg(args.model, weights=args.weights)
+    result = analyze(model, plot=args.plot, title=f"{model.name}: effective rank vs depth")
+    print(result)
+    for measure in ("filter_entropy", "decef_entropy"):
+        print(
+            f"{measure}: mean {result.mean(measure, spatial_only=True):.3f}, "
+            f"slope against relative depth {result.depth_trend(measure):+.3f}"
+        )
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(result.to_markdown() + "\n")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result.to_dict(), f, indent=1)
+    if args.plot:
+        print(f"plot written to {args.plot}")
+    return 0

@@ -72,3 +72,39 @@ def test_analyze_needs_convs_and_finite_weights():
     model.layers[0].kernel.assign(k)
     with pytest.raises(ValueError, match="NaN"):
         analyze(model)
+
+
+def test_analyze_command_line(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    path = tmp_path / "cnn.keras"
+    _cnn().save(path)
+    png, js = tmp_path / "r.png", tmp_path / "r.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "keras_eigenconv.cli",
+            "analyze",
+            str(path),
+            "--plot",
+            str(png),
+            "--json",
+            str(js),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "filter_entropy" in proc.stdout and png.exists()
+    assert len(json.loads(js.read_text())["layers"]) == 4
+    bad = subprocess.run(
+        [sys.executable, "-m", "keras_eigenconv.cli", "analyze", "no_such_model"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert bad.returncode == 1 and "neither a .keras file" in bad.stderr
