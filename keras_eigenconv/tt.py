@@ -675,14 +675,19 @@ class TTDense(keras.layers.Layer):
         return (*tuple(input_shape)[:-1], self.units)
 
     def cost(self, input_shape) -> Cost:
-        """Parameters and MACs (core contractions) of one call on ``input_shape``."""
+        """Parameters and MACs of one call on ``input_shape``: the core contractions, or
+        ``M*N`` per row where the dense path runs (the resolved ``implementation``)."""
         shape = tuple(input_shape)
         m = int(shape[-1])
         rows = math.prod(d for d in shape[1:-1] if d is not None) if len(shape) > 2 else 1
         params = sum(math.prod(s) for s in self.core_shapes(m)) + (
             self.units if self.use_bias else 0
         )
-        return Cost(int(params), 0, int(rows * self.factorized_macs(m)))
+        macs = self.factorized_macs(m)
+        impl = self._resolved_implementation
+        if impl == "dense" or (impl is None and m * self.units < macs):
+            macs = m * self.units  # the path that runs (rebuild not counted, as for convs)
+        return Cost(int(params), 0, int(rows * macs))
 
     # ---- from and to Dense ---------------------------------------------------------------
 
