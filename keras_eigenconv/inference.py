@@ -11,6 +11,8 @@
     multiplier-1 ``DepthwiseConv2D`` on ``C*r`` channels and the 1x1 conv with its input
     rows permuted from ``c*r + j`` to ``j*C + c``. Same MACs, but XNNPACK runs multiplier-1
     depthwise convs several times faster than multiplier-``r`` ones;
+  - ``"native"`` (layers without ``inference_layers()``, e.g. Tucker-2, CP, SSC): the layer
+    itself with ``implementation="factorized"``;
   - ``"dense"``: the folded ``Conv2D`` (``layer.to_conv2d()``);
 
 - a ``BatchNormalization`` that alone consumes the output of a conv (``Conv2D``,
@@ -177,8 +179,9 @@ def candidate_arrangements(layer) -> dict[str, list]:
     """The equivalent plain-Keras arrangements of a compressed layer, by name.
 
     ``"factorized"`` from ``layer.inference_layers()`` when the layer has it, ``"tiled"``
-    when that holds a multiplier-``r`` depthwise + 1x1 pair, ``"dense"`` from
-    ``layer.to_conv2d()``. Each is a list of built layers with the weights set.
+    when that holds a multiplier-``r`` depthwise + 1x1 pair; without ``inference_layers``,
+    ``"native"``: a copy of the layer itself with ``implementation="factorized"``;
+    ``"dense"`` from ``layer.to_conv2d()``. Each is a list of built layers, weights set.
     """
     out: dict[str, list] = {}
     make = getattr(layer, "inference_layers", None)
@@ -188,6 +191,13 @@ def candidate_arrangements(layer) -> dict[str, list]:
         tiled = _tile_depthwise(factorized)
         if tiled is not None:
             out["tiled"] = tiled
+    elif "implementation" in layer.get_config() and _input_shape(layer) is not None:
+        # no plain-Keras arrangement offered: the layer itself, forced to its factor ops
+        config = {**layer.get_config(), "implementation": "factorized"}
+        native = type(layer).from_config(config)
+        native.build((None, None, None, int(_input_shape(layer)[-1])))
+        native.set_weights(layer.get_weights())
+        out["native"] = [native]
     fold = getattr(layer, "to_conv2d", None)
     if callable(fold):
         out["dense"] = [fold()]
@@ -715,6 +725,10 @@ def prepare_for_inference(
         times = chooser.time(cands, shape)
         best = min(times, key=times.get)
         chosen[id(layer)] = cands[best]
+        bn = bn_pairs.get(id(layer))
+        if bn is not None and not _foldable_into(cands[best][-1]):
+            del bn_pairs[id(layer)]  # keep this BatchNorm as it is
+            folded_bns.discard(id(bn))
         report.rows.append(
             {
                 "name": layer.name,
