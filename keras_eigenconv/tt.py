@@ -341,7 +341,14 @@ class TTConv2D(FactorizedConv2D):
 
     @classmethod
     def spectrum(cls, kernel, in_modes="auto", out_modes="auto", num_modes=3, **options):
-        """Squared singular values at each TT-SVD bond of the full decomposition."""
+        """Squared singular values at the bond with the largest full TT-rank (its length is
+        the largest meaningful int ``rank``); ``bond_spectra`` gives every bond's."""
+        spectra = cls.bond_spectra(kernel, in_modes, out_modes, num_modes)
+        return max(spectra, key=len)
+
+    @classmethod
+    def bond_spectra(cls, kernel, in_modes="auto", out_modes="auto", num_modes=3) -> list:
+        """Squared singular values at each TT-SVD bond ``r_0..r_{d-1}``."""
         w = np.asarray(kernel, dtype=np.float64)
         ins, outs = cls._kernel_modes(w, in_modes, out_modes, num_modes)
         spatial, cores = dec.tt_conv_factors(w, ins, outs)

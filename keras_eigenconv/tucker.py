@@ -96,9 +96,17 @@ class Tucker2Conv2D(FactorizedConv2D):
         return kh * kw * r2 * (r1 * in_channels + in_channels * self.filters)
 
     @classmethod
-    def spectrum(cls, kernel, **options):
+    def spectra(cls, kernel) -> tuple[np.ndarray, np.ndarray]:
         """``(input-channel, filter)`` unfolding spectra (squared singular values)."""
         return dec.tucker2_spectra(kernel)
+
+    @classmethod
+    def spectrum(cls, kernel, **options):
+        """One 1-D spectrum for an int rank (``R1 = R2 = r``): the input-channel unfolding's
+        energies, cut to the largest such rank ``min(len(s_in), len(s_out))``; see
+        ``spectra`` for both."""
+        s_in, s_out = dec.tucker2_spectra(kernel)
+        return s_in[: min(len(s_in), len(s_out))]
 
     @classmethod
     def rank_for(cls, kernel, rank=None, energy=None, **options):
