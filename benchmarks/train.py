@@ -1,0 +1,160 @@
+"""Training speed: images/s of ``fit`` for a CIFAR ResNet-20 and its compressed versions.
+
+Every model is measured in the same run on the same data (random 32x32x3 images, batch
+``--batch``): the plain ResNet-20, then DeCEF, SVD and Tucker-2 versions converted by
+``keras_eigenconv.surgery.convert(model, method, budget={"macs": share})`` at about 2/3 and
+1/3 of the MACs, with each ``--implementations`` value ("auto" picks per layer; "factorized"
+forces the factor ops). A model is timed over ``--steps`` steps of a second epoch (the first
+holds tracing and warm-up); ``--repeats`` takes the best. Writes
+``benchmarks/results/train.json`` and ``train.md``.
+
+    .venv/bin/python benchmarks/train.py                  # the full table (a few minutes)
+    .venv/bin/python benchmarks/train.py --steps 3 --methods decef --shares 0.67
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from keras_eigenconv import model_cost  # noqa: E402
+from keras_eigenconv.surgery import convert  # noqa: E402
+from keras_eigenconv.training import cifar_resnet  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+class _EpochTimer(keras.callbacks.Callback):
+    def on_epoch_begin(self, epoch, logs=None):
+        self._t = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.last = time.perf_counter() - self._t
+
+
+def images_per_second(model, ds, steps: int, batch: int, repeats: int) -> float:
+    model.compile(keras.optimizers.SGD(0.01, momentum=0.9), "sparse_categorical_crossentropy")
+    timer = _EpochTimer()
+    best = float("inf")
+    model.fit(ds, epochs=1, steps_per_epoch=2, verbose=0)  # trace + warm up
+    for _ in range(repeats):
+        model.fit(ds, epochs=1, steps_per_epoch=steps, verbose=0, callbacks=[timer])
+        best = min(best, timer.last)
+    return steps * batch / best
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--methods", default="decef,svd,tucker2")
+    p.add_argument("--shares", default="0.67,0.33", help="MAC shares of the plain model")
+    p.add_argument("--implementations", default="auto,factorized")
+    p.add_argument("--out", default=str(RESULTS / "train"))
+    args = p.parse_args(argv)
+
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    x = rng.random((args.batch * 4, 32, 32, 3), dtype=np.float32)
+    y = rng.integers(0, 10, args.batch * 4).astype("int32")
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(args.batch).repeat().prefetch(2)
+
+    plain = cifar_resnet(20)
+    base_cost = model_cost(plain).total
+    rows = []
+
+    def record(name, method, share, impl, model, report=None):
+        cost = model_cost(model).total
+        ips = images_per_second(model, ds, args.steps, args.batch, args.repeats)
+        row = {
+            "model": name,
+            "method": method,
+            "target_mac_share": share,
+            "implementation": impl,
+            "macs": cost.macs,
+            "mac_ratio": cost.macs / base_cost.macs,
+            "params": cost.params,
+            "images_per_s": ips,
+        }
+        if report is not None:
+            impls = [
+                getattr(la, "resolved_implementation", None)
+                for la in model._flatten_layers(include_self=False, recursive=True)
+            ]
+            row["layers_factorized"] = sum(i == "factorized" for i in impls)
+            row["layers_dense"] = sum(i == "dense" for i in impls)
+        rows.append(row)
+        print(
+            f"{name:<28} MACs {cost.macs / 1e6:6.1f} M ({row['mac_ratio']:.2f})  {ips:7.1f} img/s",
+            flush=True,
+        )
+
+    record("resnet20", "plain", 1.0, "-", plain)
+    for method in args.methods.split(","):
+        for share in (float(s) for s in args.shares.split(",")):
+            for impl in args.implementations.split(","):
+                model, report = convert(
+                    plain,
+                    method,
+                    budget={"macs": share},
+                    implementation=impl,
+                    progress=False,
+                )
+                record(f"{method}@{share:.2f} ({impl})", method, share, impl, model, report)
+
+    # the plain net again at the end: the spread of the two shows the run's noise
+    record("resnet20 (again)", "plain", 1.0, "-", plain)
+    base = max(rows[0]["images_per_s"], rows[-1]["images_per_s"])
+    for r in rows:
+        r["speed_vs_plain"] = r["images_per_s"] / base
+        # goal: at least as fast as the plain net, faster in proportion to the MAC saving
+        r["goal_speed"] = 1.0 / r["mac_ratio"]
+        r["meets_goal"] = r["speed_vs_plain"] >= min(1.0, r["goal_speed"]) and (
+            r["speed_vs_plain"] >= 1.0
+        )
+    meta = {
+        "machine": platform.platform(),
+        "cpus": os.cpu_count(),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "batch": args.batch,
+        "steps": args.steps,
+        "repeats": args.repeats,
+        "device": "GPU" if tf.config.list_physical_devices("GPU") else "CPU",
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    lines = [
+        f"# fit speed, CIFAR ResNet-20 (batch {args.batch}, {meta['device']}, "
+        f"{meta['cpus']} CPUs, TF {meta['tensorflow']}, Keras {meta['keras']})",
+        "",
+        "| model | implementation | MACs (M) | MAC ratio | params | images/s | speed vs plain "
+        "| goal (1/MAC ratio) | layers factorized/dense |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        fd = f"{r['layers_factorized']}/{r['layers_dense']}" if "layers_factorized" in r else "-"
+        lines.append(
+            f"| {r['model']} | {r['implementation']} | {r['macs'] / 1e6:.1f} | "
+            f"{r['mac_ratio']:.2f} | {r['params']:,} | {r['images_per_s']:.1f} | "
+            f"{r['speed_vs_plain']:.2f}x | {r['goal_speed']:.2f}x | {fd} |"
+        )
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
