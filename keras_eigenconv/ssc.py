@@ -25,14 +25,58 @@ from . import decompositions as dec
 from ._base import IMPLEMENTATIONS, _tuple2, check_conv2d
 from .cost import Cost, conv_output_length
 
-__all__ = ["SSConv2D", "set_ssc_implementation"]
+__all__ = ["ARRANGEMENTS", "LITERT_COST", "SSConv2D", "set_ssc_implementation"]
 
 # "auto" runs the grouped ops when their MACs are below this share of the dense conv's.
 AUTO_FACTORIZED_THRESHOLD = 0.9
+ARRANGEMENTS = ("auto", "grouped", "full_pointwise")
+# LiteRT (XNNPACK, 1 thread) time per unit, in dense-conv MACs: conv kinds per MAC, channel
+# moves per value moved. Calibrated by benchmarks/ssc_vs_pruning.py --calibrate (see README).
+LITERT_COST = {
+    "conv": 1.0,
+    "pointwise": 1.2,
+    "grouped": 1.6,
+    "depthwise": 10.0,
+    "gather": 105.0,
+    "roll": 25.0,
+    "transpose": 35.0,
+}
 
 
 def _is_identity(index: np.ndarray) -> bool:
     return bool(np.array_equal(index, np.arange(index.size)))
+
+
+def _shuffle_kinds(index: np.ndarray) -> list[tuple[str, int]]:
+    """The channel moves ``_shuffle`` runs for ``index``: ``(kind, values moved)`` pairs."""
+    try:
+        s, a, b = dec.channel_shuffle_plan(index)
+    except ValueError:
+        return [("gather", index.size)]
+    kinds = [("roll", index.size)] if s else []
+    if a > 1 and b > 1:
+        kinds.append(("transpose", index.size))
+    return kinds
+
+
+def _shuffle(x, index: np.ndarray):
+    """``x[..., index]`` for a static index: nothing for the identity, a roll (two slices +
+    concat) and/or a reshape-transpose when ``index`` is one (``channel_shuffle_plan``),
+    else a gather (LiteRT ``GATHER``, which XNNPACK does not run)."""
+    try:
+        s, a, b = dec.channel_shuffle_plan(index)
+    except ValueError:
+        return ops.take(x, np.asarray(index, "int32"), axis=-1)
+    if s:
+        x = ops.concatenate([x[..., s:], x[..., :s]], axis=-1)
+    if a > 1 and b > 1:
+        lead = tuple(x.shape[1:-1])
+        if any(d is None for d in lead):
+            lead = tuple(ops.shape(x)[1:-1])
+        x = ops.reshape(x, (-1, *lead, a, b))
+        x = ops.transpose(x, (0, *range(1, len(lead) + 1), len(lead) + 2, len(lead) + 1))
+        x = ops.reshape(x, (-1, *lead, a * b))
+    return x
 
 
 def _with_seed(initializer, seed):
@@ -86,6 +130,7 @@ class SSConv2D(keras.layers.Layer):
         activation=None,
         use_bias: bool = True,
         implementation: str = "auto",
+        arrangement: str = "auto",
         kernel_initializer="glorot_uniform",
         bias_initializer="zeros",
         kernel_regularizer=None,
@@ -135,6 +180,11 @@ class SSConv2D(keras.layers.Layer):
                 f"{who}: implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}."
             )
         self.implementation = implementation
+        if arrangement not in ARRANGEMENTS:
+            raise ValueError(
+                f"{who}: arrangement must be one of {ARRANGEMENTS}, got {arrangement!r}."
+            )
+        self.arrangement = arrangement
         self.activation = keras.activations.get(activation)
         self.use_bias = bool(use_bias)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
@@ -147,6 +197,7 @@ class SSConv2D(keras.layers.Layer):
         self.input_spec = keras.layers.InputSpec(ndim=4)
         self.pattern: dec.SSCPattern | None = None
         self._resolved_implementation: str | None = None
+        self._resolved_arrangement: str | None = None
 
     @property
     def _who(self) -> str:
@@ -210,12 +261,19 @@ class SSConv2D(keras.layers.Layer):
             )
         self._inverse_filter_perm = np.argsort(p.filter_perm).astype("int32")
         self._dense_map = None
+        self._resolved_arrangement = self._resolve_arrangement(self.arrangement)
         self._resolved_implementation = self._resolve(self.implementation)
 
     def _resolve(self, implementation: str) -> str:
         if implementation != "auto":
             return implementation
         return "factorized" if self.mac_ratio() < AUTO_FACTORIZED_THRESHOLD else "dense"
+
+    def _resolve_arrangement(self, arrangement: str) -> str:
+        if arrangement != "auto":
+            return arrangement
+        times = {a: self.estimated_time(a) for a in ARRANGEMENTS[1:]}
+        return min(times, key=times.get)
 
     def mac_ratio(self) -> float:
         """Structural MACs over those of the dense conv: ``(a*kh*kw + b) / (G*kh*kw)``."""
@@ -226,6 +284,77 @@ class SSConv2D(keras.layers.Layer):
     def resolved_implementation(self) -> str | None:
         """``"factorized"`` or ``"dense"``: what ``call`` runs (``None`` before build)."""
         return self._resolved_implementation
+
+    @property
+    def resolved_arrangement(self) -> str | None:
+        """``"grouped"`` or ``"full_pointwise"``: how the factorized path lays out its ops."""
+        return self._resolved_arrangement
+
+    # ---- the factorized path's ops and their cost ------------------------------------------
+
+    def _plan(self, arrangement: str) -> list[tuple[str, float]]:
+        """``(kind, count per output pixel)`` of the factorized path's ops (built layer).
+
+        Kinds are keys of ``LITERT_COST``: conv MACs (``"conv"`` dense ``kh x kw``,
+        ``"pointwise"`` dense 1x1, ``"grouped"``, ``"depthwise"``) and channel moves
+        (``"gather"``, ``"roll"``, ``"transpose"``: values moved per output pixel; the
+        stride's extra input pixels are counted).
+        """
+        p = self.pattern
+        kk = math.prod(self.kernel_size)
+        c, n = p.in_channels, self.filters
+        px_in = math.prod(self.strides)  # input pixels per output pixel (approximately)
+        plan: list[tuple[str, float]] = []
+        grouped_out = False
+
+        def moves(index, per_px):
+            for kind, count in _shuffle_kinds(index):
+                plan.append((kind, count * per_px))
+
+        if p.kernel_span:
+            if p.kernel_span == p.groups:
+                plan.append(("conv", kk * c * n))
+            else:
+                moves(p.kxk_index, px_in)
+                kind = "depthwise" if p.kernel_span * p.cg == 1 else "grouped"
+                plan.append((kind, kk * p.kernel_span * p.cg * n))
+                grouped_out = True
+        if p.pointwise_span:
+            if p.pointwise_span == p.groups or arrangement == "full_pointwise":
+                plan.append(("pointwise", c * n))
+            else:
+                moves(p.pointwise_index, 1)
+                kind = "depthwise" if p.pointwise_span * p.cg == 1 else "grouped"
+                plan.append((kind, p.pointwise_span * p.cg * n))
+                grouped_out = True
+        if grouped_out:
+            moves(self._inverse_filter_perm, 1)
+        return plan
+
+    def estimated_time(self, arrangement: str | None = None) -> float:
+        """LiteRT time per output pixel of the factorized path, in dense-conv MACs
+        (``LITERT_COST``-weighted sum of ``_plan``); the dense conv costs ``kh*kw*C*N``."""
+        arrangement = arrangement or self._resolved_arrangement
+        return float(sum(LITERT_COST[k] * v for k, v in self._plan(arrangement)))
+
+    def executed_macs(self, input_shape) -> int:
+        """MACs of one call as the resolved path runs them (``cost()`` counts the structure's).
+
+        ``"dense"``: ``kh*kw*C*N`` per output pixel; ``"factorized"`` with
+        ``arrangement="full_pointwise"``: the 1x1 conv runs over all ``C`` channels.
+        """
+        if not self.built:
+            raise ValueError(f"{self._who}: build the layer first.")
+        shape = tuple(input_shape)
+        if len(shape) == 3:
+            shape = (None, *shape)
+        out = self.compute_output_shape(shape)
+        if self._resolved_implementation == "dense":
+            per_px = math.prod(self.kernel_size) * self.pattern.in_channels * self.filters
+        else:
+            plan = self._plan(self._resolved_arrangement)
+            per_px = sum(v for k, v in plan if k in ("conv", "pointwise", "grouped", "depthwise"))
+        return int(out[1] * out[2] * per_px)
 
     def _flat_weights(self):
         parts = [
@@ -264,22 +393,31 @@ class SSConv2D(keras.layers.Layer):
             x = x[tuple(slices)]
         return x
 
-    def _part(self, x, weight, index, span, kernel_size, **conv_args):
+    def _part(self, x, weight, index, span, kernel_size, out_order, **conv_args):
+        """One part as a conv; outputs in ``out_order`` (``"grouped"`` for a grouped conv)."""
         p = self.pattern
         if span == p.groups:  # reaches every channel: one dense conv, permutation folded in
             part = "kernel" if weight is self.kernel else "pointwise"
-            fold = p.grouped_dense_index_map(part).astype("int32")
+            fold = p.grouped_dense_index_map(part)
+            if out_order == "natural":
+                fold = fold[..., self._inverse_filter_perm]
+            fold = fold.astype("int32")
             return ops.conv(x, ops.take(ops.reshape(weight, (-1,)), fold), **conv_args)
-        if not _is_identity(index):
-            x = ops.take(x, index.astype("int32"), axis=-1)
+        x = _shuffle(x, index)
         if span * p.cg == 1:  # one channel per group: a depthwise conv
             w = ops.reshape(weight, (*kernel_size, p.groups, p.ng))
             return ops.depthwise_conv(x, w, **conv_args)
         return ops.conv(x, weight, **conv_args)
 
     def factorized_call(self, inputs):
-        """Grouped ``kh x kw`` conv + grouped 1x1 conv, in grouped filter order, reordered."""
+        """Grouped ``kh x kw`` conv + the 1x1 part (grouped, or one conv over all channels
+        with zeros when ``arrangement="full_pointwise"``), summed, filters reordered once."""
         p = self.pattern
+        full_pw = self._resolved_arrangement == "full_pointwise"
+        grouped = (0 < p.kernel_span < p.groups) or (
+            0 < p.pointwise_span < p.groups and not full_pw
+        )
+        order = "grouped" if grouped else "natural"
         y = None
         if p.kernel_span:
             y = self._part(
@@ -288,24 +426,36 @@ class SSConv2D(keras.layers.Layer):
                 p.kxk_index,
                 p.kernel_span,
                 self.kernel_size,
+                order,
                 strides=self.strides,
                 padding=self.padding,
                 data_format="channels_last",
                 dilation_rate=self.dilation_rate,
             )
         if p.pointwise_span:
-            z = self._part(
-                self._window(inputs),
-                self.pointwise_kernel,
-                p.pointwise_index,
-                p.pointwise_span,
-                (1, 1),
-                padding="valid",
-                data_format="channels_last",
-            )
+            window = self._window(inputs)
+            if full_pw and p.pointwise_span < p.groups:
+                w = ops.concatenate(
+                    [ops.reshape(self.pointwise_kernel, (-1,)), ops.zeros((1,), window.dtype)]
+                )
+                index = p.full_pointwise_index_map(order).astype("int32")
+                z = ops.conv(
+                    window, ops.take(w, index), padding="valid", data_format="channels_last"
+                )
+            else:
+                z = self._part(
+                    window,
+                    self.pointwise_kernel,
+                    p.pointwise_index,
+                    p.pointwise_span,
+                    (1, 1),
+                    order,
+                    padding="valid",
+                    data_format="channels_last",
+                )
             y = z if y is None else ops.add(y, z)
-        if not _is_identity(self._inverse_filter_perm):
-            y = ops.take(y, self._inverse_filter_perm, axis=-1)
+        if grouped:
+            y = _shuffle(y, self._inverse_filter_perm)
         return y
 
     def call(self, inputs):
@@ -537,6 +687,7 @@ class SSConv2D(keras.layers.Layer):
                 else None,
                 "use_bias": self.use_bias,
                 "implementation": self.implementation,
+                "arrangement": self.arrangement,
                 "kernel_initializer": ser(self.kernel_initializer),
                 "bias_initializer": ser(self.bias_initializer),
                 "kernel_regularizer": ser(self.kernel_regularizer),

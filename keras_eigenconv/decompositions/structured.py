@@ -41,6 +41,7 @@ __all__ = [
     "SSC_LAYOUTS",
     "SSCPattern",
     "center_tap_window",
+    "channel_shuffle_plan",
     "ssc_best_shift",
     "ssc_dense_kernel",
     "ssc_project",
@@ -210,6 +211,18 @@ class SSCPattern:
             out[th, tw, ch, fi] = nk + np.arange(npw).reshape(wp, n)
         return out
 
+    def full_pointwise_index_map(self, order: str = "natural") -> np.ndarray:
+        """``(1, 1, C, N)`` map into ``concat(pointwise_kernel.ravel(), [0])``: the 1x1 part
+        as ONE 1x1 conv over all ``C`` channels (zeros where not 1x1-connected), columns in
+        the natural filter order (``order="natural"``) or the grouped order (``"grouped"``)."""
+        th, tw = self.tap
+        nk, npw = math.prod(self.kernel_shape), math.prod(self.pointwise_shape)
+        m = self.dense_index_map()[th, tw]
+        m = np.where(self.connections == POINTWISE, m - nk, npw)
+        if order == "grouped":
+            m = m[:, self.filter_perm]
+        return m[None, None]
+
     def grouped_dense_index_map(self, part: str) -> np.ndarray:
         """Map folding one part into a dense conv kernel over all ``C`` channels, outputs in
         grouped filter order; only when that part reaches every channel group."""
@@ -226,6 +239,30 @@ class SSCPattern:
             kh, kw, width, self.filters
         )
         return out
+
+
+def channel_shuffle_plan(index) -> tuple[int, int, int]:
+    """Write a static channel permutation ``y = x[..., index]`` as a roll and a transpose.
+
+    Returns ``(s, A, B)`` with ``index[j*A + i] = (i*B + j + s) % C`` (``C = A*B =
+    len(index)``): roll the channels by ``s`` (``concat(x[..., s:], x[..., :s])``), view them
+    as ``(A, B)`` and transpose to ``(B, A)``. ``A = 1`` or ``B = 1`` is a pure roll,
+    ``s = 0`` too the identity. Raises ``ValueError`` when ``index`` is no such permutation
+    (then a general gather is needed).
+    """
+    index = np.asarray(index)
+    c = index.size
+    if c == 0 or not np.array_equal(np.sort(index), np.arange(c)):
+        raise ValueError("index is not a permutation of its own length.")
+    s = int(index[0])
+    for a in _divisors(c):
+        b = c // a
+        i, j = np.meshgrid(np.arange(a), np.arange(b), indexing="ij")
+        cand = np.empty(c, np.int64)
+        cand[(j * a + i).ravel()] = ((i * b + j + s) % c).ravel()
+        if np.array_equal(cand, index):
+            return s, (1 if a == c else a), (c if a == c else b)
+    raise ValueError("index is not a rolled transpose.")
 
 
 def ssc_dense_kernel(pattern: SSCPattern, kernel, pointwise_kernel) -> np.ndarray:
