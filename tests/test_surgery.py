@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from threadpoolctl import threadpool_limits
 
 import keras_eigenconv  # noqa: F401  (registers the layers)
 from keras_eigenconv import registry
@@ -20,6 +21,14 @@ from keras_eigenconv.surgery import convert
 
 L = keras.layers
 SPECTRUM_METHODS = ["decef", "basis", "svd", "svd_spatial"]
+
+
+@pytest.fixture(autouse=True)
+def _one_blas_thread():
+    """Single-threaded BLAS: on a loaded 2-core machine multithreaded OpenBLAS SVDs spin and
+    run up to 100x slower (measured), which says nothing about the code under test."""
+    with threadpool_limits(1, user_api="blas"):
+        yield
 
 
 def small_cnn(c=4):
