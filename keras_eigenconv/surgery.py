@@ -727,6 +727,9 @@ def _parse_shape(text: str) -> tuple[int, ...]:
 
 
 def _cli_convert(args) -> int:
+    get_method(args.method)  # fail before loading a large model
+    if args.energy is not None:
+        rk.energy_rank([1.0], args.energy)
     model = load_model_arg(args.model, args.weights, args.input_shape)
     budget = None
     if args.budget_macs is not None:

@@ -1,0 +1,121 @@
+"""The ``keras-eigenconv convert`` command."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from threadpoolctl import threadpool_limits
+
+import keras_eigenconv  # noqa: F401
+from keras_eigenconv.cli import main
+
+L = keras.layers
+
+
+@pytest.fixture(autouse=True)
+def _one_blas_thread():
+    with threadpool_limits(1, user_api="blas"):
+        yield
+
+
+@pytest.fixture
+def saved_model(tmp_path):
+    model = keras.Sequential(
+        [
+            keras.Input((10, 10, 3)),
+            L.Conv2D(8, 3, padding="same", activation="relu", name="c1"),
+            L.Conv2D(64, 3, padding="same", name="c2"),
+            L.Conv2D(64, 3, padding="same", name="c3"),
+            L.GlobalAveragePooling2D(),
+            L.Dense(4),
+        ]
+    )
+    path = tmp_path / "model.keras"
+    model.save(path)
+    return path, model
+
+
+def test_help_lists_the_options(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["convert", "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for flag in ("--method", "--energy", "--budget-macs", "--round-to", "--weights", "-o"):
+        assert flag in out
+    assert "keras-eigenconv convert resnet50 --method decef --energy 0.9" in out
+    assert "decef" in out and "svd_spatial" in out
+
+
+def test_convert_a_keras_file(tmp_path, saved_model, capsys):
+    path, model = saved_model
+    out, md, js = tmp_path / "small.keras", tmp_path / "r.md", tmp_path / "r.json"
+    code = main(
+        [
+            "convert", str(path), "--method", "svd", "--budget-macs", "0.5", "--round-to", "8",
+            "-o", str(out), "--markdown", str(md), "--json", str(js), "--no-progress",
+        ]
+    )  # fmt: skip
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "c2" in printed and "MACs:" in printed and f"saved {out}" in printed
+    report = json.loads(js.read_text())
+    assert report["replaced"] >= 1 and report["macs_ratio"] <= 0.5
+    assert "| layer |" in md.read_text()
+    small = keras.saving.load_model(out)
+    assert any(isinstance(lay, keras_eigenconv.SVDConv2D) for lay in small.layers)
+    x = np.random.default_rng(0).random((2, 10, 10, 3)).astype("float32")
+    assert np.asarray(small(x)).shape == np.asarray(model(x)).shape
+
+
+def test_convert_an_application_by_name(capsys):
+    code = main(
+        ["convert", "VGG16", "--weights", "none", "--input-shape", "32,32,3", "--rank", "4"]
+    )
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "block2_conv1" in printed and "kept: first conv" in printed
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["convert", "resnet5", "--weights", "none"], "Did you mean resnet50"),
+        (["convert", "missing/model.keras"], "no such model file"),
+        (["convert", "vgg16", "--weights", "none", "--method", "nope"], "Unknown method 'nope'"),
+        (["convert", "vgg16", "--weights", "none", "--energy", "1.5"], "energy=1.5"),
+    ],
+)
+def test_errors_exit_1_with_a_message(argv, message, capsys):
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "keras-eigenconv convert: error:" in err and message in err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["convert", "vgg16", "--rank", "many"],
+        ["convert", "vgg16", "--rank", "3", "--energy", "0.9"],
+        ["convert", "vgg16", "--input-shape", "32,32"],
+        ["convert"],
+    ],
+)
+def test_bad_arguments_exit_2(argv):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+
+
+def test_console_script_exit_codes():
+    exe = Path(sys.executable).parent / "keras-eigenconv"
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "keras_eigenconv.cli"]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    bad = subprocess.run(
+        [*cmd, "convert", "nosuchnet", "--weights", "none"], capture_output=True, text=True, env=env
+    )
+    assert bad.returncode == 1 and "nosuchnet" in bad.stderr
