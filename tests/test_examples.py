@@ -8,6 +8,8 @@ from pathlib import Path
 import keras
 import pytest
 
+import keras_eigenconv  # noqa: F401  (registers the layers for load_model)
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
