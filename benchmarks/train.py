@@ -3,8 +3,9 @@
 Every model is measured in the same run on the same data (random 32x32x3 images, batch
 ``--batch``): the plain ResNet-20, then DeCEF, SVD and Tucker-2 versions converted by
 ``keras_eigenconv.surgery.convert(model, method, budget={"macs": share})`` at about 2/3 and
-1/3 of the MACs (Tucker-2 picks its own ranks: the ``energy`` that lands closest), with each ``--implementations`` value ("auto" picks per layer; "factorized"
-forces the factor ops). A model is timed over ``--steps`` steps of a second epoch (the first
+1/3 of the MACs (Tucker-2 picks its own ranks: the ``energy`` that lands closest), with
+each ``--implementations`` value ("auto" picks per layer; "factorized" forces the factor
+ops). A model is timed over ``--steps`` steps of a second epoch (the first
 holds tracing and warm-up); ``--repeats`` takes the best. Writes
 ``benchmarks/results/train.json`` and ``train.md``.
 
