@@ -701,8 +701,9 @@ class SSConv2D(keras.layers.Layer):
         return config
 
 
-def set_ssc_implementation(model, implementation: str) -> int:
-    """Set ``implementation`` on every ``SSConv2D`` of ``model`` (nested models included).
+def set_ssc_implementation(model, implementation: str, arrangement: str | None = None) -> int:
+    """Set ``implementation`` (and ``arrangement`` when given) on every ``SSConv2D`` of
+    ``model`` (nested models included).
 
     For example ``"dense"`` before training in TensorFlow, ``"factorized"`` before export;
     the weights are the same. Compile again (or convert) after it: Keras caches traced
@@ -713,12 +714,20 @@ def set_ssc_implementation(model, implementation: str) -> int:
             f"set_ssc_implementation: implementation must be one of {IMPLEMENTATIONS}, "
             f"got {implementation!r}."
         )
+    if arrangement is not None and arrangement not in ARRANGEMENTS:
+        raise ValueError(
+            f"set_ssc_implementation: arrangement must be one of {ARRANGEMENTS}, "
+            f"got {arrangement!r}."
+        )
     layers = [model] if isinstance(model, SSConv2D) else list(model._flatten_layers())
     count = 0
     for layer in layers:
         if isinstance(layer, SSConv2D):
             layer.implementation = implementation
+            if arrangement is not None:
+                layer.arrangement = arrangement
             if layer.built:
+                layer._resolved_arrangement = layer._resolve_arrangement(layer.arrangement)
                 layer._resolved_implementation = layer._resolve(implementation)
             count += 1
     return count

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from keras_eigenconv import decompositions as dec
 from keras_eigenconv.cost import layer_cost
-from keras_eigenconv.ssc import SSConv2D, set_ssc_implementation
+from keras_eigenconv.ssc import SSConv2D, _shuffle, set_ssc_implementation
 
 RNG = np.random.default_rng(0)
 
@@ -244,6 +244,143 @@ def test_from_conv2d_error_falls_as_kernel_span_grows_and_best_shift_wins():
     assert by_energy.kernel_span == next(r for r, s in enumerate(shares, 1) if s >= 0.5 - 1e-6)
     assert conv.kernel.shape == (3, 3, 16, 16)  # the user's layer is untouched
     np.testing.assert_array_equal(conv.kernel.numpy(), w)
+
+
+# ---- arrangements of the factorized path --------------------------------------------------
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    a=st.integers(1, 8),
+    b=st.integers(1, 8),
+    s=st.integers(0, 63),
+    seed=st.integers(0, 2**16),
+)
+def test_channel_shuffle_plan_and_shuffle_op(a, b, s, seed):
+    c = a * b
+    s %= c
+    i, j = np.meshgrid(np.arange(a), np.arange(b), indexing="ij")
+    index = np.empty(c, int)
+    index[(j * a + i).ravel()] = ((i * b + j + s) % c).ravel()
+    rs, ra, rb = dec.channel_shuffle_plan(index)
+    got = np.empty(c, int)
+    ii, jj = np.meshgrid(np.arange(ra), np.arange(rb), indexing="ij")
+    got[(jj * ra + ii).ravel()] = ((ii * rb + jj + rs) % c).ravel()
+    np.testing.assert_array_equal(got, index)
+    x = _x((2, 3, 3, c))
+    np.testing.assert_array_equal(np.asarray(_shuffle(x, index)), x[..., index])
+    # any index at all: _shuffle is x[..., index] (a gather when not a rolled transpose)
+    other = np.random.default_rng(seed).integers(0, c, size=c + 2)
+    with pytest.raises(ValueError):
+        dec.channel_shuffle_plan(other)
+    np.testing.assert_array_equal(np.asarray(_shuffle(x, other)), x[..., other])
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    g=st.sampled_from([1, 2, 4]),
+    cg=st.integers(1, 3),
+    ng=st.integers(1, 3),
+    k=st.sampled_from([1, 2, 3]),
+    a=st.integers(0, 4),
+    b=st.integers(0, 4),
+    layout=st.sampled_from(dec.SSC_LAYOUTS),
+    seed=st.integers(0, 2**16),
+    stride=st.integers(1, 2),
+    dilation=st.integers(1, 2),
+    padding=st.sampled_from(["same", "valid"]),
+)
+def test_arrangements_equal_the_masked_conv(
+    g, cg, ng, k, a, b, layout, seed, stride, dilation, padding
+):
+    """Every arrangement (and auto) computes the projected dense conv, on any pattern."""
+    if a + b < 1 or a + b > g:
+        return
+    if stride > 1:
+        dilation = 1
+    c, n = g * cg, g * ng
+    shift = int(np.random.default_rng(seed).integers(0, c))
+    x = _x((2, 7, 7, c))
+    cfg = dict(groups=g, kernel_span=a, pointwise_span=b, layout=layout, shift=shift)
+    outs, ref = [], None
+    for arrangement in ("grouped", "full_pointwise", "auto"):
+        layer = SSConv2D(
+            n,
+            k,
+            strides=stride,
+            dilation_rate=dilation,
+            padding=padding,
+            implementation="factorized",
+            arrangement=arrangement,
+            **cfg,
+        )
+        layer.build((None, 7, 7, c))
+        if ref is None:
+            _randomize(layer)
+            weights = layer.get_weights()
+            ref = np.asarray(layer.to_conv2d()(x))
+        layer.set_weights(weights)
+        outs.append(np.asarray(layer(x)))
+    for out in outs:
+        np.testing.assert_allclose(out, ref, atol=1e-4, rtol=1e-5)
+
+
+def test_full_pointwise_executed_macs_and_auto_choice():
+    het = dict(groups=4, pointwise_span=3, layout="interleaved")
+    layer = SSConv2D(64, 3, padding="same", **het)
+    layer.build((None, 8, 8, 64))
+    assert layer.resolved_arrangement == "full_pointwise"  # cheaper by the LiteRT cost model
+    assert layer.estimated_time("full_pointwise") < layer.estimated_time("grouped")
+    structure = layer.cost((8, 8, 64)).macs
+    assert structure == 64 * (9 * 16 * 64 + 3 * 16 * 64)  # 3 CN per pixel
+    assert layer.executed_macs((8, 8, 64)) == 64 * (9 * 16 * 64 + 64 * 64)  # 3.25 CN
+    set_ssc_implementation(layer, "factorized", arrangement="grouped")
+    assert layer.executed_macs((8, 8, 64)) == structure
+    set_ssc_implementation(layer, "dense")
+    assert layer.executed_macs((8, 8, 64)) == 64 * 9 * 64 * 64
+    narrow = SSConv2D(64, 3, padding="same", groups=4, pointwise_span=1)
+    narrow.build((None, 8, 8, 64))
+    assert narrow.resolved_arrangement == "grouped"  # C*N would cost more than b*C/G*N
+    with pytest.raises(ValueError, match="arrangement"):
+        SSConv2D(8, 3, arrangement="diagonal")
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        dict(groups=4, pointwise_span=3, layout="interleaved"),  # HetConv-4
+        dict(groups=4, pointwise_span=3, layout="interleaved", shift=5),
+        dict(groups=4, pointwise_span=3, shift=3),
+        dict(groups=4, pointwise_span=1),
+    ],
+)
+def test_tflite_has_no_gather(cfg):
+    inputs = keras.Input((8, 8, 16), batch_size=1)
+    layer = SSConv2D(16, 3, padding="same", activation="relu", **cfg)
+    model = keras.Model(inputs, layer(inputs))
+    _randomize(layer)
+    x = _x((1, 8, 8, 16))
+    got, ops = tflite_run(model, x)
+    np.testing.assert_allclose(got, model.predict(x, verbose=0), atol=1e-5)
+    assert "GATHER" not in ops, ops
+    assert "CONV_2D" in ops
+
+
+def test_unknown_spatial_dims_and_old_configs_load():
+    layer = SSConv2D(8, 3, groups=4, pointwise_span=3, layout="interleaved", shift=1)
+    layer.build((None, None, None, 8))
+    _randomize(layer)
+    spec = tf.TensorSpec((None, None, None, 8), tf.float32)
+    fn = tf.function(layer, input_signature=[spec])
+    x = _x((2, 6, 5, 8))
+    np.testing.assert_allclose(fn(x), layer.to_conv2d()(x), atol=1e-5)
+    config = layer.get_config()
+    del config["arrangement"]  # saved before the argument existed
+    old = SSConv2D.from_config(config)
+    old.build((None, 6, 5, 8))
+    old.set_weights(layer.get_weights())
+    assert old.arrangement == "auto"
+    np.testing.assert_allclose(old(x), layer(x), atol=1e-5)
 
 
 # ---- costs -------------------------------------------------------------------------------
