@@ -8,9 +8,16 @@ The kernel ``W (kh, kw, C, N)`` follows a fixed, cyclically shifted block patter
     y = take(conv_G(take(x, kxk_index), kernel) + conv1x1_G(take(window(x), pw_index),
              pointwise_kernel), inverse filter order) + bias
 
-a grouped ``kh x kw`` conv and a grouped 1x1 conv over fixed channel gathers (built-in
-``GATHER`` + ``CONV_2D`` in LiteRT), never a masked dense kernel. Weights
-``kh*kw*a*Cg*N + b*Cg*N`` (``Cg = C/G``), MACs per output pixel the same number.
+a grouped ``kh x kw`` conv and a 1x1 conv, never a masked dense kernel. Channel
+reorders are static: a roll (two ``STRIDED_SLICE`` + ``CONCATENATION``) and/or a
+reshape-transpose when the index is one (``channel_shuffle_plan``: span-1 contiguous bands,
+the interleaved ``k x k`` band and filter order), else ``GATHER`` (not run by XNNPACK).
+``arrangement`` lays out the 1x1 part: ``"grouped"`` (a grouped 1x1 over the ``b*C``
+gathered channels, ``b*Cg*N`` MACs per pixel) or ``"full_pointwise"`` (ONE 1x1 conv over
+all ``C`` channels with zeros where there is no 1x1 connection, ``C*N`` MACs, no channel
+moves); ``"auto"`` takes the cheaper by the LiteRT cost model ``LITERT_COST``. Weights
+``kh*kw*a*Cg*N + b*Cg*N`` (``Cg = C/G``); ``cost()`` reports those MACs per output pixel,
+``executed_macs()`` what the chosen ops compute.
 """
 
 from __future__ import annotations
@@ -30,8 +37,10 @@ __all__ = ["ARRANGEMENTS", "LITERT_COST", "SSConv2D", "set_ssc_implementation"]
 # "auto" runs the grouped ops when their MACs are below this share of the dense conv's.
 AUTO_FACTORIZED_THRESHOLD = 0.9
 ARRANGEMENTS = ("auto", "grouped", "full_pointwise")
-# LiteRT (XNNPACK, 1 thread) time per unit, in dense-conv MACs: conv kinds per MAC, channel
-# moves per value moved. Calibrated by benchmarks/ssc_vs_pruning.py --calibrate (see README).
+# LiteRT (XNNPACK, 1 thread, x86) time per unit, in dense 3x3 conv MACs: conv kinds per MAC,
+# channel moves per value moved. Measured on single-op models at 8x8, 16x16, 32x32 x 64
+# channels (README "SSC"): 1x1 conv 0.9-1.6, grouped (G=4) 1.5-1.75, GATHER 99-110,
+# roll 13-37, transpose 16-62 (the memory-bound moves cost more at 32x32).
 LITERT_COST = {
     "conv": 1.0,
     "pointwise": 1.2,
@@ -103,6 +112,7 @@ class SSConv2D(keras.layers.Layer):
     - ``layout``: ``"contiguous"`` (groups are runs of channels, as ``Conv2D(groups=)``) or
       ``"interleaved"`` (group = index mod ``G``, HetConv's one-channel shift per filter);
     - ``shift``: cyclic shift of the channel index before grouping, in ``[0, C)``;
+    - ``arrangement``: ``"grouped"``, ``"full_pointwise"`` or ``"auto"`` (module docstring);
     - ``implementation``: ``"factorized"`` runs the grouped ops (what a LiteRT export runs);
       ``"dense"`` scatters the weights into the ``(kh, kw, C, N)`` kernel and runs one conv
       (same output and weights; faster for TensorFlow CPU training, where grouped convs are
