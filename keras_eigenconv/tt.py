@@ -192,8 +192,8 @@ class TTConv2D(FactorizedConv2D):
       ``num_modes`` balanced modes, default 3);
     - ``implementation``: ``"dense"`` (alias ``"full"``: rebuild the kernel, one conv, the
       paper's path: fewer parameters, same FLOPs), ``"factorized"`` (shared spatial filters,
-      then core contractions) or ``"auto"`` (the cheaper by the cost model of ``_base``,
-      which weighs depthwise MACs by measured speed).
+      then core contractions) or ``"auto"``: dense, because the factorized form measured
+      slower than the conv at every benchmarked shape, even at 0.3x its MACs.
 
     From scratch the cores are Gaussian (``SeedGenerator(seed)``), each with the same
     ``sigma``, so that the rebuilt kernel has the variance of ``kernel_initializer``
@@ -299,6 +299,12 @@ class TTConv2D(FactorizedConv2D):
             ("depthwise", h * w * kh * kw * c * ranks[0]),
             ("pointwise", h * w * _tt_contract_macs(ins, outs, ranks)),
         ]
+
+    def _resolve_implementation(self, input_shape) -> str:
+        # Measured (benchmarks/layers.py, batch 1, 56x56x64 to 14x14x256): the factorized
+        # TT-conv ran 0.86x-3.8x the conv's forward time and 1.2x-4.9x its training step even
+        # at 0.3x the MACs (depthwise multiplier r0 plus transposes), so "auto" runs dense.
+        return "dense" if self.implementation == "auto" else self.implementation
 
     def cost(self, input_shape) -> Cost:
         """Parameters and MACs; the MACs are those of the path that runs (the resolved
