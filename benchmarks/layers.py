@@ -31,6 +31,8 @@ import tensorflow as tf  # noqa: E402
 
 from keras_eigenconv import BasisConv2D, DeCEFConv2D, SVDConv2D  # noqa: E402
 from keras_eigenconv.ssc import SSConv2D  # noqa: E402
+from keras_eigenconv.tt import TTConv2D  # noqa: E402
+from keras_eigenconv.tucker import Tucker2Conv2D  # noqa: E402
 
 CANDIDATES: list[tuple[str, type, dict]] = [
     ("DeCEF", DeCEFConv2D, {}),
@@ -38,6 +40,8 @@ CANDIDATES: list[tuple[str, type, dict]] = [
     ("SVD-channel", SVDConv2D, {"decomposition": "channel"}),
     ("SVD-spatial", SVDConv2D, {"decomposition": "spatial"}),
     ("SSC G=8 (rank = kernel_span)", SSConv2D, {"groups": 8}),
+    ("Tucker-2 (R1 = R2)", Tucker2Conv2D, {}),
+    ("TT-conv (3 auto modes, rank r)", TTConv2D, {}),
 ]
 
 SHAPES = [(56, 64), (28, 128), (14, 256), (7, 512)]
