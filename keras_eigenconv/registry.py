@@ -54,6 +54,24 @@ def _svd_matrices(kernel: np.ndarray, options: dict) -> list[np.ndarray]:
     return _filter_matrix(kernel, options)
 
 
+# Costs of candidate (layer shape, rank) pairs: building an unbuilt layer is slow (it creates
+# a seed variable) and models repeat the same conv shapes many times.
+_COST_CACHE: dict[tuple, Cost] = {}
+
+
+def _shape_config(layer) -> tuple:
+    if isinstance(layer, keras.layers.Dense):
+        return (layer.units, layer.use_bias)
+    return (
+        layer.filters,
+        tuple(layer.kernel_size),
+        tuple(layer.strides),
+        layer.padding,
+        tuple(layer.dilation_rate),
+        layer.use_bias,
+    )
+
+
 @dataclass(frozen=True)
 class Method:
     """How to replace a layer by one method.
@@ -172,11 +190,24 @@ class Method:
     def cost(self, layer, rank, input_shapes, options: Mapping | None = None) -> Cost:
         """Cost of the replacement at ``rank``: parameters once, MACs summed over the calls
         on ``input_shapes`` (one shape per call, batch axis included)."""
+        key = (
+            self.name,
+            type(layer).__name__,
+            repr(_shape_config(layer)),
+            repr(rank),
+            repr(sorted(self.merged_options(options).items())),
+            repr([tuple(s) for s in input_shapes]),
+        )
+        if key in _COST_CACHE:
+            return _COST_CACHE[key]
         cand = self.candidate(layer, rank, options)
         total = Cost()
         for i, shape in enumerate(input_shapes):
             c = cand.cost(tuple(shape))
             total = Cost(c.params, c.fixed_params, total.macs + c.macs) if i else c
+        if len(_COST_CACHE) > 4096:
+            _COST_CACHE.clear()
+        _COST_CACHE[key] = total
         return total
 
     def rank_costs(self, layer, ranks, input_shapes, options=None) -> np.ndarray:
