@@ -240,10 +240,17 @@ def test_costs():
     dense_impl = TTConv2D(16, 3, rank=[5, 4], num_modes=2, implementation="dense")
     dense_impl.build((None, 8, 8, 8))
     assert dense_impl.cost((8, 8, 8)).macs == 36 * 9 * 8 * 16  # valid: 6x6 out
-    d = TTDense(8, rank=3, in_modes=(4, 6), out_modes=(2, 4))
+    d = TTDense(8, rank=3, in_modes=(4, 6), out_modes=(2, 4), implementation="factorized")
     d.build((None, 24))
     assert d.cost((None, 24)).params == 4 * 2 * 3 + 3 * 6 * 4 + 8 == d.count_params()
-    assert d.cost((None, 24)).macs == 6 * 4 * 2 * 3 + 2 * 3 * 6 * 4
+    assert d.cost((None, 24)).macs == 6 * 4 * 2 * 3 + 2 * 3 * 6 * 4  # 288 > 24 * 8
+    auto = TTDense(8, rank=3, in_modes=(4, 6), out_modes=(2, 4))
+    auto.build((None, 24))
+    assert auto.resolved_implementation == "dense"  # the fewer MACs
+    assert auto.cost((None, 5, 24)).macs == 5 * 24 * 8
+    tt_auto = TTConv2D(16, 3, rank=2, num_modes=2)
+    tt_auto.build((None, 8, 8, 8))
+    assert tt_auto.resolved_implementation == "dense"  # measured: factorized is slower
 
 
 def test_clear_errors():
