@@ -442,10 +442,9 @@ class FactorizedConv2D(keras.layers.Layer):
                     "squared Frobenius norm to keep (e.g. 0.9)."
                 )
             return dec.energy_rank(cls.spectrum(kernel, **options), float(energy))
-        full = int(len(cls.spectrum(kernel, **options)))
-        if rank is None:
-            return full
-        return check_rank(name, rank, full)
+        if rank is not None:  # no SVD: build() checks the upper bound (max_rank)
+            return check_rank(name, rank)
+        return int(len(cls.spectrum(kernel, **options)))
 
     @classmethod
     def from_conv2d(
