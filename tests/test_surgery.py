@@ -382,3 +382,19 @@ def test_keras_reload_in_a_fresh_process(tmp_path, trained):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
     assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-2000:]
+
+
+def test_dense_layers_with_tt_dense():
+    m = registry._REGISTRY["tt_dense"]
+    if not m.available:
+        pytest.skip(f"{m.layer} is not present")
+    x = inp = keras.Input((6, 6, 2))
+    x = L.Conv2D(4, 3, name="conv")(x)
+    x = L.Flatten()(x)
+    x = L.Dense(64, activation="relu", name="fc1")(x)
+    model = keras.Model(inp, L.Dense(12, name="fc2")(x))
+    new, rep = convert(model, method="tt_dense", require_saving=False)
+    assert {r.name for r in rep.replaced} == {"fc1", "fc2"}
+    assert "replaces Dense layers only" in {r.name: r.reason for r in rep.layers}["conv"]
+    assert isinstance(new.get_layer("fc1"), m.layer_class())
+    _close(new(_x(model)), model(_x(model)))
