@@ -532,13 +532,16 @@ class LiteRTTimer:
         keys = {name: self.key(layers, input_shape) for name, layers in candidates.items()}
         missing = {n: candidates[n] for n, k in keys.items() if k not in self.entries}
         if missing:
-            invokers = {}
+            invokers, failed = {}, {}
             for name, layers in missing.items():
-                it = _interpreter(
-                    _convert_layers(layers, input_shape, self.quantize), self.num_threads
-                )
-                invokers[name] = it.invoke
-            times = time_interleaved(invokers, rounds=self.rounds)
+                try:
+                    content = _convert_layers(layers, input_shape, self.quantize)
+                except Exception:  # e.g. needs a non-built-in op: never the choice
+                    failed[name] = math.inf
+                    continue
+                invokers[name] = _interpreter(content, self.num_threads).invoke
+            times = time_interleaved(invokers, rounds=self.rounds) if invokers else {}
+            times.update(failed)
             for name, seconds in times.items():
                 self.entries[keys[name]] = {
                     "seconds": seconds,
@@ -569,7 +572,9 @@ class CostModel:
         """Least-squares fit (non-negative coefficients) to the timing cache's entries;
         ``DEFAULT_COST_MODEL`` when it holds fewer than ``min_entries``."""
         timer = LiteRTTimer(cache_path)
-        rows = [e for e in timer.entries.values() if "features" in e]
+        rows = [
+            e for e in timer.entries.values() if "features" in e and math.isfinite(e["seconds"])
+        ]
         if len(rows) < min_entries:
             return DEFAULT_COST_MODEL
         kinds = list(DEFAULT_COST_MODEL.coef)
