@@ -619,13 +619,14 @@ def _choose_rank(layer, m: Method, opts, r, energy, round_to, spectrum):
 
 
 def _relative_error(new, layer, m, spectrum, opts) -> float | None:
+    # Spectrum methods truncate optimally: rel_err(r)^2 = 1 - kept energy (no rebuild).
+    if m.rank_selection == "spectrum" and isinstance(getattr(new, "rank", None), int):
+        return float(rk.relative_errors(spectrum(layer, m, opts))[new.rank - 1])
     if hasattr(new, "relative_error"):
         try:
             return float(new.relative_error(layer))
-        except Exception:  # noqa: BLE001 - fall back on the spectrum
+        except Exception:  # noqa: BLE001 - no error figure for this layer
             pass
-    if m.rank_selection == "spectrum" and isinstance(getattr(new, "rank", None), int):
-        return float(rk.relative_errors(spectrum(layer, m, opts))[new.rank - 1])
     return None
 
 

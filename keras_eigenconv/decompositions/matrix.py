@@ -13,6 +13,8 @@ layer API always means this share of the kernel's squared Frobenius norm.
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 
 __all__ = [
@@ -22,6 +24,8 @@ __all__ = [
     "decef_factors",
     "decef_spectrum",
     "energy_rank",
+    "gram_svd",
+    "singular_energies",
     "entropy_rank",
     "relative_error",
     "svd_channel_factors",
@@ -76,6 +80,64 @@ def relative_error(reference, approximation) -> float:
     return float(np.linalg.norm(a - b) / denom)
 
 
+# --- fast SVD of tall or wide matrices ----------------------------------------------------
+
+# Singular directions whose value is below this share of the largest carry no energy that
+# float32 weights can hold; their left vectors are set to zero (the product stays exact).
+_GRAM_RTOL = 1e-7
+
+
+_EIGH_CACHE: dict = {}
+_EIGH_CACHE_BYTES = 256 * 2**20  # whole-model conversions choose ranks for all layers first
+
+
+def _gram_eigh(m: np.ndarray):
+    """``eigh(M^T M)`` for a tall float64 ``M``, descending; recent ones are cached (keyed by
+    the matrix bytes, 256 MiB at most) because rank selection and decomposition ask for the
+    same one."""
+    key = (m.shape, hashlib.blake2b(np.ascontiguousarray(m).data, digest_size=16).digest())
+    hit = _EIGH_CACHE.get(key)
+    if hit is None:
+        lam, v = np.linalg.eigh(m.T @ m)
+        hit = (np.clip(lam[::-1], 0.0, None), v[:, ::-1])
+        _EIGH_CACHE[key] = hit
+        while sum(e[1].nbytes for e in _EIGH_CACHE.values()) > _EIGH_CACHE_BYTES:
+            _EIGH_CACHE.pop(next(iter(_EIGH_CACHE)))  # oldest first
+    return hit
+
+
+def singular_energies(matrix: np.ndarray) -> np.ndarray:
+    """Squared singular values (descending) of ``matrix``, via the eigenvalues of its
+    smaller Gram matrix: ``min(m, n)^2`` memory and several times faster than an SVD."""
+    m = np.asarray(matrix, dtype=np.float64)
+    return _gram_eigh(m if m.shape[0] >= m.shape[1] else m.T)[0].copy()
+
+
+def gram_svd(matrix: np.ndarray, rank: int | None = None):
+    """Truncated SVD ``matrix ~= U diag(s) V^T`` through the eigendecomposition of the
+    smaller Gram matrix (for ``m >= n``: ``M^T M = V diag(s^2) V^T``, ``U = M V / s``).
+
+    ``U diag(s) = M V`` holds exactly, so the rank-``r`` product is ``M V_r V_r^T``, the best
+    rank-``r`` approximation, and at full rank it is ``M`` to float64 round-off. Singular
+    vectors of the larger side for ``s < 1e-7 * s_max`` are zero (``U``'s columns for a tall
+    matrix, ``V``'s rows for a wide one). Returns ``u (m, r)``, ``s (r,)``, ``vt (r, n)``.
+    """
+    m = np.asarray(matrix, dtype=np.float64)
+    if m.shape[0] < m.shape[1]:
+        v, s, ut = gram_svd(m.T, rank)
+        return ut.T, s, v.T
+    lam, v = _gram_eigh(m)
+    r = rank or m.shape[1]
+    v = v[:, :r]
+    s = np.sqrt(lam[:r])
+    u = m @ v
+    keep = s > _GRAM_RTOL * (s[0] if s.size else 0.0)
+    u[:, keep] /= s[keep]
+    u[:, ~keep] = 0.0
+    s = np.where(keep, s, 0.0)
+    return u, s, v.T.copy()
+
+
 # --- DeCEF: per-input-channel eigen-filters (METHODS.md section 1) -----------------------
 
 
@@ -118,7 +180,7 @@ def _filter_matrix(w: np.ndarray) -> np.ndarray:
 
 def basis_spectrum(kernel) -> np.ndarray:
     """Squared singular values of ``H = W.reshape(kh*kw*C, N).T`` (uncentered)."""
-    return np.linalg.svd(_filter_matrix(as_float64_kernel(kernel)), compute_uv=False) ** 2
+    return singular_energies(_filter_matrix(as_float64_kernel(kernel)))
 
 
 def basis_factors(kernel, rank: int) -> tuple[np.ndarray, np.ndarray]:
@@ -131,7 +193,7 @@ def basis_factors(kernel, rank: int) -> tuple[np.ndarray, np.ndarray]:
     w = as_float64_kernel(kernel)
     kh, kw, c, n = w.shape
     wm = _filter_matrix(w)
-    u, _, _ = np.linalg.svd(wm, full_matrices=False)  # left vectors of W_m = right of H
+    u, _, _ = gram_svd(wm, rank)  # left vectors of W_m = right of H
     basis = u[:, :rank]
     comb = basis.T @ wm
     return basis.reshape(kh, kw, c, rank), comb.reshape(1, 1, rank, n)
@@ -152,7 +214,7 @@ def svd_channel_factors(kernel, rank: int):
     """
     w = as_float64_kernel(kernel)
     kh, kw, c, n = w.shape
-    u, s, vt = np.linalg.svd(_filter_matrix(w), full_matrices=False)
+    u, s, vt = gram_svd(_filter_matrix(w), rank)
     return (
         u[:, :rank].reshape(kh, kw, c, rank),
         s[:rank].copy(),
@@ -168,7 +230,7 @@ def _spatial_matrix(w: np.ndarray) -> np.ndarray:
 
 def svd_spatial_spectrum(kernel) -> np.ndarray:
     """Squared singular values of the ``(kh*C) x (kw*N)`` unfolding."""
-    return np.linalg.svd(_spatial_matrix(as_float64_kernel(kernel)), compute_uv=False) ** 2
+    return singular_energies(_spatial_matrix(as_float64_kernel(kernel)))
 
 
 def svd_spatial_factors(kernel, rank: int):
@@ -179,7 +241,7 @@ def svd_spatial_factors(kernel, rank: int):
     """
     w = as_float64_kernel(kernel)
     kh, kw, c, n = w.shape
-    u, s, vt = np.linalg.svd(_spatial_matrix(w), full_matrices=False)
+    u, s, vt = gram_svd(_spatial_matrix(w), rank)
     u = u[:, :rank].reshape(kh, 1, c, rank)
     v = np.transpose(vt[:rank].reshape(rank, kw, n), (1, 0, 2)).reshape(1, kw, rank, n)
     return u, s[:rank].copy(), v
