@@ -123,7 +123,7 @@ def _compressed_model(rng):
     c2 = keras.layers.Conv2D(16, 3, padding="same")
     c2(np.zeros((1, 12, 12, 16), "float32"))
     z = DeCEFConv2D.from_conv2d(c2, rank=4)(y)
-    z = keras.layers.Dropout(0.5)(keras.layers.BatchNormalization()(z))
+    z = keras.layers.Dropout(0.5, name="dropout")(keras.layers.BatchNormalization()(z))
     y = keras.layers.Add()([y, z])
     c3 = keras.layers.Conv2D(8, 3, strides=2, padding="same", activation="relu")
     c3(np.zeros((1, 12, 12, 16), "float32"))
