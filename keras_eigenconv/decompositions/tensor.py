@@ -24,7 +24,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .matrix import as_float64_kernel, energy_rank, relative_error
+from .matrix import as_float64_kernel, energy_rank, gram_svd, relative_error, singular_energies
 
 __all__ = [
     "balanced_modes",
@@ -254,7 +254,7 @@ def _unfoldings(w: np.ndarray):
 def tucker2_spectra(kernel) -> tuple[np.ndarray, np.ndarray]:
     """Squared singular values of the input-channel and filter unfoldings of ``W``."""
     a, b = _unfoldings(as_float64_kernel(kernel))
-    return np.linalg.svd(a, compute_uv=False) ** 2, np.linalg.svd(b, compute_uv=False) ** 2
+    return singular_energies(a), singular_energies(b)
 
 
 def tucker2_factors(kernel, ranks) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -268,9 +268,10 @@ def tucker2_factors(kernel, ranks) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     w = as_float64_kernel(kernel)
     r1, r2 = (int(ranks), int(ranks)) if np.isscalar(ranks) else (int(x) for x in ranks)
     a, b = _unfoldings(w)
-    u = np.linalg.svd(a, full_matrices=False)[0][:, :r1]
-    v = np.linalg.svd(b, full_matrices=False)[0][:, :r2]
-    core = np.einsum("xycn,ca,nb->xyab", w, u, v)
+    # left singular vectors of the wide unfoldings = eigenvectors of their Gram matrices
+    u = gram_svd(a, r1)[0]
+    v = gram_svd(b, r2)[0]
+    core = np.einsum("xycn,ca,nb->xyab", w, u, v, optimize=True)
     return u[None, None], core, v.T[None, None]
 
 
