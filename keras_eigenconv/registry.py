@@ -86,6 +86,8 @@ class Method:
     - ``vbmf_matrices``: ``fn(kernel, options) -> [matrices]``; ``rank="vbmf"`` takes the
       rounded-up mean of their EVBMF ranks (``None``: VBMF is up to the layer, or
       unsupported).
+    - ``budget_spectrum``: for ``rank_selection="layer"``: the class's 1-D ``spectrum``
+      (its int rank) is a usable error proxy, so whole-model budgets work (Tucker-2).
     - ``description``: one line for ``--help`` and the report.
     """
 
@@ -96,6 +98,7 @@ class Method:
     options: Mapping[str, Any] = field(default_factory=dict)
     rank_selection: str = "spectrum"
     vbmf_matrices: Callable | None = None
+    budget_spectrum: bool = False
     description: str = ""
 
     def layer_class(self) -> type:
@@ -132,7 +135,7 @@ class Method:
 
     def spectrum(self, layer, options: Mapping | None = None) -> np.ndarray:
         """Energy kept by each extra rank (descending), from the class's ``spectrum``."""
-        if self.rank_selection != "spectrum":
+        if self.rank_selection != "spectrum" and not self.budget_spectrum:
             raise ValueError(
                 f"Method '{self.name}' chooses its own ranks; pass rank= (its own form) or "
                 "energy=, not a rule or budget that needs a spectrum."
@@ -312,6 +315,7 @@ for _m in (
         _P + "tucker:Tucker2Conv2D",
         spatial_only=True,
         rank_selection="layer",
+        budget_spectrum=True,
         description="Tucker-2: 1x1 C->R1, kxk R1->R2, 1x1 R2->N (rank int, pair or 'vbmf')",
     ),
     Method(

@@ -102,11 +102,15 @@ class Tucker2Conv2D(FactorizedConv2D):
 
     @classmethod
     def spectrum(cls, kernel, **options):
-        """One 1-D spectrum for an int rank (``R1 = R2 = r``): the input-channel unfolding's
-        energies, cut to the largest such rank ``min(len(s_in), len(s_out))``; see
-        ``spectra`` for both."""
+        """One 1-D spectrum for an int rank (``R1 = R2 = r``): the mean of the two channel
+        unfoldings' energies, cut to the largest such rank ``min(len(s_in), len(s_out))``
+        (see ``spectra`` for both). HOSVD's error obeys
+        ``||W - W_r||^2 <= tail_in(r) + tail_out(r)``, so ``1 - kept(r)`` is half that bound:
+        a proxy of the squared relative error (not exact, unlike the matrix methods), used
+        to spread a budget across layers."""
         s_in, s_out = dec.tucker2_spectra(kernel)
-        return s_in[: min(len(s_in), len(s_out))]
+        r = min(len(s_in), len(s_out))
+        return 0.5 * (s_in[:r] + s_out[:r])
 
     @classmethod
     def rank_for(cls, kernel, rank=None, energy=None, **options):

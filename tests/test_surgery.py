@@ -398,3 +398,22 @@ def test_dense_layers_with_tt_dense():
     assert "replaces Dense layers only" in {r.name: r.reason for r in rep.layers}["conv"]
     assert isinstance(new.get_layer("fc1"), m.layer_class())
     _close(new(_x(model)), model(_x(model)))
+
+
+def test_tucker2_meets_a_mac_budget():
+    """Tucker-2 picks its own (R1, R2) for rank/energy, but a whole-model budget spreads
+    equal ranks R1 = R2 = r over the layers by its mean-unfolding spectrum."""
+    inputs = keras.Input((16, 16, 8))
+    x = keras.layers.Conv2D(16, 3, padding="same", name="c0")(inputs)
+    x = keras.layers.Conv2D(32, 3, padding="same", name="c1")(x)
+    x = keras.layers.Conv2D(32, 3, padding="same", name="c2")(x)
+    model = keras.Model(inputs, x)
+    from keras_eigenconv import model_cost
+
+    before = model_cost(model).total.macs
+    small, report = convert(model, method="tucker2", budget={"macs": 0.5}, progress=False)
+    after = model_cost(small).total.macs
+    assert after <= 0.5 * before
+    replaced = [r for r in report.layers if not r.reason]
+    assert replaced and all(0 < r.relative_error < 1 for r in replaced)
+    assert report.to_dict()["layers"]
