@@ -95,6 +95,94 @@ def check_conv2d(conv, layer: str) -> np.ndarray:
     return kernel
 
 
+def conv_geometry(
+    layer, who: str, filters, kernel_size, strides, padding, data_format, dilation_rate
+) -> None:
+    """Validate ``Conv2D``-style geometry arguments and set them on ``layer``."""
+    if isinstance(filters, bool) or not isinstance(filters, (int, np.integer)) or filters < 1:
+        raise ValueError(f"{who}: filters must be a positive int, got {filters!r}.")
+    layer.filters = int(filters)
+    layer.kernel_size = _tuple2(kernel_size, "kernel_size", who)
+    layer.strides = _tuple2(strides, "strides", who)
+    layer.dilation_rate = _tuple2(dilation_rate, "dilation_rate", who)
+    if max(layer.strides) > 1 and max(layer.dilation_rate) > 1:
+        raise ValueError(
+            f"{who}: strides > 1 together with dilation_rate > 1 is not supported "
+            "(as in keras.layers.Conv2D)."
+        )
+    padding = str(padding).lower()
+    if padding not in ("valid", "same"):
+        raise ValueError(f"{who}: padding must be 'valid' or 'same', got {padding!r}.")
+    layer.padding = padding
+    data_format = data_format or keras.config.image_data_format()
+    if data_format != "channels_last":
+        raise ValueError(
+            f"{who}: data_format={data_format!r} is not supported; use 'channels_last' "
+            "(NHWC), which every CPU and mobile runtime prefers."
+        )
+    layer.data_format = "channels_last"
+
+
+def geometry_config(layer) -> dict:
+    """The ``Conv2D`` geometry entries of a layer's config."""
+    return {
+        "filters": layer.filters,
+        "kernel_size": layer.kernel_size,
+        "strides": layer.strides,
+        "padding": layer.padding,
+        "data_format": layer.data_format,
+        "dilation_rate": layer.dilation_rate,
+    }
+
+
+def weights_config(layer) -> dict:
+    """The activation, bias, implementation, initializer, regularizer, constraint and seed
+    entries of a layer's config (shared by every layer of the package)."""
+    ser = keras.saving.serialize_keras_object
+    return {
+        "activation": keras.activations.serialize(layer.activation)
+        if layer.activation is not None
+        else None,
+        "use_bias": layer.use_bias,
+        "implementation": layer.implementation,
+        "kernel_initializer": ser(layer.kernel_initializer),
+        "bias_initializer": ser(layer.bias_initializer),
+        "kernel_regularizer": ser(layer.kernel_regularizer),
+        "bias_regularizer": ser(layer.bias_regularizer),
+        "activity_regularizer": ser(layer.activity_regularizer),
+        "kernel_constraint": ser(layer.kernel_constraint),
+        "bias_constraint": ser(layer.bias_constraint),
+        "seed": layer.seed,
+    }
+
+
+def folded_conv2d(layer, kernel: np.ndarray, bias, name: str | None = None):
+    """A built ``keras.layers.Conv2D`` with ``layer``'s geometry, activation, initializers,
+    regularizers and constraints, holding ``kernel`` and ``bias``."""
+    conv = keras.layers.Conv2D(
+        filters=layer.filters,
+        kernel_size=layer.kernel_size,
+        strides=layer.strides,
+        padding=layer.padding,
+        dilation_rate=layer.dilation_rate,
+        activation=layer.activation,
+        use_bias=bias is not None,
+        kernel_initializer=layer.kernel_initializer,
+        bias_initializer=layer.bias_initializer,
+        kernel_regularizer=layer.kernel_regularizer,
+        bias_regularizer=layer.bias_regularizer,
+        kernel_constraint=layer.kernel_constraint,
+        bias_constraint=layer.bias_constraint,
+        name=name or layer.name,
+        dtype=layer.dtype_policy,
+    )
+    conv.build((None, None, None, kernel.shape[2]))
+    conv.kernel.assign(kernel)
+    if bias is not None:
+        conv.bias.assign(bias)
+    return conv
+
+
 class FactorizedConv2D(keras.layers.Layer):
     """Base class of the factorized ``Conv2D`` replacements (not used directly).
 
@@ -141,28 +229,7 @@ class FactorizedConv2D(keras.layers.Layer):
     ):
         super().__init__(activity_regularizer=activity_regularizer, **kwargs)
         who = f"{type(self).__name__} '{self.name}'"
-        if isinstance(filters, bool) or not isinstance(filters, (int, np.integer)) or filters < 1:
-            raise ValueError(f"{who}: filters must be a positive int, got {filters!r}.")
-        self.filters = int(filters)
-        self.kernel_size = _tuple2(kernel_size, "kernel_size", who)
-        self.strides = _tuple2(strides, "strides", who)
-        self.dilation_rate = _tuple2(dilation_rate, "dilation_rate", who)
-        if max(self.strides) > 1 and max(self.dilation_rate) > 1:
-            raise ValueError(
-                f"{who}: strides > 1 together with dilation_rate > 1 is not supported "
-                "(as in keras.layers.Conv2D)."
-            )
-        padding = str(padding).lower()
-        if padding not in ("valid", "same"):
-            raise ValueError(f"{who}: padding must be 'valid' or 'same', got {padding!r}.")
-        self.padding = padding
-        data_format = data_format or keras.config.image_data_format()
-        if data_format != "channels_last":
-            raise ValueError(
-                f"{who}: data_format={data_format!r} is not supported; use 'channels_last' "
-                "(NHWC), which every CPU and mobile runtime prefers."
-            )
-        self.data_format = "channels_last"
+        conv_geometry(self, who, filters, kernel_size, strides, padding, data_format, dilation_rate)
         self.rank = self.validate_rank(rank)
         if implementation not in IMPLEMENTATIONS:
             raise ValueError(
@@ -513,54 +580,11 @@ class FactorizedConv2D(keras.layers.Layer):
         if not self.built:
             raise ValueError(f"{self._who}.to_conv2d: build the layer first.")
         kernel, bias = self.folded_kernel_and_bias()
-        conv = keras.layers.Conv2D(
-            filters=self.filters,
-            kernel_size=self.kernel_size,
-            strides=self.strides,
-            padding=self.padding,
-            dilation_rate=self.dilation_rate,
-            activation=self.activation,
-            use_bias=bias is not None,
-            kernel_initializer=self.kernel_initializer,
-            bias_initializer=self.bias_initializer,
-            kernel_regularizer=self.kernel_regularizer,
-            bias_regularizer=self.bias_regularizer,
-            kernel_constraint=self.kernel_constraint,
-            bias_constraint=self.bias_constraint,
-            name=name or self.name,
-            dtype=self.dtype_policy,
-        )
-        conv.build((None, None, None, kernel.shape[2]))
-        conv.kernel.assign(kernel)
-        if bias is not None:
-            conv.bias.assign(bias)
-        return conv
+        return folded_conv2d(self, kernel, bias, name)
 
     def get_config(self) -> dict:
         config = super().get_config()
-        ser = keras.saving.serialize_keras_object
-        config.update(
-            {
-                "filters": self.filters,
-                "kernel_size": self.kernel_size,
-                "rank": self.rank,
-                "strides": self.strides,
-                "padding": self.padding,
-                "data_format": self.data_format,
-                "dilation_rate": self.dilation_rate,
-                "activation": keras.activations.serialize(self.activation)
-                if self.activation is not None
-                else None,
-                "use_bias": self.use_bias,
-                "implementation": self.implementation,
-                "kernel_initializer": ser(self.kernel_initializer),
-                "bias_initializer": ser(self.bias_initializer),
-                "kernel_regularizer": ser(self.kernel_regularizer),
-                "bias_regularizer": ser(self.bias_regularizer),
-                "activity_regularizer": ser(self.activity_regularizer),
-                "kernel_constraint": ser(self.kernel_constraint),
-                "bias_constraint": ser(self.bias_constraint),
-                "seed": self.seed,
-            }
-        )
+        config.update(geometry_config(self))
+        config["rank"] = self.rank
+        config.update(weights_config(self))
         return config

@@ -29,7 +29,14 @@ import numpy as np
 from keras import ops
 
 from . import decompositions as dec
-from ._base import IMPLEMENTATIONS, _tuple2, check_conv2d
+from ._base import (
+    IMPLEMENTATIONS,
+    check_conv2d,
+    conv_geometry,
+    folded_conv2d,
+    geometry_config,
+    weights_config,
+)
 from .cost import Cost, conv_output_length
 
 __all__ = ["ARRANGEMENTS", "LITERT_COST", "SSConv2D", "set_ssc_implementation"]
@@ -154,27 +161,7 @@ class SSConv2D(keras.layers.Layer):
     ):
         super().__init__(activity_regularizer=activity_regularizer, **kwargs)
         who = self._who
-        if isinstance(filters, bool) or not isinstance(filters, (int, np.integer)) or filters < 1:
-            raise ValueError(f"{who}: filters must be a positive int, got {filters!r}.")
-        self.filters = int(filters)
-        self.kernel_size = _tuple2(kernel_size, "kernel_size", who)
-        self.strides = _tuple2(strides, "strides", who)
-        self.dilation_rate = _tuple2(dilation_rate, "dilation_rate", who)
-        if max(self.strides) > 1 and max(self.dilation_rate) > 1:
-            raise ValueError(
-                f"{who}: strides > 1 together with dilation_rate > 1 is not supported "
-                "(as in keras.layers.Conv2D)."
-            )
-        padding = str(padding).lower()
-        if padding not in ("valid", "same"):
-            raise ValueError(f"{who}: padding must be 'valid' or 'same', got {padding!r}.")
-        self.padding = padding
-        data_format = data_format or keras.config.image_data_format()
-        if data_format != "channels_last":
-            raise ValueError(
-                f"{who}: data_format={data_format!r} is not supported; use 'channels_last'."
-            )
-        self.data_format = "channels_last"
+        conv_geometry(self, who, filters, kernel_size, strides, padding, data_format, dilation_rate)
         if rank is not None and kernel_span is not None and rank != kernel_span:
             raise ValueError(f"{who}: rank is an alias of kernel_span; pass one of them, not both.")
         kernel_span = rank if kernel_span is None else kernel_span
@@ -653,61 +640,22 @@ class SSConv2D(keras.layers.Layer):
     def to_conv2d(self, name: str | None = None) -> keras.layers.Conv2D:
         """The equivalent, built ``keras.layers.Conv2D`` (dense kernel with zeros)."""
         kernel, bias = self.folded_kernel_and_bias()
-        conv = keras.layers.Conv2D(
-            filters=self.filters,
-            kernel_size=self.kernel_size,
-            strides=self.strides,
-            padding=self.padding,
-            dilation_rate=self.dilation_rate,
-            activation=self.activation,
-            use_bias=bias is not None,
-            kernel_initializer=self.kernel_initializer,
-            bias_initializer=self.bias_initializer,
-            kernel_regularizer=self.kernel_regularizer,
-            bias_regularizer=self.bias_regularizer,
-            kernel_constraint=self.kernel_constraint,
-            bias_constraint=self.bias_constraint,
-            name=name or self.name,
-            dtype=self.dtype_policy,
-        )
-        conv.build((None, None, None, kernel.shape[2]))
-        conv.kernel.assign(kernel)
-        if bias is not None:
-            conv.bias.assign(bias)
-        return conv
+        return folded_conv2d(self, kernel, bias, name)
 
     def get_config(self) -> dict:
         config = super().get_config()
-        ser = keras.saving.serialize_keras_object
+        config.update(geometry_config(self))
         config.update(
             {
-                "filters": self.filters,
-                "kernel_size": self.kernel_size,
                 "groups": self.groups,
                 "kernel_span": self.kernel_span,
                 "pointwise_span": self.pointwise_span,
                 "layout": self.layout,
                 "shift": self.shift,
-                "strides": self.strides,
-                "padding": self.padding,
-                "data_format": self.data_format,
-                "dilation_rate": self.dilation_rate,
-                "activation": keras.activations.serialize(self.activation)
-                if self.activation is not None
-                else None,
-                "use_bias": self.use_bias,
-                "implementation": self.implementation,
                 "arrangement": self.arrangement,
-                "kernel_initializer": ser(self.kernel_initializer),
-                "bias_initializer": ser(self.bias_initializer),
-                "kernel_regularizer": ser(self.kernel_regularizer),
-                "bias_regularizer": ser(self.bias_regularizer),
-                "activity_regularizer": ser(self.activity_regularizer),
-                "kernel_constraint": ser(self.kernel_constraint),
-                "bias_constraint": ser(self.bias_constraint),
-                "seed": self.seed,
             }
         )
+        config.update(weights_config(self))
         return config
 
 

@@ -31,6 +31,7 @@ from ._base import (
     IMPLEMENTATIONS,
     FactorizedConv2D,
     check_rank,
+    weights_config,
 )
 from .cost import Cost
 
@@ -826,7 +827,6 @@ class TTDense(keras.layers.Layer):
 
     def get_config(self) -> dict:
         config = super().get_config()
-        ser = keras.saving.serialize_keras_object
         config.update(
             {
                 "units": self.units,
@@ -838,19 +838,7 @@ class TTDense(keras.layers.Layer):
                 if isinstance(self._out_modes_arg, str)
                 else list(self._out_modes_arg),
                 "num_modes": self.num_modes,
-                "activation": keras.activations.serialize(self.activation)
-                if self.activation is not None
-                else None,
-                "use_bias": self.use_bias,
-                "implementation": self.implementation,
-                "kernel_initializer": ser(self.kernel_initializer),
-                "bias_initializer": ser(self.bias_initializer),
-                "kernel_regularizer": ser(self.kernel_regularizer),
-                "bias_regularizer": ser(self.bias_regularizer),
-                "activity_regularizer": ser(self.activity_regularizer),
-                "kernel_constraint": ser(self.kernel_constraint),
-                "bias_constraint": ser(self.bias_constraint),
-                "seed": self.seed,
             }
         )
+        config.update(weights_config(self))
         return config
