@@ -185,7 +185,10 @@ def main(argv=None) -> int:
         if args.surgery:
             from keras_eigenconv import surgery
 
-            models[label] = surgery.convert(original, method=module, budget=args.target)
+            method = {"tucker": "tucker2"}.get(module, module)
+            models[label], _ = surgery.convert(
+                original, method=method, budget={"macs": args.target}, progress=False
+            )
         else:
             models[label] = convert(original, cls, options, args.target)
         print(f"converted {label} in {time.time() - t:.1f} s", flush=True)
