@@ -41,8 +41,6 @@ from .cost import Cost, conv_output_length
 
 __all__ = ["ARRANGEMENTS", "LITERT_COST", "SSConv2D", "set_ssc_implementation"]
 
-# "auto" runs the grouped ops when their MACs are below this share of the dense conv's.
-AUTO_FACTORIZED_THRESHOLD = 0.9
 ARRANGEMENTS = ("auto", "grouped", "full_pointwise")
 # LiteRT (XNNPACK, 1 thread, x86) time per unit, in dense 3x3 conv MACs: conv kinds per MAC,
 # channel moves per value moved. Measured on single-op models at 8x8, 16x16, 32x32 x 64
@@ -123,7 +121,8 @@ class SSConv2D(keras.layers.Layer):
     - ``implementation``: ``"factorized"`` runs the grouped ops (what a LiteRT export runs);
       ``"dense"`` scatters the weights into the ``(kh, kw, C, N)`` kernel and runs one conv
       (same output and weights; faster for TensorFlow CPU training, where grouped convs are
-      slow); ``"auto"`` = factorized when its MACs are below 0.9 of the dense conv's.
+      slow); ``"auto"`` = dense in Keras (TensorFlow's CPU grouped convs are 17-200x slower
+      to train than a dense conv), while ``export_tflite`` still exports the grouped ops.
 
     Configurations: ``G=1`` dense conv; ``a=1, b=0`` ``Conv2D(groups=G)``; ``G=C=N``
     depthwise (``G=C, N=M*C``: depth multiplier ``M``); ``a=0`` (grouped) pointwise;
@@ -264,7 +263,12 @@ class SSConv2D(keras.layers.Layer):
     def _resolve(self, implementation: str) -> str:
         if implementation != "auto":
             return implementation
-        return "factorized" if self.mac_ratio() < AUTO_FACTORIZED_THRESHOLD else "dense"
+        # TensorFlow's CPU grouped conv is far slower than a dense conv: benchmarks/layers.py
+        # measured the factorized path at 1.2-10x the Conv2D's forward time and 17-200x its
+        # training step (56x56x64 .. 14x14x256, G=8), the dense path at 1.3-2.6x. So "auto"
+        # runs dense in Keras; LiteRT export (prepare_for_inference) runs the grouped ops,
+        # which XNNPACK executes fast.
+        return "dense"
 
     def _resolve_arrangement(self, arrangement: str) -> str:
         if arrangement != "auto":

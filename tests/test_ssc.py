@@ -327,7 +327,7 @@ def test_arrangements_equal_the_masked_conv(
 
 def test_full_pointwise_executed_macs_and_auto_choice():
     het = dict(groups=4, pointwise_span=3, layout="interleaved")
-    layer = SSConv2D(64, 3, padding="same", **het)
+    layer = SSConv2D(64, 3, padding="same", implementation="factorized", **het)
     layer.build((None, 8, 8, 64))
     assert layer.resolved_arrangement == "full_pointwise"  # cheaper by the LiteRT cost model
     assert layer.estimated_time("full_pointwise") < layer.estimated_time("grouped")
@@ -455,7 +455,9 @@ def test_keras_roundtrip_bit_exact(tmp_path):
 )
 def test_litert_builtin_ops_and_parity(cfg):
     inputs = keras.Input((12, 12, 8), batch_size=1)
-    layer = SSConv2D(8, 3, strides=2, padding="same", activation="relu", **cfg)
+    layer = SSConv2D(
+        8, 3, strides=2, padding="same", activation="relu", implementation="factorized", **cfg
+    )
     model = keras.Model(inputs, layer(inputs))
     _randomize(layer)
     assert layer.resolved_implementation == "factorized"
@@ -503,3 +505,16 @@ def test_trains_on_digits(digits):
     _, acc = model.evaluate(x[1500:], y[1500:], verbose=0)
     assert hist.history["loss"][-1] < hist.history["loss"][0]
     assert acc > 0.85
+
+
+def test_auto_runs_dense_in_keras():
+    """TensorFlow's grouped convs are far slower than dense ones on CPU (benchmarks/layers.py),
+    so "auto" runs the dense path; the outputs are the same as the grouped ops'."""
+    layer = SSConv2D(8, 3, groups=4, padding="same")
+    fact = SSConv2D(8, 3, groups=4, padding="same", implementation="factorized")
+    x = _x((2, 9, 9, 8))
+    layer(x)
+    fact(x)
+    assert layer.resolved_implementation == "dense"
+    fact.set_weights(layer.get_weights())
+    np.testing.assert_allclose(layer(x), fact(x), atol=1e-5)
