@@ -123,6 +123,58 @@ def conv_geometry(
     layer.data_format = "channels_last"
 
 
+def set_weight_args(
+    layer,
+    who: str,
+    implementation: str,
+    activation,
+    use_bias: bool,
+    kernel_initializer,
+    bias_initializer,
+    kernel_regularizer,
+    bias_regularizer,
+    kernel_constraint,
+    bias_constraint,
+    seed,
+) -> None:
+    """Validate ``implementation`` and set the activation, bias, initializer, regularizer,
+    constraint and seed attributes every layer of the package shares."""
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(
+            f"{who}: implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}."
+        )
+    layer.implementation = implementation
+    layer.activation = keras.activations.get(activation)
+    layer.use_bias = bool(use_bias)
+    layer.kernel_initializer = keras.initializers.get(kernel_initializer)
+    layer.bias_initializer = keras.initializers.get(bias_initializer)
+    layer.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
+    layer.bias_regularizer = keras.regularizers.get(bias_regularizer)
+    layer.kernel_constraint = keras.constraints.get(kernel_constraint)
+    layer.bias_constraint = keras.constraints.get(bias_constraint)
+    layer.seed = seed
+
+
+def copied_layer_args(source, name: str | None = None) -> dict:
+    """Constructor arguments copied from a ``Conv2D`` or ``Dense`` being replaced: activation,
+    bias, initializers, regularizers, constraints, name, dtype policy and trainability."""
+    config = source.get_config()
+    return {
+        "activation": config["activation"],
+        "use_bias": source.use_bias,
+        "kernel_initializer": config["kernel_initializer"],
+        "bias_initializer": config["bias_initializer"],
+        "kernel_regularizer": config["kernel_regularizer"],
+        "bias_regularizer": config["bias_regularizer"],
+        "activity_regularizer": config.get("activity_regularizer"),
+        "kernel_constraint": config["kernel_constraint"],
+        "bias_constraint": config["bias_constraint"],
+        "name": name or source.name,
+        "dtype": source.dtype_policy,
+        "trainable": source.trainable,
+    }
+
+
 def geometry_config(layer) -> dict:
     """The ``Conv2D`` geometry entries of a layer's config."""
     return {
@@ -231,20 +283,20 @@ class FactorizedConv2D(keras.layers.Layer):
         who = f"{type(self).__name__} '{self.name}'"
         conv_geometry(self, who, filters, kernel_size, strides, padding, data_format, dilation_rate)
         self.rank = self.validate_rank(rank)
-        if implementation not in IMPLEMENTATIONS:
-            raise ValueError(
-                f"{who}: implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}."
-            )
-        self.implementation = implementation
-        self.activation = keras.activations.get(activation)
-        self.use_bias = bool(use_bias)
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        self.bias_initializer = keras.initializers.get(bias_initializer)
-        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
-        self.bias_regularizer = keras.regularizers.get(bias_regularizer)
-        self.kernel_constraint = keras.constraints.get(kernel_constraint)
-        self.bias_constraint = keras.constraints.get(bias_constraint)
-        self.seed = seed
+        set_weight_args(
+            self,
+            who,
+            implementation,
+            activation,
+            use_bias,
+            kernel_initializer,
+            bias_initializer,
+            kernel_regularizer,
+            bias_regularizer,
+            kernel_constraint,
+            bias_constraint,
+            seed,
+        )
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.input_spec = keras.layers.InputSpec(ndim=4)
         self._resolved_implementation: str | None = None
@@ -533,7 +585,6 @@ class FactorizedConv2D(keras.layers.Layer):
         kernel = check_conv2d(conv, cls.__name__)
         options = cls.method_options(**kwargs)
         r = cls.rank_for(kernel, rank=rank, energy=energy, **options)
-        config = conv.get_config()
         layer = cls(
             filters=conv.filters,
             kernel_size=conv.kernel_size,
@@ -541,19 +592,8 @@ class FactorizedConv2D(keras.layers.Layer):
             strides=conv.strides,
             padding=conv.padding,
             dilation_rate=conv.dilation_rate,
-            activation=config["activation"],
-            use_bias=conv.use_bias,
             implementation=implementation,
-            kernel_initializer=config["kernel_initializer"],
-            bias_initializer=config["bias_initializer"],
-            kernel_regularizer=config["kernel_regularizer"],
-            bias_regularizer=config["bias_regularizer"],
-            activity_regularizer=config.get("activity_regularizer"),
-            kernel_constraint=config["kernel_constraint"],
-            bias_constraint=config["bias_constraint"],
-            name=name or conv.name,
-            dtype=conv.dtype_policy,
-            trainable=conv.trainable,
+            **copied_layer_args(conv, name),
             **kwargs,
         )
         layer._factors_from_kernel = True  # skip the random init: decompose() sets every factor

@@ -33,8 +33,10 @@ from ._base import (
     IMPLEMENTATIONS,
     check_conv2d,
     conv_geometry,
+    copied_layer_args,
     folded_conv2d,
     geometry_config,
+    set_weight_args,
     weights_config,
 )
 from .cost import Cost, conv_output_length
@@ -171,25 +173,25 @@ class SSConv2D(keras.layers.Layer):
         self.shift = shift
         # Validate what does not depend on the input channels now (filters stand in for C).
         self._pattern_for(self.filters, shift=0)
-        if implementation not in IMPLEMENTATIONS:
-            raise ValueError(
-                f"{who}: implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}."
-            )
-        self.implementation = implementation
+        set_weight_args(
+            self,
+            who,
+            implementation,
+            activation,
+            use_bias,
+            kernel_initializer,
+            bias_initializer,
+            kernel_regularizer,
+            bias_regularizer,
+            kernel_constraint,
+            bias_constraint,
+            seed,
+        )
         if arrangement not in ARRANGEMENTS:
             raise ValueError(
                 f"{who}: arrangement must be one of {ARRANGEMENTS}, got {arrangement!r}."
             )
         self.arrangement = arrangement
-        self.activation = keras.activations.get(activation)
-        self.use_bias = bool(use_bias)
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        self.bias_initializer = keras.initializers.get(bias_initializer)
-        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
-        self.bias_regularizer = keras.regularizers.get(bias_regularizer)
-        self.kernel_constraint = keras.constraints.get(kernel_constraint)
-        self.bias_constraint = keras.constraints.get(bias_constraint)
-        self.seed = seed
         self.input_spec = keras.layers.InputSpec(ndim=4)
         self.pattern: dec.SSCPattern | None = None
         self._resolved_implementation: str | None = None
@@ -573,7 +575,6 @@ class SSConv2D(keras.layers.Layer):
                 shift = dec.ssc_best_shift(w, groups, span, pointwise_span, layout)
             except ValueError as err:
                 raise ValueError(f"{who} ('{conv.name}'): {err}") from None
-        config = conv.get_config()
         layer = cls(
             filters=conv.filters,
             kernel_size=conv.kernel_size,
@@ -585,19 +586,8 @@ class SSConv2D(keras.layers.Layer):
             strides=conv.strides,
             padding=conv.padding,
             dilation_rate=conv.dilation_rate,
-            activation=config["activation"],
-            use_bias=conv.use_bias,
             implementation=implementation,
-            kernel_initializer=config["kernel_initializer"],
-            bias_initializer=config["bias_initializer"],
-            kernel_regularizer=config["kernel_regularizer"],
-            bias_regularizer=config["bias_regularizer"],
-            activity_regularizer=config.get("activity_regularizer"),
-            kernel_constraint=config["kernel_constraint"],
-            bias_constraint=config["bias_constraint"],
-            name=name or conv.name,
-            dtype=conv.dtype_policy,
-            trainable=conv.trainable,
+            **copied_layer_args(conv, name),
             **kwargs,
         )
         layer.build((None, None, None, w.shape[2]))

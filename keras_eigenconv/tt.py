@@ -28,9 +28,10 @@ from keras import ops
 from . import decompositions as dec
 from ._base import (
     AUTO_FACTORIZED_THRESHOLD,
-    IMPLEMENTATIONS,
     FactorizedConv2D,
     check_rank,
+    copied_layer_args,
+    set_weight_args,
     weights_config,
 )
 from .cost import Cost
@@ -574,20 +575,20 @@ class TTDense(keras.layers.Layer):
         self._out_modes_arg = out_modes if isinstance(out_modes, str) else tuple(out_modes)
         self.out_modes = resolve_modes(self.units, out_modes, self.num_modes, who, "out_modes")
         self.rank = _rank_arg(who, rank, self.num_modes - 1, pad_ones=2)
-        if implementation not in IMPLEMENTATIONS:
-            raise ValueError(
-                f"{who}: implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}."
-            )
-        self.implementation = implementation
-        self.activation = keras.activations.get(activation)
-        self.use_bias = bool(use_bias)
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        self.bias_initializer = keras.initializers.get(bias_initializer)
-        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
-        self.bias_regularizer = keras.regularizers.get(bias_regularizer)
-        self.kernel_constraint = keras.constraints.get(kernel_constraint)
-        self.bias_constraint = keras.constraints.get(bias_constraint)
-        self.seed = seed
+        set_weight_args(
+            self,
+            who,
+            implementation,
+            activation,
+            use_bias,
+            kernel_initializer,
+            bias_initializer,
+            kernel_regularizer,
+            bias_regularizer,
+            kernel_constraint,
+            bias_constraint,
+            seed,
+        )
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.input_spec = keras.layers.InputSpec(min_ndim=2)
         self._resolved_implementation = None
@@ -766,26 +767,14 @@ class TTDense(keras.layers.Layer):
         d = _num_modes(cls.__name__, num_modes, in_modes, out_modes)
         ins = resolve_modes(w.shape[0], in_modes, d, cls.__name__, "in_modes")
         outs = resolve_modes(w.shape[1], out_modes, d, cls.__name__, "out_modes")
-        config = dense.get_config()
         layer = cls(
             units=dense.units,
             rank=r,
             in_modes=in_modes,
             out_modes=out_modes,
             num_modes=d,
-            activation=config["activation"],
-            use_bias=dense.use_bias,
             implementation=implementation,
-            kernel_initializer=config["kernel_initializer"],
-            bias_initializer=config["bias_initializer"],
-            kernel_regularizer=config["kernel_regularizer"],
-            bias_regularizer=config["bias_regularizer"],
-            activity_regularizer=config.get("activity_regularizer"),
-            kernel_constraint=config["kernel_constraint"],
-            bias_constraint=config["bias_constraint"],
-            name=name or dense.name,
-            dtype=dense.dtype_policy,
-            trainable=dense.trainable,
+            **copied_layer_args(dense, name),
         )
         layer.build((None, w.shape[0]))
         caps = _bond_ranks(r, dec.tt_matrix_max_ranks(ins, outs))
