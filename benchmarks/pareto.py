@@ -33,7 +33,7 @@ from keras_eigenconv import demo  # noqa: E402
 from keras_eigenconv._table import markdown_table  # noqa: E402
 from keras_eigenconv.cost import model_cost  # noqa: E402
 
-DEFAULT_METHODS = ("decef", "basis", "svd", "svd_spatial", "tucker2", "cp")
+DEFAULT_METHODS = ("decef", "basis", "svd", "svd_spatial", "tucker2")  # cp: no budgets (ALS)
 
 
 def load_data(name: str, size: int, seed: int):
