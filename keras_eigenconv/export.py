@@ -155,34 +155,21 @@ def _unsupported_op_error(err: Exception, model) -> ValueError:
 
 
 def _converter(model, quantize, representative, num_calibration_steps, input_shape):
-    import tensorflow as tf
+    from .inference import tflite_converter
 
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-    if quantize == "float16":
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.target_spec.supported_types = [tf.float16]
-    elif quantize == "dynamic":
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    elif quantize == "int8":
-        shape = tuple(d for d in input_shape[1:])
+    shape = tuple(d for d in input_shape[1:])
 
-        def gen():
-            for i in range(min(num_calibration_steps, len(representative))):
-                sample = representative[i : i + 1]
-                if sample.shape[1:] != shape and all(d is not None for d in shape):
-                    raise ValueError(
-                        f"export_tflite: representative sample shape {sample.shape[1:]} != "
-                        f"model input {shape}."
-                    )
-                yield [sample.astype(np.float32)]
+    def gen():
+        for i in range(min(num_calibration_steps, len(representative))):
+            sample = representative[i : i + 1]
+            if sample.shape[1:] != shape and all(d is not None for d in shape):
+                raise ValueError(
+                    f"export_tflite: representative sample shape {sample.shape[1:]} != "
+                    f"model input {shape}."
+                )
+            yield [sample.astype(np.float32)]
 
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = gen
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        converter.inference_input_type = tf.int8
-        converter.inference_output_type = tf.int8
-    return converter
+    return tflite_converter(model, quantize, gen if quantize == "int8" else None, int8_io=True)
 
 
 def tflite_ops(content: bytes) -> list[str]:

@@ -411,9 +411,29 @@ def _representative(shape, steps: int = 4):
     return gen
 
 
-def _convert_layers(layers: list, input_shape, quantize: str | None) -> bytes:
+def tflite_converter(model, quantize: str | None, representative=None, int8_io: bool = False):
+    """A ``TFLiteConverter`` for ``model`` with built-in ops only, set up for ``quantize``
+    (``None``, ``"float16"``, ``"dynamic"`` or ``"int8"``; int8 needs ``representative``, a
+    generator function of calibration batches; ``int8_io`` makes the input and output tensors
+    int8 too)."""
     import tensorflow as tf
 
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    if quantize is not None:
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if quantize == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    elif quantize == "int8":
+        converter.representative_dataset = representative
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        if int8_io:
+            converter.inference_input_type = tf.int8
+            converter.inference_output_type = tf.int8
+    return converter
+
+
+def _convert_layers(layers: list, input_shape, quantize: str | None) -> bytes:
     shape = tuple(int(d) for d in input_shape[1:])
     x = keras.Input(shape, batch_size=1)
     y = x
@@ -421,18 +441,7 @@ def _convert_layers(layers: list, input_shape, quantize: str | None) -> bytes:
         fresh = type(layer).from_config(layer.get_config())  # new weights: timing only
         y = fresh(y)
     model = keras.Model(x, y)
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-    if quantize == "float16":
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.target_spec.supported_types = [tf.float16]
-    elif quantize == "dynamic":
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    elif quantize == "int8":
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = _representative((1, *shape))
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    return _silent_convert(converter)
+    return _silent_convert(tflite_converter(model, quantize, _representative((1, *shape))))
 
 
 def _interpreter(content: bytes, num_threads: int):
