@@ -3,8 +3,7 @@
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
-from ai_edge_litert.interpreter import Interpreter
+from helpers import tflite_run
 
 from keras_eigenconv import BasisConv2D, DeCEFConv2D, SVDConv2D
 
@@ -19,18 +18,6 @@ CASES = [
     (SVDConv2D, {"decomposition": "spatial"}, "factorized"),
     (SVDConv2D, {"decomposition": "spatial"}, "dense"),
 ]
-
-
-def tflite_run(model, x):
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-    interpreter = Interpreter(model_content=converter.convert())
-    interpreter.allocate_tensors()
-    inp = interpreter.get_input_details()[0]
-    interpreter.set_tensor(inp["index"], x)
-    interpreter.invoke()
-    ops = {d["op_name"] for d in interpreter._get_ops_details()}
-    return interpreter.get_tensor(interpreter.get_output_details()[0]["index"]), ops
 
 
 @pytest.mark.parametrize("cls,opts,impl", CASES)

@@ -3,6 +3,8 @@
 import keras
 import numpy as np
 import pytest
+from helpers import max_rel_err as _max_err
+from helpers import random_conv as _conv
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -17,22 +19,6 @@ METHODS = [
     (SVDConv2D, {"decomposition": "spatial"}),
 ]
 IDS = ["decef", "basis", "basis-trainable", "svd-channel", "svd-spatial"]
-
-
-def _conv(x_shape, **kwargs):
-    conv = keras.layers.Conv2D(**kwargs)
-    conv.build(x_shape)
-    # A trained-looking kernel: random, with a non-trivial bias.
-    rng = np.random.default_rng(0)
-    conv.kernel.assign(rng.normal(size=conv.kernel.shape).astype("float32"))
-    if conv.use_bias:
-        conv.bias.assign(rng.normal(size=conv.bias.shape).astype("float32"))
-    return conv
-
-
-def _max_err(a, b):
-    a, b = np.asarray(a), np.asarray(b)
-    return float(np.abs(a - b).max() / (np.abs(a).max() + 1e-12))
 
 
 conv_configs = st.fixed_dictionaries(

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from ai_edge_litert.interpreter import Interpreter
+from helpers import tflite_run
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -23,17 +23,6 @@ def _x(shape):
 
 def _randomize(layer):
     layer.set_weights([RNG.normal(size=w.shape).astype("float32") for w in layer.get_weights()])
-
-
-def tflite_run(model, x):
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-    interpreter = Interpreter(model_content=converter.convert())
-    interpreter.allocate_tensors()
-    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x)
-    interpreter.invoke()
-    ops = {d["op_name"] for d in interpreter._get_ops_details()}
-    return interpreter.get_tensor(interpreter.get_output_details()[0]["index"]), ops
 
 
 # ---- pattern maths (NumPy) -------------------------------------------------------------

@@ -3,23 +3,14 @@
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
-from ai_edge_litert.interpreter import Interpreter
+from helpers import max_rel_err as _max_err
+from helpers import random_conv as _conv
+from helpers import tflite_run as _litert
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from keras_eigenconv import model_cost
 from keras_eigenconv.tt import NaiveTTConv2D, TTConv2D, TTDense
-
-
-def _conv(x_shape, seed=0, **kwargs):
-    conv = keras.layers.Conv2D(**kwargs)
-    conv.build(x_shape)
-    rng = np.random.default_rng(seed)
-    conv.kernel.assign(rng.normal(size=conv.kernel.shape).astype("float32"))
-    if conv.use_bias:
-        conv.bias.assign(rng.normal(size=conv.bias.shape).astype("float32"))
-    return conv
 
 
 def _dense(m, units, seed=0, **kwargs):
@@ -29,22 +20,6 @@ def _dense(m, units, seed=0, **kwargs):
     dense.kernel.assign(rng.normal(size=(m, units)).astype("float32"))
     dense.bias.assign(rng.normal(size=units).astype("float32"))
     return dense
-
-
-def _max_err(a, b):
-    a, b = np.asarray(a), np.asarray(b)
-    return float(np.abs(a - b).max() / (np.abs(a).max() + 1e-12))
-
-
-def _litert(model, x):
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-    interp = Interpreter(model_content=converter.convert())
-    interp.allocate_tensors()
-    interp.set_tensor(interp.get_input_details()[0]["index"], x)
-    interp.invoke()
-    ops = {d["op_name"] for d in interp._get_ops_details()}
-    return interp.get_tensor(interp.get_output_details()[0]["index"]), ops
 
 
 conv_configs = st.fixed_dictionaries(

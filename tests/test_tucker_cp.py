@@ -5,6 +5,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
+from helpers import max_rel_err as _max_err
+from helpers import random_conv as _conv
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -12,22 +14,6 @@ from keras_eigenconv import decompositions as dec
 from keras_eigenconv import model_cost
 from keras_eigenconv.cp import CPConv2D
 from keras_eigenconv.tucker import Tucker2Conv2D
-
-
-def _conv(x_shape, seed=0, **kwargs):
-    conv = keras.layers.Conv2D(**kwargs)
-    conv.build(x_shape)
-    rng = np.random.default_rng(seed)
-    conv.kernel.assign(rng.normal(size=conv.kernel.shape).astype("float32"))
-    if conv.use_bias:
-        conv.bias.assign(rng.normal(size=conv.bias.shape).astype("float32"))
-    return conv
-
-
-def _max_err(a, b):
-    a, b = np.asarray(a), np.asarray(b)
-    return float(np.abs(a - b).max() / (np.abs(a).max() + 1e-12))
-
 
 conv_configs = st.fixed_dictionaries(
     {
