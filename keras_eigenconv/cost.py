@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, field
 
 import keras
 
+from ._table import markdown_table, text_table
+
 __all__ = ["Cost", "ModelCost", "conv_output_length", "layer_cost", "model_cost"]
 
 
@@ -111,33 +113,19 @@ class ModelCost:
     def to_dict(self) -> dict:
         return {"layers": list(self.rows), "total": self.total.to_dict()}
 
+    _columns = ("name", "type", "params", "fixed_params", "macs")
+    _headers = {"name": "layer", "fixed_params": "fixed params", "macs": "MACs"}
+
+    def _rows_with_total(self, label: str) -> list[dict]:
+        return [*self.rows, {"name": label, "type": "", **self.total.to_dict()}]
+
     def to_markdown(self) -> str:
-        lines = [
-            "| layer | type | params | fixed params | MACs |",
-            "|---|---|---:|---:|---:|",
-        ]
-        for r in self.rows:
-            lines.append(
-                f"| {r['name']} | {r['type']} | {r['params']:,} | {r['fixed_params']:,} "
-                f"| {r['macs']:,} |"
-            )
-        t = self.total
-        lines.append(f"| **total** | | {t.params:,} | {t.fixed_params:,} | {t.macs:,} |")
-        return "\n".join(lines)
+        return markdown_table(
+            self._rows_with_total("**total**"), self._columns, headers=self._headers
+        )
 
     def __str__(self) -> str:
-        width = max([len(r["name"]) for r in self.rows] + [5])
-        out = [f"{'layer':<{width}}  {'type':<20} {'params':>12} {'fixed':>10} {'MACs':>15}"]
-        for r in self.rows:
-            out.append(
-                f"{r['name']:<{width}}  {r['type']:<20} {r['params']:>12,} "
-                f"{r['fixed_params']:>10,} {r['macs']:>15,}"
-            )
-        t = self.total
-        out.append(
-            f"{'total':<{width}}  {'':<20} {t.params:>12,} {t.fixed_params:>10,} {t.macs:>15,}"
-        )
-        return "\n".join(out)
+        return text_table(self._rows_with_total("total"), self._columns, headers=self._headers)
 
 
 def _call_input_shapes(layer) -> list:
