@@ -28,7 +28,7 @@ extras["dev"] = sorted(
 
 setup(
     name="keras-eigenconv",
-    version="0.1.0",
+    version="0.2.0",
     description="Low-rank and structured replacements for Keras Conv2D/Dense layers: "
     "smaller, faster CNNs, exported to LiteRT.",
     long_description=long_description,

@@ -30,7 +30,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 
 from keras_eigenconv import model_cost  # noqa: E402
-from keras_eigenconv.surgery import convert  # noqa: E402
+from keras_eigenconv.compress import convert  # noqa: E402
 
 MODELS = {"resnet50": "ResNet50", "mobilenetv2": "MobileNetV2"}
 

@@ -4,7 +4,7 @@ For each method (DeCEF, BasisConv, SVD, Tucker-2, TT, SSC: those whose module ex
 request),
 every ``k x k`` conv (``k > 1``, at least 16 input channels; the stem is left dense) of the
 original model is replaced by ``Layer.from_conv2d`` at the largest rank whose MACs are at
-most ``--target`` times the conv's (``keras_eigenconv.surgery.convert`` is used instead when
+most ``--target`` times the conv's (``keras_eigenconv.convert`` is used instead when
 it exists and ``--surgery`` is given). Every model is exported with ``export_tflite``
 (``prepare_for_inference`` first, built-in ops only) in fp32 and int8 (random calibration
 data: latency does not depend on it), then all files are timed interleaved with
@@ -38,13 +38,12 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from keras_eigenconv import model_cost  # noqa: E402
-from keras_eigenconv.export import bench_tflite, export_tflite  # noqa: E402
-from keras_eigenconv.inference import prepare_for_inference  # noqa: E402
+from keras_eigenconv.deploy import bench_tflite, export_tflite, prepare_for_inference  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 
 # (label, module, class name, from_conv2d options)
-# CP (keras_eigenconv.cp) is not in the default list: its ALS decomposition takes minutes
+# CP (keras_eigenconv.layers.cp) is not in the default list: its ALS decomposition takes minutes
 # per ResNet50 layer; pass --methods ...,CP to include it.
 EXTRA_METHODS = [("CP", "cp", "CPConv2D", {})]
 METHODS = [
@@ -161,7 +160,7 @@ def main(argv=None) -> int:
     p.add_argument("--target", type=float, default=0.5, help="per-layer MAC ratio")
     p.add_argument("--methods", default=None, help="comma-separated labels (default: all)")
     p.add_argument("--no-int8", action="store_true")
-    p.add_argument("--surgery", action="store_true", help="use keras_eigenconv.surgery")
+    p.add_argument("--surgery", action="store_true", help="use keras_eigenconv.convert")
     p.add_argument("--quick", action="store_true", help="small CNN at 32x32, fp32, 5 rounds")
     p.add_argument("--out", default=None, help="results file stem")
     args = p.parse_args(argv)
@@ -177,16 +176,16 @@ def main(argv=None) -> int:
         if (wanted and label not in wanted) or (not wanted and (label, module) == ("CP", "cp")):
             continue
         try:
-            cls = getattr(importlib.import_module(f"keras_eigenconv.{module}"), clsname)
+            cls = getattr(importlib.import_module("keras_eigenconv.layers"), clsname)
         except (ModuleNotFoundError, AttributeError):
             skipped.append(label)
             continue
         t = time.time()
         if args.surgery:
-            from keras_eigenconv import surgery
+            from keras_eigenconv import compress
 
             method = {"tucker": "tucker2"}.get(module, module)
-            models[label], _ = surgery.convert(
+            models[label], _ = compress.convert(
                 original, method=method, budget={"macs": args.target}, progress=False
             )
         else:

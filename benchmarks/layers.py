@@ -30,9 +30,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from keras_eigenconv import BasisConv2D, DeCEFConv2D, SVDConv2D  # noqa: E402
-from keras_eigenconv.ssc import SSConv2D  # noqa: E402
-from keras_eigenconv.tt import TTConv2D  # noqa: E402
-from keras_eigenconv.tucker import Tucker2Conv2D  # noqa: E402
+from keras_eigenconv.layers import SSConv2D, TTConv2D, Tucker2Conv2D  # noqa: E402
 
 CANDIDATES: list[tuple[str, type, dict]] = [
     ("DeCEF", DeCEFConv2D, {}),

@@ -61,7 +61,7 @@ def load_data(name: str, size: int, seed: int):
 
 
 def litert_latency(models: dict, shape) -> dict:
-    from keras_eigenconv.export import bench_tflite, export_tflite
+    from keras_eigenconv.deploy import bench_tflite, export_tflite
 
     tmp = Path(tempfile.mkdtemp())
     files = {}
@@ -85,7 +85,7 @@ def main() -> None:
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "pareto"))
     args = p.parse_args()
 
-    from keras_eigenconv.surgery import convert
+    from keras_eigenconv.compress import convert
 
     keras.utils.set_random_seed(args.seed)
     x_tr, y_tr, x_te, y_te = load_data(args.dataset, args.size, args.seed)

@@ -43,7 +43,7 @@ from sklearn.datasets import load_digits  # noqa: E402
 from sklearn.model_selection import train_test_split  # noqa: E402
 
 from keras_eigenconv.cost import model_cost  # noqa: E402
-from keras_eigenconv.ssc import SSConv2D, set_ssc_implementation  # noqa: E402
+from keras_eigenconv.layers.ssc import SSConv2D, set_ssc_implementation  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 WIDTH = 64

@@ -2,7 +2,7 @@
 
 Every model is measured in the same run on the same data (random 32x32x3 images, batch
 ``--batch``): the plain ResNet-20, then DeCEF, SVD and Tucker-2 versions converted by
-``keras_eigenconv.surgery.convert(model, method, budget={"macs": share})`` at about 2/3 and
+``keras_eigenconv.convert(model, method, budget={"macs": share})`` at about 2/3 and
 1/3 of the MACs (Tucker-2 picks its own ranks: the ``energy`` that lands closest), with
 each ``--implementations`` value ("auto" picks per layer; "factorized" forces the factor
 ops). A model is timed over ``--steps`` steps of a second epoch (the first
@@ -29,8 +29,8 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from keras_eigenconv import model_cost  # noqa: E402
-from keras_eigenconv.surgery import convert  # noqa: E402
-from keras_eigenconv.training import cifar_resnet  # noqa: E402
+from keras_eigenconv.compress import convert  # noqa: E402
+from keras_eigenconv.zoo import cifar_resnet  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

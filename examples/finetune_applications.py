@@ -1,6 +1,6 @@
 """Fine-tune a converted ``keras.applications`` model on a tensorflow-datasets dataset.
 
-The backbone's ``Conv2D`` layers are replaced (``keras_eigenconv.surgery.convert``) with
+The backbone's ``Conv2D`` layers are replaced (``keras_eigenconv.convert``) with
 low-rank layers initialized from the pretrained weights, a new classifier is added, and
 the whole model is fine-tuned with ``fit``. Runs on a TPU (``TPUStrategy``), several GPUs
 (``MirroredStrategy``), one GPU or the CPU, whichever is present; the model is built and
@@ -25,7 +25,7 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from keras_eigenconv import data, model_cost  # noqa: E402
-from keras_eigenconv.surgery import convert  # noqa: E402
+from keras_eigenconv.compress import convert  # noqa: E402
 
 PREPROCESS = {
     "ResNet50": "resnet",

@@ -22,7 +22,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 
 from keras_eigenconv import data, model_cost  # noqa: E402
-from keras_eigenconv.training import cifar_resnet, train_decef_from_scratch  # noqa: E402
+from keras_eigenconv.training import train_decef_from_scratch  # noqa: E402
+from keras_eigenconv.zoo import cifar_resnet  # noqa: E402
 
 CIFAR_MEAN = [0.4914, 0.4822, 0.4465]
 CIFAR_STD = [0.2470, 0.2435, 0.2616]

@@ -2,36 +2,66 @@
 
 Importing the package registers every layer and regularizer with Keras serialization, so
 ``keras.models.load_model`` reads converted models after ``import keras_eigenconv``.
+
+Architecture (each stage a subpackage; dependencies point one way, down this list, and
+``tests/test_architecture.py`` checks it by reading the imports):
+
+- ``decompositions``: the maths on NumPy arrays (no Keras);
+- ``graph``: model walking, cloning with weight copy, and every use of private Keras
+  internals; ``cost``: parameter and MAC counting, the op-time table; ``_table``: text and
+  Markdown tables;
+- ``layers``: one file per layer family over one contract (``layers.CompressedLayer``);
+  imports only ``decompositions``, ``cost``, ``graph`` and itself;
+- ``compress`` (registry, ranks, ``convert``, report), ``deploy`` (inference rewrite, LiteRT,
+  timing, export) and ``training`` (data, rank pruning, from-scratch recipes): each reaches
+  the layers through the contract, and none imports another of the three;
+- ``analysis``, ``zoo`` (reference networks), ``demo``: built on the stages above;
+- ``cli``: the command line; nothing imports it.
 """
 
-from . import data, decompositions, registry  # noqa: F401
+from . import compress, decompositions, deploy, layers, training  # noqa: F401
 from .analysis import RankAnalysis, analyze
-from .basis import BasisConv2D
+from .compress import (
+    ConversionReport,
+    Method,
+    available_methods,
+    convert,
+    get_method,
+    register_method,
+)
 from .cost import Cost, ModelCost, layer_cost, model_cost
-from .cp import CPConv2D
-from .decef import DeCEFConv2D
-from .export import ExportReport, bench_tflite, check_tflite, export_tflite
-from .inference import PrepareReport, prepare_for_inference
-from .registry import Method, available_methods, get_method, register_method
-from .ssc import SSConv2D, set_ssc_implementation
-from .surgery import ConversionReport, convert
-from .svd import SVDConv2D
-from .training import (
+from .deploy import (
+    ExportReport,
+    PrepareReport,
+    bench_tflite,
+    check_tflite,
+    export_tflite,
+    prepare_for_inference,
+)
+from .layers import (
+    BasisConv2D,
+    CompressedLayer,
+    CPConv2D,
+    DeCEFConv2D,
+    NaiveTTConv2D,
     Orthogonality,
-    RankPruning,
     SingularValueHoyer,
     SingularValueL1,
-    add_svd_regularization,
-    train_decef_from_scratch,
+    SSConv2D,
+    SVDConv2D,
+    TTConv2D,
+    TTDense,
+    Tucker2Conv2D,
+    set_ssc_implementation,
 )
-from .tt import NaiveTTConv2D, TTConv2D, TTDense
-from .tucker import Tucker2Conv2D
+from .training import RankPruning, add_svd_regularization, train_decef_from_scratch
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "BasisConv2D",
     "CPConv2D",
+    "CompressedLayer",
     "ConversionReport",
     "Cost",
     "DeCEFConv2D",
@@ -65,3 +95,9 @@ __all__ = [
     "set_ssc_implementation",
     "train_decef_from_scratch",
 ]
+
+
+def __getattr__(name):
+    if name == "data":  # tf.data pipelines (imports TensorFlow): keras_eigenconv.data
+        return training.data
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

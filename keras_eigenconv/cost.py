@@ -13,9 +13,52 @@ from dataclasses import asdict, dataclass, field
 
 import keras
 
+from . import graph
 from ._table import markdown_table, text_table
 
-__all__ = ["Cost", "ModelCost", "conv_output_length", "layer_cost", "model_cost"]
+__all__ = [
+    "OP_TIME",
+    "Cost",
+    "CostedLayer",
+    "ModelCost",
+    "conv_output_length",
+    "layer_cost",
+    "model_cost",
+]
+
+# Time per unit of work of the primitive ops, one table for every cost model of the package.
+# Each runtime's entry has its own unit, measured on the 2-core reference machine:
+# - "tensorflow": relative time per MAC (a dense conv MAC = 1) in TensorFlow on CPU (oneDNN),
+#   fitted to benchmarks/layers.py: a depthwise conv with depth_multiplier > 1 costs about 10
+#   dense-conv MACs per MAC. ``FactorizedConv2D(implementation="auto")`` uses it.
+# - "litert_relative": LiteRT (XNNPACK, 1 thread) time per unit in dense 3x3 conv MACs: conv
+#   kinds per MAC, channel moves per value moved; single-op models at 8x8..32x32 x 64
+#   channels: 1x1 conv 0.9-1.6, grouped (G=4) 1.5-1.75, GATHER 99-110, roll 13-37,
+#   transpose 16-62. ``SSConv2D`` chooses its arrangement with it.
+# - "litert_seconds": seconds per MAC (conv kinds), per copied element ("copy") and per op
+#   ("ops"), LiteRT 2.3 + XNNPACK fp32, 2 threads (a 28x28 128->128 3x3 conv: 1.6 ms;
+#   multiplier-4 depthwise + 1x1: 1.24 ms; tiled: 0.42 ms): the default of
+#   ``deploy.timing.CostModel`` when the timing cache is too small to fit one.
+OP_TIME: dict[str, dict[str, float]] = {
+    "tensorflow": {"conv": 1.0, "pointwise": 1.0, "depthwise": 10.0},
+    "litert_relative": {
+        "conv": 1.0,
+        "pointwise": 1.2,
+        "grouped": 1.6,
+        "depthwise": 10.0,
+        "gather": 105.0,
+        "roll": 25.0,
+        "transpose": 35.0,
+    },
+    "litert_seconds": {
+        "conv": 1.4e-11,
+        "pointwise": 8.0e-12,
+        "depthwise": 3.0e-11,
+        "depthwise_multiplier": 2.3e-10,
+        "copy": 2.0e-10,
+        "ops": 5.0e-6,
+    },
+}
 
 
 @dataclass(frozen=True)
@@ -51,6 +94,18 @@ def conv_output_length(length, kernel, stride, padding, dilation):
     return max(0, (length - effective) // stride + 1)
 
 
+class CostedLayer:
+    """Mixin of a layer that counts its own cost: ``cost(input_shape) -> Cost``.
+
+    Every compressed layer of the package is one (``layers.CompressedLayer``);
+    ``layer_cost`` asks it instead of counting Keras' built-in layers.
+    """
+
+    def cost(self, input_shape) -> Cost:
+        """Parameters and MACs of one call on ``input_shape``."""
+        raise NotImplementedError
+
+
 def _weight_counts(layer) -> tuple[int, int]:
     trainable = sum(math.prod(w.shape) for w in layer.trainable_weights)
     fixed = sum(math.prod(w.shape) for w in layer.non_trainable_weights)
@@ -74,7 +129,7 @@ def layer_cost(layer, input_shape) -> Cost:
     ``DepthwiseConv1D/2D``, ``SeparableConv1D/2D``, ``Conv2DTranspose`` and ``Dense``; other
     layers count their weights and no MACs.
     """
-    if hasattr(layer, "cost") and callable(layer.cost):
+    if isinstance(layer, CostedLayer):
         return layer.cost(input_shape)
     params, fixed = _weight_counts(layer)
     macs = 0
@@ -128,15 +183,6 @@ class ModelCost:
         return text_table(self._rows_with_total("total"), self._columns, headers=self._headers)
 
 
-def _call_input_shapes(layer) -> list:
-    shapes = []
-    for node in getattr(layer, "_inbound_nodes", []):
-        tensors = node.input_tensors
-        if tensors:
-            shapes.append(tuple(tensors[0].shape))
-    return shapes
-
-
 def model_cost(model, prefix: str = "") -> ModelCost:
     """Count parameters and MACs of every layer of a built model, nested models included.
 
@@ -151,7 +197,7 @@ def model_cost(model, prefix: str = "") -> ModelCost:
             result.rows.extend(sub.rows)
             result.total = result.total + sub.total
             continue
-        shapes = _call_input_shapes(layer)
+        shapes = graph.call_input_shapes(layer)
         total = Cost(*_weight_counts(layer), 0)
         for i, shape in enumerate(shapes):
             c = layer_cost(layer, shape)

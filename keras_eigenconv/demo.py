@@ -125,8 +125,8 @@ def run_demo(
 ) -> DemoResult:
     """Run the demo; see the module docstring. Returns the table's rows and the folder."""
     from .analysis import analyze
-    from .export import bench_tflite, export_tflite
-    from .surgery import convert
+    from .compress import convert
+    from .deploy import bench_tflite, export_tflite
 
     def say(msg):
         if verbose:
@@ -229,33 +229,3 @@ def _plot(rows, path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-def register_cli(subparsers) -> None:
-    p = subparsers.add_parser(
-        "demo",
-        help="train, convert, fine-tune, export and time a CNN on the bundled digits data",
-        description=__doc__.split("\n\n")[0] + " No internet needed.",
-    )
-    p.add_argument("-o", "--out", default=DEFAULT_OUT, help=f"output folder ({DEFAULT_OUT})")
-    p.add_argument("--budget", type=float, default=0.5, help="share of MACs to keep (0.5)")
-    p.add_argument("--methods", nargs="+", default=["decef", "svd"], help="decef svd ...")
-    p.add_argument("--epochs", type=int, default=8, help="baseline training epochs (8)")
-    p.add_argument("--finetune-epochs", type=int, default=3, help="fine-tuning epochs (3)")
-    p.add_argument("--quick", action="store_true", help="a reduced run (tests use it)")
-    p.set_defaults(func=_cmd_demo)
-
-
-def _cmd_demo(args) -> int:
-    if not 0.0 < args.budget <= 1.0:
-        raise ValueError(f"--budget must be in (0, 1], got {args.budget}")
-    kwargs = dict(
-        methods=tuple(args.methods),
-        budget=args.budget,
-        epochs=args.epochs,
-        finetune_epochs=args.finetune_epochs,
-    )
-    if args.quick:
-        kwargs.update(epochs=2, finetune_epochs=1, size=16, width=8, bench_rounds=5)
-    run_demo(args.out, **kwargs)
-    return 0

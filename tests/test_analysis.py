@@ -86,7 +86,7 @@ def test_analyze_command_line(tmp_path):
         [
             sys.executable,
             "-m",
-            "keras_eigenconv.cli",
+            "keras_eigenconv",
             "analyze",
             str(path),
             "--plot",
@@ -102,7 +102,7 @@ def test_analyze_command_line(tmp_path):
     assert "filter_entropy" in proc.stdout and png.exists()
     assert len(json.loads(js.read_text())["layers"]) == 4
     bad = subprocess.run(
-        [sys.executable, "-m", "keras_eigenconv.cli", "analyze", "no_such_model"],
+        [sys.executable, "-m", "keras_eigenconv", "analyze", "no_such_model"],
         capture_output=True,
         text=True,
         timeout=120,

@@ -113,7 +113,7 @@ def test_bad_arguments_exit_2(argv):
 
 def test_console_script_exit_codes():
     exe = Path(sys.executable).parent / "keras-eigenconv"
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "keras_eigenconv.cli"]
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "keras_eigenconv"]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     bad = subprocess.run(
         [*cmd, "convert", "nosuchnet", "--weights", "none"], capture_output=True, text=True, env=env

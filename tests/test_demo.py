@@ -8,7 +8,7 @@ import sys
 def test_demo_quick_end_to_end(tmp_path):
     out = tmp_path / "demo"
     proc = subprocess.run(
-        [sys.executable, "-m", "keras_eigenconv.cli", "demo", "--quick", "-o", str(out)],
+        [sys.executable, "-m", "keras_eigenconv", "demo", "--quick", "-o", str(out)],
         capture_output=True,
         text=True,
         timeout=600,
@@ -35,7 +35,7 @@ def test_demo_rejects_a_bad_budget(tmp_path):
         [
             sys.executable,
             "-m",
-            "keras_eigenconv.cli",
+            "keras_eigenconv",
             "demo",
             "--budget",
             "1.5",

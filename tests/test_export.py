@@ -12,7 +12,7 @@ import pytest
 
 from keras_eigenconv import DeCEFConv2D, SVDConv2D
 from keras_eigenconv.cli import main as cli_main
-from keras_eigenconv.export import bench_tflite, export_tflite, run_tflite, tflite_ops
+from keras_eigenconv.deploy import bench_tflite, export_tflite, run_tflite, tflite_ops
 
 BUILTIN_OK = {
     "CONV_2D",

@@ -9,14 +9,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from keras_eigenconv import BasisConv2D, DeCEFConv2D, SVDConv2D
-from keras_eigenconv.inference import (
-    ChannelTile,
+from keras_eigenconv.deploy import (
     CostModel,
     LiteRTTimer,
     candidate_arrangements,
     fold_batchnorm,
     prepare_for_inference,
 )
+from keras_eigenconv.layers import ChannelTile
 
 
 @pytest.fixture(autouse=True)
@@ -203,7 +203,7 @@ def test_prepare_sequential_and_cost_model(_timing_cache):
 
 
 def test_layers_without_inference_layers_run_natively_or_dense():
-    from keras_eigenconv.tucker import Tucker2Conv2D
+    from keras_eigenconv.layers import Tucker2Conv2D
 
     rng = np.random.default_rng(4)
     conv = keras.layers.Conv2D(32, 3, padding="same")

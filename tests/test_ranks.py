@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from keras_eigenconv import decompositions as dec
-from keras_eigenconv import ranks as rk
+from keras_eigenconv.compress import ranks as rk
 
 
 def test_energy_rank_matches_relative_error():

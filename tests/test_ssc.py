@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from keras_eigenconv import decompositions as dec
 from keras_eigenconv.cost import layer_cost
-from keras_eigenconv.ssc import SSConv2D, _shuffle, set_ssc_implementation
+from keras_eigenconv.layers.ssc import SSConv2D, _shuffle, set_ssc_implementation
 
 RNG = np.random.default_rng(0)
 

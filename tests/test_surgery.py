@@ -14,10 +14,8 @@ from hypothesis import strategies as st
 from threadpoolctl import threadpool_limits
 
 import keras_eigenconv  # noqa: F401  (registers the layers)
-from keras_eigenconv import registry
+from keras_eigenconv.compress import Method, convert, registry
 from keras_eigenconv.cost import model_cost
-from keras_eigenconv.registry import Method
-from keras_eigenconv.surgery import convert
 
 L = keras.layers
 SPECTRUM_METHODS = ["decef", "basis", "svd", "svd_spatial"]
@@ -86,9 +84,7 @@ def trained(digits):
 
 @pytest.mark.parametrize("name", [n for n in registry.registered_methods() if n != "tt_dense"])
 def test_full_rank_equivalence_every_method(name):
-    m = registry._REGISTRY[name]
-    if not m.available:
-        pytest.skip(f"{m.layer} is not present")
+    m = registry.get_method(name)
     model = small_cnn()
     new, report = convert(model, method=name, skip_first=False, require_saving=False)
     replaced = {r.name for r in report.replaced}
@@ -100,7 +96,7 @@ def test_full_rank_equivalence_every_method(name):
     }
     assert replaced, report
     for r in report.replaced:
-        assert isinstance(new.get_layer(r.name), m.layer_class())
+        assert isinstance(new.get_layer(r.name), m.layer)
         assert r.relative_error < 1e-5
     _close(new(_x(model)), model(_x(model)))
 
@@ -320,10 +316,11 @@ def test_registry():
     for n in ("decef", "basis", "svd", "svd_spatial", "tucker2", "cp", "tt", "ssc"):
         assert n in names
     assert set(SPECTRUM_METHODS) <= set(registry.available_methods())
-    missing = Method("ghost", "keras_eigenconv.no_such_module:Ghost")
-    assert not missing.available
-    with pytest.raises(ValueError, match="does not provide"):
-        missing.layer_class()
+    # a record holds a layer class of the contract, never an import string
+    with pytest.raises(ValueError, match="CompressedLayer subclass"):
+        Method("ghost", "keras_eigenconv.no_such_module:Ghost")
+    with pytest.raises(ValueError, match="CompressedLayer subclass"):
+        Method("plain", keras.layers.Conv2D)
     with pytest.raises(ValueError, match="already registered"):
         registry.register_method(Method("svd", keras_eigenconv.SVDConv2D))
     custom = Method("svd_r", keras_eigenconv.SVDConv2D, options={"decomposition": "spatial"})
@@ -385,9 +382,7 @@ def test_keras_reload_in_a_fresh_process(tmp_path, trained):
 
 
 def test_dense_layers_with_tt_dense():
-    m = registry._REGISTRY["tt_dense"]
-    if not m.available:
-        pytest.skip(f"{m.layer} is not present")
+    m = registry.get_method("tt_dense")
     x = inp = keras.Input((6, 6, 2))
     x = L.Conv2D(4, 3, name="conv")(x)
     x = L.Flatten()(x)
@@ -396,7 +391,7 @@ def test_dense_layers_with_tt_dense():
     new, rep = convert(model, method="tt_dense", require_saving=False)
     assert {r.name for r in rep.replaced} == {"fc1", "fc2"}
     assert "replaces Dense layers only" in {r.name: r.reason for r in rep.layers}["conv"]
-    assert isinstance(new.get_layer("fc1"), m.layer_class())
+    assert isinstance(new.get_layer("fc1"), m.layer)
     _close(new(_x(model)), model(_x(model)))
 
 

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from threadpoolctl import threadpool_limits
 
+from keras_eigenconv.compress import convert
 from keras_eigenconv.cost import model_cost
-from keras_eigenconv.surgery import convert
 
 A = keras.applications
 S32 = {"input_shape": (32, 32, 3)}

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from keras_eigenconv import model_cost
-from keras_eigenconv.tt import NaiveTTConv2D, TTConv2D, TTDense
+from keras_eigenconv.layers import NaiveTTConv2D, TTConv2D, TTDense
 
 
 def _dense(m, units, seed=0, **kwargs):

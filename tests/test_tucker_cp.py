@@ -12,8 +12,7 @@ from hypothesis import strategies as st
 
 from keras_eigenconv import decompositions as dec
 from keras_eigenconv import model_cost
-from keras_eigenconv.cp import CPConv2D
-from keras_eigenconv.tucker import Tucker2Conv2D
+from keras_eigenconv.layers import CPConv2D, Tucker2Conv2D
 
 conv_configs = st.fixed_dictionaries(
     {

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from keras_eigenconv import model_cost
-from keras_eigenconv.tt import TTConv2D, TTDense
+from keras_eigenconv.layers import TTConv2D, TTDense
 from keras_eigenconv.zoo import (
     cifar10_conv_fc_net,
     cifar10_convnet,

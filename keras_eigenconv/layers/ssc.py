@@ -1,4 +1,7 @@
-"""SSConv2D: structured sparse convolution that runs as dense grouped ops (METHODS.md section 5).
+"""SSConv2D: structured sparse convolution that runs as dense grouped ops.
+
+A generalization of SSC (Verma et al., WACV 2023, whose exact pattern is unpublished) and of
+HetConv (Singh et al. 2019), depthwise, grouped and pointwise convolutions.
 
 The kernel ``W (kh, kw, C, N)`` follows a fixed, cyclically shifted block pattern
 (``decompositions.structured``): with ``G`` groups, filter group ``g`` reaches channel groups
@@ -28,35 +31,26 @@ import keras
 import numpy as np
 from keras import ops
 
-from . import decompositions as dec
-from ._base import (
+from .. import decompositions as dec
+from .. import graph
+from ..cost import OP_TIME, Cost, conv_output_length
+from .base import (
     IMPLEMENTATIONS,
+    CompressedLayer,
     check_conv2d,
+    check_energy,
     conv_geometry,
     copied_layer_args,
-    folded_conv2d,
     geometry_config,
     set_weight_args,
     weights_config,
 )
-from .cost import Cost, conv_output_length
 
 __all__ = ["ARRANGEMENTS", "LITERT_COST", "SSConv2D", "set_ssc_implementation"]
 
 ARRANGEMENTS = ("auto", "grouped", "full_pointwise")
-# LiteRT (XNNPACK, 1 thread, x86) time per unit, in dense 3x3 conv MACs: conv kinds per MAC,
-# channel moves per value moved. Measured on single-op models at 8x8, 16x16, 32x32 x 64
-# channels (README "SSC"): 1x1 conv 0.9-1.6, grouped (G=4) 1.5-1.75, GATHER 99-110,
-# roll 13-37, transpose 16-62 (the memory-bound moves cost more at 32x32).
-LITERT_COST = {
-    "conv": 1.0,
-    "pointwise": 1.2,
-    "grouped": 1.6,
-    "depthwise": 10.0,
-    "gather": 105.0,
-    "roll": 25.0,
-    "transpose": 35.0,
-}
+# LiteRT (XNNPACK, 1 thread) time per unit, in dense 3x3 conv MACs (``cost.OP_TIME``).
+LITERT_COST = OP_TIME["litert_relative"]
 
 
 def _is_identity(index: np.ndarray) -> bool:
@@ -106,7 +100,7 @@ def _with_seed(initializer, seed):
 
 
 @keras.saving.register_keras_serializable(package="keras_eigenconv")
-class SSConv2D(keras.layers.Layer):
+class SSConv2D(CompressedLayer):
     """Structured sparse ``Conv2D``: grouped ``kh x kw`` + grouped 1x1 over a fixed pattern.
 
     Args: those of ``keras.layers.Conv2D`` (channels-last) plus
@@ -198,10 +192,6 @@ class SSConv2D(keras.layers.Layer):
         self._resolved_arrangement: str | None = None
 
     @property
-    def _who(self) -> str:
-        return f"SSConv2D '{self.name}'"
-
-    @property
     def rank(self) -> int:
         """Alias of ``kernel_span`` (the width of the ``k x k`` block band)."""
         return self.kernel_span
@@ -282,11 +272,6 @@ class SSConv2D(keras.layers.Layer):
         """Structural MACs over those of the dense conv: ``(a*kh*kw + b) / (G*kh*kw)``."""
         kk = math.prod(self.kernel_size)
         return (self.kernel_span * kk + self.pointwise_span) / (self.groups * kk)
-
-    @property
-    def resolved_implementation(self) -> str | None:
-        """``"factorized"`` or ``"dense"``: what ``call`` runs (``None`` before build)."""
-        return self._resolved_implementation
 
     @property
     def resolved_arrangement(self) -> str | None:
@@ -558,11 +543,7 @@ class SSConv2D(keras.layers.Layer):
             raise ValueError(f"{who}: pass one of rank (= kernel_span), kernel_span or energy.")
         span = rank if rank is not None else kernel_span
         if energy is not None:
-            if isinstance(energy, bool) or not 0.0 < float(energy) <= 1.0:
-                raise ValueError(
-                    f"{who}: energy={energy!r} must be in (0, 1], the share of the kernel's "
-                    "squared Frobenius norm to keep."
-                )
+            energy = check_energy(who, energy)
             # validate the pattern arguments before searching
             dec.SSCPattern(w.shape[2], w.shape[3], w.shape[:2], groups, 1, pointwise_span, layout)
             kept = np.cumsum(cls.spectrum(w, groups, pointwise_span, layout))
@@ -625,17 +606,6 @@ class SSConv2D(keras.layers.Layer):
         bias = ops.convert_to_numpy(self.bias) if self.use_bias else None
         return kernel, bias
 
-    def relative_error(self, conv) -> float:
-        """Relative Frobenius error of this layer's dense kernel against ``conv``'s."""
-        return dec.relative_error(
-            ops.convert_to_numpy(conv.kernel), self.folded_kernel_and_bias()[0]
-        )
-
-    def to_conv2d(self, name: str | None = None) -> keras.layers.Conv2D:
-        """The equivalent, built ``keras.layers.Conv2D`` (dense kernel with zeros)."""
-        kernel, bias = self.folded_kernel_and_bias()
-        return folded_conv2d(self, kernel, bias, name)
-
     def get_config(self) -> dict:
         config = super().get_config()
         config.update(geometry_config(self))
@@ -671,7 +641,7 @@ def set_ssc_implementation(model, implementation: str, arrangement: str | None =
             f"set_ssc_implementation: arrangement must be one of {ARRANGEMENTS}, "
             f"got {arrangement!r}."
         )
-    layers = [model] if isinstance(model, SSConv2D) else list(model._flatten_layers())
+    layers = [model] if isinstance(model, SSConv2D) else graph.flatten_layers(model)
     count = 0
     for layer in layers:
         if isinstance(layer, SSConv2D):

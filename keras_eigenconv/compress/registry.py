@@ -1,32 +1,39 @@
-"""The method registry: one ``Method`` record per replacement layer.
+"""The method registry: one ``Method`` record per method, holding its layer class.
 
-The converter (``surgery.convert``) has no per-method code: everything it needs about a method
-is here. A record names the layer class (a class, or ``"module:Class"`` imported on first use,
-so methods whose module is absent are simply unavailable), the source layer types it replaces,
-whether it only factors the spatial taps (then 1x1 convs are skipped), its default options,
-how to build it from a source layer (``cls.from_conv2d(conv, rank=..., energy=..., **options)``
-or ``from_dense``) and how to cost a candidate rank (an unbuilt instance's ``cost``).
+The converter (``compress.convert``) has no per-method code: everything it needs about a
+method is the record (name, layer class, default options, whether it only factors the
+spatial taps) and the layer class's contract (``layers.CompressedLayer``: ``from_source``,
+``cost``, ``spectrum``, ``rank_for``, ``vbmf_matrices``, ``rank_selection``,
+``budget_spectrum``, ``source_type``).
 
-``rank_selection="spectrum"``: the rank is one int and ``cls.spectrum(kernel, **options)``
-gives the energy each extra rank keeps (``sum(s[:r]) / sum(s) = 1 - rel_err(r)**2``), so the
-converter can choose ranks itself (energy, effective rank, VBMF, whole-model budgets).
-``rank_selection="layer"``: the rank is the layer's own business (Tucker-2 pairs, CP's ALS
-search, TT rank lists); ``rank`` and ``energy`` are passed through to ``from_conv2d``.
+Adding a method is one layer file (a ``CompressedLayer`` subclass) and one ``Method``
+record, in ``BUILTIN_METHODS`` below or through ``register_method``; the contract test suite
+(``tests/test_contract.py``) then tests it.
 """
 
 from __future__ import annotations
 
-import importlib
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import keras
 import numpy as np
 
-from . import decompositions as dec
-from .cost import Cost
+from .. import decompositions as dec
+from ..cost import Cost
+from ..layers import (
+    BasisConv2D,
+    CompressedLayer,
+    CPConv2D,
+    DeCEFConv2D,
+    SSConv2D,
+    SVDConv2D,
+    TTConv2D,
+    TTDense,
+    Tucker2Conv2D,
+)
 
 __all__ = [
     "Method",
@@ -35,23 +42,6 @@ __all__ = [
     "register_method",
     "registered_methods",
 ]
-
-
-def _per_channel_matrices(kernel: np.ndarray, options: dict) -> list[np.ndarray]:
-    kh, kw, c, n = kernel.shape
-    return list(np.transpose(kernel, (2, 0, 1, 3)).reshape(c, kh * kw, n))
-
-
-def _filter_matrix(kernel: np.ndarray, options: dict) -> list[np.ndarray]:
-    kh, kw, c, n = kernel.shape
-    return [kernel.reshape(kh * kw * c, n)]
-
-
-def _svd_matrices(kernel: np.ndarray, options: dict) -> list[np.ndarray]:
-    if options.get("decomposition", "channel") == "spatial":
-        kh, kw, c, n = kernel.shape
-        return [np.transpose(kernel, (0, 2, 1, 3)).reshape(kh * c, kw * n)]
-    return _filter_matrix(kernel, options)
 
 
 # Costs of candidate (layer shape, rank) pairs: building an unbuilt layer is slow (it creates
@@ -76,54 +66,48 @@ def _shape_config(layer) -> tuple:
 class Method:
     """How to replace a layer by one method.
 
-    - ``name``: the registry key (``convert(model, method=name)``).
-    - ``layer``: the layer class, or ``"package.module:ClassName"`` (imported lazily).
-    - ``replaces``: names of the ``keras.layers`` classes it replaces (``"Conv2D"``,
-      ``"Dense"``).
-    - ``spatial_only``: it factors the ``kh x kw`` taps, so 1x1 convs are left as they are.
-    - ``options``: default constructor options (e.g. ``{"decomposition": "spatial"}``).
-    - ``rank_selection``: ``"spectrum"`` or ``"layer"`` (see the module docstring).
-    - ``vbmf_matrices``: ``fn(kernel, options) -> [matrices]``; ``rank="vbmf"`` takes the
-      rounded-up mean of their EVBMF ranks (``None``: VBMF is up to the layer, or
-      unsupported).
-    - ``budget_spectrum``: for ``rank_selection="layer"``: the class's 1-D ``spectrum``
-      (its int rank) is a usable error proxy, so whole-model budgets work (Tucker-2).
-    - ``description``: one line for ``--help`` and the report.
+    Attributes:
+        name: the registry key (``convert(model, method=name)``).
+        layer: the ``CompressedLayer`` subclass.
+        spatial_only: it factors the ``kh x kw`` taps, so 1x1 convs are left as they are.
+        options: default constructor options (e.g. ``{"decomposition": "spatial"}``).
+        description: one line for ``--help`` and the report.
     """
 
     name: str
-    layer: Any
-    replaces: tuple[str, ...] = ("Conv2D",)
+    layer: type
     spatial_only: bool = False
     options: Mapping[str, Any] = field(default_factory=dict)
-    rank_selection: str = "spectrum"
-    vbmf_matrices: Callable | None = None
-    budget_spectrum: bool = False
     description: str = ""
 
-    def layer_class(self) -> type:
-        """The layer class (imports its module on first use)."""
-        if not isinstance(self.layer, str):
-            return self.layer
-        module, _, cls = self.layer.partition(":")
-        try:
-            return getattr(importlib.import_module(module), cls)
-        except (ImportError, AttributeError) as err:
+    def __post_init__(self):
+        if not (isinstance(self.layer, type) and issubclass(self.layer, CompressedLayer)):
             raise ValueError(
-                f"Method '{self.name}' needs {self.layer}, which this installation does not "
-                f"provide ({err}). Pick one of {available_methods()}."
-            ) from None
+                f"Method '{self.name}': layer must be a CompressedLayer subclass (the layer "
+                f"contract of keras_eigenconv.layers), got {self.layer!r}."
+            )
+        if self.layer.rank_selection not in ("spectrum", "layer"):
+            raise ValueError(
+                f"Method '{self.name}': {self.layer.__name__}.rank_selection must be "
+                f"'spectrum' or 'layer', got {self.layer.rank_selection!r}."
+            )
 
     @property
-    def available(self) -> bool:
-        try:
-            self.layer_class()
-        except ValueError:
-            return False
-        return True
+    def rank_selection(self) -> str:
+        """``"spectrum"`` or ``"layer"`` (``CompressedLayer.rank_selection``)."""
+        return self.layer.rank_selection
+
+    @property
+    def budget_spectrum(self) -> bool:
+        return self.layer.budget_spectrum
+
+    @property
+    def replaces(self) -> tuple[str, ...]:
+        """Names of the ``keras.layers`` classes it replaces."""
+        return (self.layer.source_type.__name__,)
 
     def source_types(self) -> tuple[type, ...]:
-        return tuple(getattr(keras.layers, n) for n in self.replaces)
+        return (self.layer.source_type,)
 
     def merged_options(self, overrides: Mapping | None = None) -> dict:
         return {**dict(self.options), **dict(overrides or {})}
@@ -140,14 +124,15 @@ class Method:
                 f"Method '{self.name}' chooses its own ranks; pass rank= (its own form) or "
                 "energy=, not a rule or budget that needs a spectrum."
             )
-        s = self.layer_class().spectrum(self.kernel(layer), **self.merged_options(options))
+        s = self.layer.spectrum(self.kernel(layer), **self.merged_options(options))
         return np.asarray(s, dtype=np.float64).reshape(-1)
 
     def vbmf_rank(self, layer, options: Mapping | None = None) -> int:
-        """VBMF rank (at least 1) from ``vbmf_matrices``."""
-        if self.vbmf_matrices is None:
+        """VBMF rank (at least 1): the rounded-up mean of the EVBMF ranks of the layer class's
+        ``vbmf_matrices``."""
+        mats = self.layer.vbmf_matrices(self.kernel(layer), **self.merged_options(options))
+        if mats is None:
             raise ValueError(f"Method '{self.name}' has no VBMF rule; use energy= or rank=.")
-        mats = self.vbmf_matrices(self.kernel(layer), self.merged_options(options))
         ranks = [dec.vbmf_rank(m) for m in mats]
         return max(1, int(math.ceil(float(np.mean(ranks)))))
 
@@ -162,19 +147,18 @@ class Method:
         options: Mapping | None = None,
     ):
         """The replacement of the built ``layer``, initialized from its weights."""
-        cls = self.layer_class()
-        opts = self.merged_options(options)
-        if isinstance(layer, keras.layers.Dense) and hasattr(cls, "from_dense"):
-            make = cls.from_dense
-        else:
-            make = cls.from_conv2d
-        return make(
-            layer, rank=rank, energy=energy, implementation=implementation, name=layer.name, **opts
+        return self.layer.from_source(
+            layer,
+            rank=rank,
+            energy=energy,
+            implementation=implementation,
+            name=layer.name,
+            **self.merged_options(options),
         )
 
     def candidate(self, layer, rank, options: Mapping | None = None):
         """An unbuilt instance at ``rank`` shaped like ``layer`` (for costing only)."""
-        cls = self.layer_class()
+        cls = self.layer
         opts = self.merged_options(options)
         if isinstance(layer, keras.layers.Dense):
             return cls(units=layer.units, rank=rank, use_bias=layer.use_bias, **opts)
@@ -241,11 +225,6 @@ def register_method(method: Method, overwrite: bool = False) -> Method:
     """Add ``method`` to the registry (``overwrite=True`` to replace a name)."""
     if not isinstance(method, Method):
         raise ValueError(f"register_method needs a Method, got {type(method).__name__}.")
-    if method.rank_selection not in ("spectrum", "layer"):
-        raise ValueError(
-            f"Method '{method.name}': rank_selection must be 'spectrum' or 'layer', got "
-            f"{method.rank_selection!r}."
-        )
     if method.name in _REGISTRY and not overwrite:
         raise ValueError(
             f"A method named '{method.name}' is already registered; pass overwrite=True to "
@@ -256,18 +235,18 @@ def register_method(method: Method, overwrite: bool = False) -> Method:
 
 
 def get_method(method) -> Method:
-    """A ``Method`` by name (or the record itself), checking that it is available."""
+    """A ``Method`` by name (or the record itself).
+
+    Raises:
+        ValueError: an unknown name, listing the registered ones.
+    """
     if isinstance(method, Method):
-        method.layer_class()
         return method
     if not isinstance(method, str) or method not in _REGISTRY:
         raise ValueError(
-            f"Unknown method {method!r}. Registered methods: {registered_methods()} "
-            f"(available here: {available_methods()})."
+            f"Unknown method {method!r}. Registered methods: {registered_methods()}."
         )
-    m = _REGISTRY[method]
-    m.layer_class()
-    return m
+    return _REGISTRY[method]
 
 
 def registered_methods() -> list[str]:
@@ -276,74 +255,57 @@ def registered_methods() -> list[str]:
 
 
 def available_methods() -> list[str]:
-    """Names of the registered methods whose layer class can be imported."""
-    return sorted(n for n, m in _REGISTRY.items() if m.available)
+    """Names of the registered methods (every registered method is available: a record
+    holds its layer class)."""
+    return registered_methods()
 
 
-_P = "keras_eigenconv."
-for _m in (
+BUILTIN_METHODS = (
     Method(
         "decef",
-        _P + "decef:DeCEFConv2D",
+        DeCEFConv2D,
         spatial_only=True,
-        vbmf_matrices=_per_channel_matrices,
         description="depthwise eigen-filters per input channel + 1x1 (DeCEF)",
     ),
     Method(
         "basis",
-        _P + "basis:BasisConv2D",
-        vbmf_matrices=_filter_matrix,
+        BasisConv2D,
         description="fixed basis filters + learned 1x1 combination (BasisConv)",
     ),
     Method(
         "svd",
-        _P + "svd:SVDConv2D",
+        SVDConv2D,
         options={"decomposition": "channel"},
-        vbmf_matrices=_svd_matrices,
         description="channel SVD: kxk conv C->R + 1x1 R->N",
     ),
     Method(
         "svd_spatial",
-        _P + "svd:SVDConv2D",
+        SVDConv2D,
         spatial_only=True,
         options={"decomposition": "spatial"},
-        vbmf_matrices=_svd_matrices,
         description="spatial SVD: kx1 conv C->R + 1xk R->N (Jaderberg et al.)",
     ),
     Method(
         "tucker2",
-        _P + "tucker:Tucker2Conv2D",
+        Tucker2Conv2D,
         spatial_only=True,
-        rank_selection="layer",
-        budget_spectrum=True,
         description="Tucker-2: 1x1 C->R1, kxk R1->R2, 1x1 R2->N (rank int, pair or 'vbmf')",
     ),
     Method(
         "cp",
-        _P + "cp:CPConv2D",
+        CPConv2D,
         spatial_only=True,
-        rank_selection="layer",
         description="CP: 1x1 C->R, depthwise kx1, depthwise 1xk, 1x1 R->N",
     ),
-    Method(
-        "tt",
-        _P + "tt:TTConv2D",
-        rank_selection="layer",
-        description="tensor-train conv (Garipov et al.)",
-    ),
-    Method(
-        "tt_dense",
-        _P + "tt:TTDense",
-        replaces=("Dense",),
-        rank_selection="layer",
-        description="tensor-train fully connected (Novikov et al.)",
-    ),
+    Method("tt", TTConv2D, description="tensor-train conv (Garipov et al.)"),
+    Method("tt_dense", TTDense, description="tensor-train fully connected (Novikov et al.)"),
     Method(
         "ssc",
-        _P + "ssc:SSConv2D",
+        SSConv2D,
         spatial_only=True,
         options={"groups": 4},
         description="structured sparse conv, 4 groups; rank = kxk channel-group span",
     ),
-):
+)
+for _m in BUILTIN_METHODS:
     register_method(_m)

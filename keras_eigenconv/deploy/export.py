@@ -24,11 +24,6 @@
 
 from __future__ import annotations
 
-import json
-import re
-import statistics
-import sys
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,9 +31,17 @@ from typing import Any
 import keras
 import numpy as np
 
-__all__ = ["ExportReport", "bench_tflite", "check_tflite", "export_tflite", "register_cli"]
+from .litert import (
+    QUANTIZE_MODES,
+    convert_model,
+    run_tflite,
+    tflite_converter,
+    tflite_ops,
+    unsupported_op_error,
+)
+from .rewrite import prepare_for_inference
 
-QUANTIZE_MODES = (None, "float16", "dynamic", "int8")
+__all__ = ["ExportReport", "check_tflite", "export_tflite"]
 
 
 @dataclass
@@ -130,33 +133,7 @@ def _fit_to_model(x: np.ndarray, shape: tuple, what: str) -> np.ndarray:
     )
 
 
-# ---- conversion ----------------------------------------------------------------------------
-
-
-def _unsupported_op_error(err: Exception, model) -> ValueError:
-    text = str(err)
-    ops = sorted(set(re.findall(r"'tf\.(\w+)' op is neither", text)))
-    m = re.search(r"TF Select ops: ([^\n]+)", text)
-    if m:
-        ops = sorted(set(ops) | {o.strip() for o in m.group(1).split(",") if o.strip()})
-    scopes = sorted(set(re.findall(r'"[^"]*:", "([^"@]+)/\w+@', text)))
-    if not ops:
-        return ValueError(
-            f"export_tflite: converting model '{model.name}' to LiteRT failed: "
-            f"{text.splitlines()[0] if text else type(err).__name__}"
-        )
-    where = f" (at {', '.join(scopes)})" if scopes else ""
-    return ValueError(
-        f"export_tflite: model '{model.name}' uses TensorFlow op(s) with no LiteRT built-in "
-        f"kernel: {', '.join('tf.' + o for o in ops)}{where}. Only built-in ops are allowed "
-        "(no Flex / Select TF ops, which Android apps cannot run without the TF runtime): "
-        "replace or remove the layer(s) that use them."
-    )
-
-
 def _converter(model, quantize, representative, num_calibration_steps, input_shape):
-    from .inference import tflite_converter
-
     shape = tuple(d for d in input_shape[1:])
 
     def gen():
@@ -170,57 +147,6 @@ def _converter(model, quantize, representative, num_calibration_steps, input_sha
             yield [sample.astype(np.float32)]
 
     return tflite_converter(model, quantize, gen if quantize == "int8" else None, int8_io=True)
-
-
-def tflite_ops(content: bytes) -> list[str]:
-    """Names of the ops in a ``.tflite`` flatbuffer (in execution order, no delegate)."""
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
-
-    it = Interpreter(
-        model_content=content,
-        experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
-    )
-    return [d["op_name"] for d in it._get_ops_details()]
-
-
-# ---- running and checking ------------------------------------------------------------------
-
-
-def run_tflite(content_or_path, x: np.ndarray, num_threads: int = 2) -> list[np.ndarray]:
-    """Run a ``.tflite`` model sample by sample (batch 1) on float inputs ``x`` (N, ...).
-
-    Quantized input/output tensors are (de)quantized with their scale and zero point.
-    Returns the outputs, each stacked to ``(N, ...)``, in the interpreter's output order.
-    """
-    from ai_edge_litert.interpreter import Interpreter
-
-    if isinstance(content_or_path, (bytes, bytearray)):
-        it = Interpreter(model_content=bytes(content_or_path), num_threads=num_threads)
-    else:
-        it = Interpreter(model_path=str(content_or_path), num_threads=num_threads)
-    inp = it.get_input_details()[0]
-    shape = list(inp["shape"])
-    if shape[0] != 1 or list(shape[1:]) != list(x.shape[1:]):
-        it.resize_tensor_input(inp["index"], [1, *x.shape[1:]])
-    it.allocate_tensors()
-    inp = it.get_input_details()[0]
-    outs = it.get_output_details()
-    results: list[list[np.ndarray]] = [[] for _ in outs]
-    for i in range(len(x)):
-        sample = x[i : i + 1]
-        if np.issubdtype(inp["dtype"], np.integer):
-            scale, zero = inp["quantization"]
-            info = np.iinfo(inp["dtype"])
-            sample = np.clip(np.round(sample / scale + zero), info.min, info.max)
-        it.set_tensor(inp["index"], sample.astype(inp["dtype"]))
-        it.invoke()
-        for j, d in enumerate(outs):
-            y = it.get_tensor(d["index"])
-            if np.issubdtype(d["dtype"], np.integer):
-                scale, zero = d["quantization"]
-                y = (y.astype(np.float32) - zero) * scale
-            results[j].append(np.asarray(y, np.float32))
-    return [np.concatenate(r, axis=0) for r in results]
 
 
 def check_tflite(
@@ -315,8 +241,6 @@ def export_tflite(
     prepare_info = None
     graph = model
     if prepare:
-        from .inference import prepare_for_inference
-
         graph, rep = prepare_for_inference(
             model,
             strategy=strategy,
@@ -329,15 +253,11 @@ def export_tflite(
         if verbose:
             print(rep)
 
-    import contextlib
-    import io
-
     converter = _converter(graph, quantize, representative, num_calibration_steps, input_shape)
     try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            content = converter.convert()
+        content = convert_model(converter)
     except Exception as err:  # the converter raises its own ConverterError
-        raise _unsupported_op_error(err, model) from err
+        raise unsupported_op_error(err, model) from err
     ops = tflite_ops(content)
     bad = [o for o in ops if o.startswith("Flex") or o in ("CUSTOM", "DELEGATE")]
     if bad:
@@ -368,168 +288,3 @@ def export_tflite(
     if verbose:
         print(report)
     return report
-
-
-# ---- latency -------------------------------------------------------------------------------
-
-
-def bench_tflite(
-    paths: dict[str, str | Path] | list,
-    num_threads: int = 2,
-    rounds: int = 20,
-    warmup: int = 3,
-    runs_per_round: int = 1,
-) -> dict[str, dict]:
-    """Latency of ``.tflite`` files (batch 1, random inputs), timed interleaved.
-
-    Every round invokes each model ``runs_per_round`` times in turn, so machine load hits all
-    alike. Returns per model ``median_ms``, ``mean_ms``, ``p10_ms``, ``p90_ms`` and
-    ``ratio`` (median over the first model's median).
-    """
-    from .inference import _interpreter
-
-    if not isinstance(paths, dict):
-        paths = {str(p): p for p in paths}
-    its = {name: _interpreter(Path(p).read_bytes(), num_threads) for name, p in paths.items()}
-    for it in its.values():
-        for _ in range(warmup):
-            it.invoke()
-    samples: dict[str, list[float]] = {name: [] for name in its}
-    for _ in range(rounds):
-        for name, it in its.items():
-            t = time.perf_counter()
-            for _ in range(runs_per_round):
-                it.invoke()
-            samples[name].append((time.perf_counter() - t) / runs_per_round * 1e3)
-    out = {}
-    base = None
-    for name, v in samples.items():
-        med = statistics.median(v)
-        base = base or med
-        q = np.percentile(v, [10, 90])
-        out[name] = {
-            "median_ms": med,
-            "mean_ms": statistics.fmean(v),
-            "p10_ms": float(q[0]),
-            "p90_ms": float(q[1]),
-            "runs": len(v) * runs_per_round,
-            "ratio": med / base,
-        }
-    return out
-
-
-# ---- command line --------------------------------------------------------------------------
-
-
-def _load_array(path: str | None, key: str = "x"):
-    if path is None:
-        return None
-    data = np.load(path)
-    if isinstance(data, np.lib.npyio.NpzFile):
-        if key not in data:
-            raise ValueError(f"{path}: no array '{key}' in the .npz (has {list(data.keys())}).")
-        return data[key]
-    return data
-
-
-def _load_model(path: str):
-    import importlib
-    import pkgutil
-
-    import keras_eigenconv
-
-    # register every layer of the package before deserializing
-    for mod in pkgutil.iter_modules(keras_eigenconv.__path__):
-        if not mod.name.startswith("_") and mod.name not in ("cli",):
-            importlib.import_module(f"keras_eigenconv.{mod.name}")
-    if not Path(path).exists():
-        raise FileNotFoundError(f"no such model file: {path}")
-    return keras.models.load_model(path)
-
-
-def _cmd_export(args) -> int:
-    model = _load_model(args.model)
-    rep = _load_array(args.representative_data)
-    check = _load_array(args.check_data)
-    labels = _load_array(args.labels, "y") if args.labels else None
-    if labels is None and args.check_data and args.check_data.endswith(".npz"):
-        data = np.load(args.check_data)
-        labels = data["y"] if "y" in data else None
-    output = args.output or str(Path(args.model).with_suffix(".tflite"))
-    report = export_tflite(
-        model,
-        output,
-        quantize=args.quantize,
-        representative_data=rep,
-        num_calibration_steps=args.calibration_steps,
-        check_data=check,
-        labels=labels,
-        prepare=not args.no_prepare,
-        strategy=args.strategy,
-        num_threads=args.threads,
-    )
-    if args.json:
-        Path(args.json).write_text(json.dumps(report.to_dict(), indent=1))
-    return 0
-
-
-def _cmd_bench(args) -> int:
-    for p in args.models:
-        if not Path(p).exists():
-            raise FileNotFoundError(f"no such .tflite file: {p}")
-    res = bench_tflite(args.models, num_threads=args.threads, rounds=args.runs, warmup=args.warmup)
-    width = max(len(p) for p in res)
-    print(f"{'model':<{width}}  {'median ms':>10} {'p10 ms':>8} {'p90 ms':>8} {'ratio':>6}")
-    for name, r in res.items():
-        print(
-            f"{name:<{width}}  {r['median_ms']:>10.3f} {r['p10_ms']:>8.3f} {r['p90_ms']:>8.3f} "
-            f"{r['ratio']:>6.3f}"
-        )
-    print(f"({args.threads} threads, batch 1, {args.runs} interleaved rounds)")
-    if args.json:
-        Path(args.json).write_text(json.dumps(res, indent=1))
-    return 0
-
-
-def register_cli(subparsers) -> None:
-    """Add the ``export`` and ``bench`` commands."""
-    p = subparsers.add_parser(
-        "export",
-        help="export a .keras model to .tflite (built-in ops only) and check it",
-        description="Export a .keras model to LiteRT: prepare_for_inference, convert with "
-        "built-in ops only, optional quantization, and a self-check against Keras.",
-    )
-    p.add_argument("model", help="the .keras model file")
-    p.add_argument("-o", "--output", help="the .tflite file (default: MODEL with .tflite)")
-    p.add_argument("--quantize", choices=["float16", "dynamic", "int8"], default=None)
-    p.add_argument(
-        "--representative-data",
-        help=".npy (or .npz with 'x') of typical inputs; required for --quantize int8",
-    )
-    p.add_argument("--calibration-steps", type=int, default=100)
-    p.add_argument("--check-data", help=".npy or .npz ('x', optional 'y') inputs for the check")
-    p.add_argument("--labels", help=".npy labels of --check-data (top-1 accuracy)")
-    p.add_argument("--no-prepare", action="store_true", help="skip prepare_for_inference")
-    p.add_argument("--strategy", choices=["measure", "cost_model"], default="measure")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--json", help="write the report as JSON here")
-    p.set_defaults(func=_cmd_export)
-
-    b = subparsers.add_parser(
-        "bench",
-        help="time .tflite models with LiteRT (interleaved, batch 1)",
-        description="Latency of .tflite files with ai_edge_litert (XNNPACK), timed "
-        "interleaved; ratios are against the first file.",
-    )
-    b.add_argument("models", nargs="+", help=".tflite files")
-    b.add_argument("--threads", type=int, default=2)
-    b.add_argument("--runs", type=int, default=30, help="interleaved rounds")
-    b.add_argument("--warmup", type=int, default=3)
-    b.add_argument("--json", help="write the timings as JSON here")
-    b.set_defaults(func=_cmd_bench)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    from .cli import main
-
-    sys.exit(main(sys.argv[1:]))

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import decompositions as dec
+from .. import decompositions as dec
+from ..layers.base import check_energy
 
 __all__ = [
     "BudgetItem",
@@ -40,12 +41,7 @@ ROUND_TO = (None, 1, 2, 4, 8, 16, 32, 64)
 
 def energy_rank(spectrum, energy: float) -> int:
     """Smallest ``r`` with ``sum(spectrum[:r]) / sum(spectrum) >= energy``."""
-    if isinstance(energy, bool) or not 0.0 < float(energy) <= 1.0:
-        raise ValueError(
-            f"energy={energy!r} must be in (0, 1]: the share of each kernel's squared "
-            "Frobenius norm to keep (e.g. 0.9)."
-        )
-    return dec.energy_rank(np.asarray(spectrum, np.float64), float(energy))
+    return dec.energy_rank(np.asarray(spectrum, np.float64), check_energy("convert", energy))
 
 
 def effective_rank(spectrum) -> int:

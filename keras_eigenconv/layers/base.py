@@ -1,30 +1,38 @@
-"""The base of every factorized convolution: arguments, shapes, init, folding, costs.
+"""The layer contract (``CompressedLayer``) and the base of the factorized convolutions.
 
-A subclass keeps only its own maths: the shapes of its factors, how to rebuild the full
+``CompressedLayer`` declares, once, what every compressed layer of the package offers and
+what the rest of the package relies on (model surgery, the inference rewrite, rank pruning,
+cost counting): building from a trained source layer (``from_conv2d`` / ``from_dense``, both
+reachable as ``from_source``), folding back (``to_conv2d`` / ``to_dense`` = ``to_source``),
+``cost``, ``spectrum`` and ``rank_for`` (how ranks are chosen), ``vbmf_matrices``,
+``max_rank``, ``inference_layers`` and ``resolved_implementation``. Callers test
+``isinstance(layer, CompressedLayer)`` and call these; they never probe with ``hasattr``.
+
+``FactorizedConv2D`` implements the contract for every low-rank ``Conv2D`` replacement: a
+subclass keeps only its own maths (the shapes of its factors, how to rebuild the full
 ``(kh, kw, C, N)`` kernel from them, its factorized forward, its decomposition of a trained
-kernel, and its cost per output pixel.
+kernel, and its cost per output pixel). The argument plumbing and validation shared with
+``SSConv2D`` and ``TTDense`` (``Conv2D`` geometry, weight arguments, rank and energy checks)
+are the helpers below.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import keras
 import numpy as np
 from keras import ops
 
-from . import decompositions as dec
-from .cost import Cost, conv_output_length
+from .. import decompositions as dec
+from ..cost import OP_TIME, Cost, CostedLayer, conv_output_length
 
 IMPLEMENTATIONS = ("auto", "factorized", "dense")
 
-# Relative time per MAC of the primitive ops in TensorFlow on CPU (oneDNN), fitted to
-# benchmarks/layers.py on the reference machine (2 cores): a depthwise conv with
-# depth_multiplier > 1 costs about 10 dense-conv MACs per MAC (DeCEF at rank 5 is slower
-# than the dense conv at 56x56x64 and 28x28x128, faster at 14x14x256 and 7x7x512).
-# LiteRT export re-chooses per layer by measurement (keras_eigenconv.inference).
-OP_TIME_PER_MAC = {"conv": 1.0, "pointwise": 1.0, "depthwise": 10.0}
+# Relative time per MAC of the primitive ops in TensorFlow on CPU (oneDNN): see
+# ``cost.OP_TIME``. LiteRT export re-chooses per layer by measurement (``deploy``).
+OP_TIME_PER_MAC = OP_TIME["tensorflow"]
 # "auto" keeps the factorized form only when its estimated time is below this share of the
 # dense path's (each extra op also costs a memory round trip of its activations).
 AUTO_FACTORIZED_THRESHOLD = 0.9
@@ -57,42 +65,74 @@ def check_rank(layer: str, rank, max_rank: int | None = None) -> int:
     return int(rank)
 
 
-def check_conv2d(conv, layer: str) -> np.ndarray:
-    """Check that ``conv`` is a built, channels-last, ungrouped ``Conv2D`` with finite weights.
+def check_energy(who: str, energy) -> float:
+    """Validate an ``energy`` argument: a number in ``(0, 1]``, the share of the kernel's
+    squared Frobenius norm to keep. Returns it as a float.
 
-    Returns its kernel as a float64 array.
+    Raises:
+        ValueError: naming ``who`` and the accepted range.
     """
-    if not isinstance(conv, keras.layers.Conv2D):
+    try:
+        value = float(energy)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if isinstance(energy, bool) or not 0.0 < value <= 1.0:
         raise ValueError(
-            f"{layer}.from_conv2d needs a keras.layers.Conv2D, got {type(conv).__name__} "
-            f"'{getattr(conv, 'name', '?')}'."
+            f"{who}: energy={energy!r} must be in (0, 1], the share of the kernel's squared "
+            "Frobenius norm to keep (e.g. 0.9)."
         )
-    if not conv.built:
+    return value
+
+
+def check_rank_or_energy(who: str, rank, energy) -> None:
+    """Raise a ``ValueError`` when both ``rank`` and ``energy`` are given."""
+    if rank is not None and energy is not None:
+        raise ValueError(f"{who}: pass rank or energy, not both.")
+
+
+def check_source(layer, source_type: type, who: str) -> np.ndarray:
+    """Check that ``layer`` is a built ``source_type`` (``Conv2D``: channels-last, ungrouped)
+    with finite weights; return its kernel as a float64 array.
+
+    Raises:
+        ValueError: naming the layer and the fix.
+    """
+    kind = source_type.__name__
+    if not isinstance(layer, source_type) or isinstance(layer, CompressedLayer):
         raise ValueError(
-            f"{layer}.from_conv2d: Conv2D '{conv.name}' is not built, so it has no weights. "
-            "Build it first (call it on an input or conv.build(input_shape))."
+            f"{who} needs a keras.layers.{kind}, got {type(layer).__name__} "
+            f"'{getattr(layer, 'name', '?')}'."
         )
-    if conv.data_format != "channels_last":
+    if not layer.built:
         raise ValueError(
-            f"{layer}.from_conv2d: Conv2D '{conv.name}' uses data_format='channels_first'; "
-            "only channels_last is supported. Rebuild the model with channels_last."
+            f"{who}: {kind} '{layer.name}' is not built, so it has no weights. "
+            "Build it first (call it on an input or layer.build(input_shape))."
         )
-    if getattr(conv, "groups", 1) != 1:
-        raise ValueError(
-            f"{layer}.from_conv2d: Conv2D '{conv.name}' has groups={conv.groups}; only "
-            "groups=1 is supported. Leave grouped convolutions as they are."
-        )
-    kernel = np.asarray(ops.convert_to_numpy(conv.kernel), dtype=np.float64)
+    if source_type is keras.layers.Conv2D:
+        if layer.data_format != "channels_last":
+            raise ValueError(
+                f"{who}: Conv2D '{layer.name}' uses data_format='channels_first'; "
+                "only channels_last is supported. Rebuild the model with channels_last."
+            )
+        if layer.groups != 1:
+            raise ValueError(
+                f"{who}: Conv2D '{layer.name}' has groups={layer.groups}; only "
+                "groups=1 is supported. Leave grouped convolutions as they are."
+            )
+    kernel = np.asarray(ops.convert_to_numpy(layer.kernel), dtype=np.float64)
     if not np.all(np.isfinite(kernel)):
         raise ValueError(
-            f"{layer}.from_conv2d: the kernel of Conv2D '{conv.name}' contains NaN or Inf. "
+            f"{who}: the kernel of {kind} '{layer.name}' contains NaN or Inf. "
             "Fix the trained weights before decomposing them."
         )
-    if conv.use_bias and not np.all(np.isfinite(ops.convert_to_numpy(conv.bias))):
-        raise ValueError(
-            f"{layer}.from_conv2d: the bias of Conv2D '{conv.name}' contains NaN or Inf."
-        )
+    if layer.use_bias and not np.all(np.isfinite(ops.convert_to_numpy(layer.bias))):
+        raise ValueError(f"{who}: the bias of {kind} '{layer.name}' contains NaN or Inf.")
     return kernel
+
+
+def check_conv2d(conv, layer: str) -> np.ndarray:
+    """``check_source(conv, Conv2D, f"{layer}.from_conv2d")``: the kernel as float64."""
+    return check_source(conv, keras.layers.Conv2D, f"{layer}.from_conv2d")
 
 
 def conv_geometry(
@@ -235,7 +275,173 @@ def folded_conv2d(layer, kernel: np.ndarray, bias, name: str | None = None):
     return conv
 
 
-class FactorizedConv2D(keras.layers.Layer):
+class CompressedLayer(CostedLayer, keras.layers.Layer):
+    """The contract of every compressed layer: what the rest of the package may rely on.
+
+    A compressed layer replaces one trained Keras layer, its *source* (``source_type``:
+    ``keras.layers.Conv2D`` or ``keras.layers.Dense``), by a cheaper equivalent. Subclasses
+    implement the methods that raise ``NotImplementedError`` here; the others have a
+    generic implementation in terms of those.
+
+    Rank selection (class attributes, read by ``compress``):
+
+    - ``rank_selection = "spectrum"``: the rank is one int and ``spectrum(kernel)`` holds
+      the energy that each extra rank keeps (``sum(s[:r]) / sum(s) = 1 - rel_err(r)**2``),
+      so callers can choose ranks themselves (energy, effective rank, VBMF, budgets);
+    - ``rank_selection = "layer"``: the rank is the layer's own business (pairs, lists, an
+      ALS search); callers pass ``rank``/``energy`` through to ``from_source``.
+      ``budget_spectrum = True`` says its ``spectrum`` (an int rank) is still a usable
+      error proxy for whole-model budgets.
+
+    Attributes:
+        rank: the layer's rank (an int, or the method's own form).
+        implementation: ``"auto"``, ``"factorized"`` or ``"dense"`` (what was asked).
+    """
+
+    source_type: ClassVar[type] = keras.layers.Conv2D
+    rank_selection: ClassVar[str] = "spectrum"
+    budget_spectrum: ClassVar[bool] = False
+
+    @property
+    def _who(self) -> str:
+        return f"{type(self).__name__} '{self.name}'"
+
+    # ---- from and to the source layer -----------------------------------------------------
+
+    @classmethod
+    def from_source(
+        cls,
+        source,
+        rank=None,
+        energy: float | None = None,
+        implementation: str = "auto",
+        name: str | None = None,
+        **options,
+    ):
+        """Build the layer from a built source layer by decomposing its kernel.
+
+        ``from_conv2d`` or ``from_dense`` by ``source_type``.
+
+        Args:
+            source: a built ``keras.layers.Conv2D`` (or ``Dense``) with trained weights.
+            rank: the rank (the method's form); ``None`` with ``energy=None``: the full,
+                exact rank (as good as the method can be).
+            energy: instead of ``rank``, keep this share of the kernel's squared Frobenius
+                norm (in ``(0, 1]``).
+            implementation: ``"auto"``, ``"factorized"`` or ``"dense"``.
+            name: the layer's name (default: the source's).
+            **options: the method's own constructor options.
+
+        Returns:
+            The new, built layer; its bias, activation, geometry, regularizers and
+            constraints are the source's. The source is not modified.
+
+        Raises:
+            ValueError: a bad argument or source layer, named with the fix.
+        """
+        make = cls.from_dense if cls.source_type is keras.layers.Dense else cls.from_conv2d
+        return make(
+            source, rank=rank, energy=energy, implementation=implementation, name=name, **options
+        )
+
+    @classmethod
+    def from_conv2d(cls, conv, rank=None, energy=None, implementation="auto", name=None, **kw):
+        """``from_source`` for a ``Conv2D`` source (see there)."""
+        raise ValueError(f"{cls.__name__} replaces {cls.source_type.__name__} layers, not Conv2D.")
+
+    @classmethod
+    def from_dense(cls, dense, rank=None, energy=None, implementation="auto", name=None, **kw):
+        """``from_source`` for a ``Dense`` source (see there)."""
+        raise ValueError(f"{cls.__name__} replaces {cls.source_type.__name__} layers, not Dense.")
+
+    def to_source(self, name: str | None = None):
+        """The equivalent, built source layer (``to_conv2d`` or ``to_dense``)."""
+        if self.source_type is keras.layers.Dense:
+            return self.to_dense(name)
+        return self.to_conv2d(name)
+
+    def to_conv2d(self, name: str | None = None) -> keras.layers.Conv2D:
+        """The equivalent, built ``keras.layers.Conv2D`` (the factors folded into one kernel).
+
+        Raises:
+            ValueError: the layer is not built.
+        """
+        if self.source_type is not keras.layers.Conv2D:
+            raise ValueError(f"{self._who} replaces {self.source_type.__name__}; use to_source.")
+        if not self.built:
+            raise ValueError(f"{self._who}.to_conv2d: build the layer first.")
+        kernel, bias = self.folded_kernel_and_bias()
+        return folded_conv2d(self, kernel, bias, name)
+
+    def to_dense(self, name: str | None = None) -> keras.layers.Dense:
+        """The equivalent, built ``keras.layers.Dense`` (``Dense``-replacing layers only)."""
+        raise ValueError(f"{self._who} replaces {self.source_type.__name__}; use to_source.")
+
+    def folded_kernel_and_bias(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """The equivalent source kernel and bias as NumPy arrays (inference semantics)."""
+        raise NotImplementedError
+
+    def relative_error(self, source) -> float:
+        """Relative Frobenius error ``||W - W_r|| / ||W||`` of this layer's folded kernel
+        against the kernel of ``source``."""
+        return dec.relative_error(
+            ops.convert_to_numpy(source.kernel), self.folded_kernel_and_bias()[0]
+        )
+
+    # ---- ranks ------------------------------------------------------------------------------
+
+    @classmethod
+    def method_options(cls, **kwargs) -> dict:
+        """The constructor options (out of ``kwargs``) that change the decomposition."""
+        return {}
+
+    @classmethod
+    def spectrum(cls, kernel: np.ndarray, **options) -> np.ndarray:
+        """Energies (descending) that each additional rank keeps (``rank_selection ==
+        "spectrum"``, or the error proxy when ``budget_spectrum``)."""
+        raise NotImplementedError(f"{cls.__name__} chooses its own ranks (no spectrum).")
+
+    @classmethod
+    def vbmf_matrices(cls, kernel: np.ndarray, **options) -> list[np.ndarray] | None:
+        """The matrices whose empirical-VBMF ranks give ``rank="vbmf"`` (the rounded-up mean
+        of their ranks); ``None``: the method has no VBMF rule of that kind."""
+        return None
+
+    @classmethod
+    def rank_for(cls, kernel: np.ndarray, rank=None, energy=None, **options):
+        """The rank ``from_source`` uses: ``rank``, or the smallest keeping ``energy`` (by
+        ``spectrum``); with neither, the full (exact) rank.
+
+        Raises:
+            ValueError: both given, or an invalid value.
+        """
+        name = cls.__name__
+        check_rank_or_energy(name, rank, energy)
+        if energy is not None:
+            return dec.energy_rank(cls.spectrum(kernel, **options), check_energy(name, energy))
+        if rank is not None:  # no SVD: build() checks the upper bound (max_rank)
+            return check_rank(name, rank)
+        return int(len(cls.spectrum(kernel, **options)))
+
+    def max_rank(self, in_channels: int):
+        """The largest meaningful rank for ``in_channels`` inputs (the method's form)."""
+        raise NotImplementedError
+
+    # ---- running --------------------------------------------------------------------------
+
+    @property
+    def resolved_implementation(self) -> str | None:
+        """``"factorized"`` or ``"dense"``: what ``call`` runs (``None`` before build)."""
+        return self._resolved_implementation
+
+    def inference_layers(self) -> list[keras.layers.Layer] | None:
+        """Equivalent built plain-Keras layers for inference export, or ``None`` when the
+        layer has no such arrangement (the export then runs the layer itself with
+        ``implementation="factorized"``, or its folded source layer)."""
+        return None
+
+
+class FactorizedConv2D(CompressedLayer):
     """Base class of the factorized ``Conv2D`` replacements (not used directly).
 
     Arguments mirror ``keras.layers.Conv2D`` (channels-last, ``groups=1``) plus ``rank`` and
@@ -300,12 +506,9 @@ class FactorizedConv2D(keras.layers.Layer):
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.input_spec = keras.layers.InputSpec(ndim=4)
         self._resolved_implementation: str | None = None
+        self._factors_from_kernel = False
 
-    # ---- what subclasses provide -------------------------------------------------------
-
-    def max_rank(self, in_channels: int) -> int:
-        """Largest meaningful rank for ``in_channels`` inputs."""
-        raise NotImplementedError
+    # ---- what subclasses provide (besides max_rank and spectrum) -------------------------
 
     def validate_rank(self, rank, in_channels: int | None = None):
         """Check ``rank`` (against ``max_rank`` once ``in_channels`` is known); return it.
@@ -333,25 +536,11 @@ class FactorizedConv2D(keras.layers.Layer):
         raise NotImplementedError
 
     @classmethod
-    def spectrum(cls, kernel: np.ndarray, **options) -> np.ndarray:
-        """Energies (descending) that each additional rank keeps; see ``decompositions``."""
-        raise NotImplementedError
-
-    @classmethod
     def decompose(cls, kernel: np.ndarray, rank: int, **options) -> dict[str, np.ndarray]:
         """Factors of a trained kernel at ``rank``, by weight name."""
         raise NotImplementedError
 
-    @classmethod
-    def method_options(cls, **kwargs) -> dict:
-        """The subclass's own constructor options that change the decomposition."""
-        return {}
-
     # ---- Keras plumbing ----------------------------------------------------------------
-
-    @property
-    def _who(self) -> str:
-        return f"{type(self).__name__} '{self.name}'"
 
     def _factor_trainable(self, name: str) -> bool:
         return True
@@ -393,7 +582,7 @@ class FactorizedConv2D(keras.layers.Layer):
         else:
             self.bias = None
         self._build_extra(c)
-        if not getattr(self, "_factors_from_kernel", False):  # from_conv2d sets them itself
+        if not self._factors_from_kernel:  # from_conv2d sets them itself
             self._initialize_factors(c)
         self._resolved_implementation = self._resolve_implementation(input_shape)
 
@@ -438,11 +627,6 @@ class FactorizedConv2D(keras.layers.Layer):
 
     def factors(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self._factor_names}
-
-    @property
-    def resolved_implementation(self) -> str | None:
-        """``"factorized"`` or ``"dense"``: what ``call`` runs (``None`` before build)."""
-        return self._resolved_implementation
 
     def _resolve_implementation(self, input_shape) -> str:
         if self.implementation != "auto":
@@ -546,26 +730,6 @@ class FactorizedConv2D(keras.layers.Layer):
     # ---- from and to Conv2D ------------------------------------------------------------
 
     @classmethod
-    def rank_for(cls, kernel, rank=None, energy=None, **options) -> int:
-        """The rank ``from_conv2d`` uses: ``rank``, or the smallest keeping ``energy``.
-
-        With neither, the full (exact) rank.
-        """
-        name = cls.__name__
-        if rank is not None and energy is not None:
-            raise ValueError(f"{name}: pass rank or energy, not both.")
-        if energy is not None:
-            if isinstance(energy, bool) or not (0.0 < float(energy) <= 1.0):
-                raise ValueError(
-                    f"{name}: energy={energy!r} must be in (0, 1], the share of the kernel's "
-                    "squared Frobenius norm to keep (e.g. 0.9)."
-                )
-            return dec.energy_rank(cls.spectrum(kernel, **options), float(energy))
-        if rank is not None:  # no SVD: build() checks the upper bound (max_rank)
-            return check_rank(name, rank)
-        return int(len(cls.spectrum(kernel, **options)))
-
-    @classmethod
     def from_conv2d(
         cls,
         conv,
@@ -603,24 +767,11 @@ class FactorizedConv2D(keras.layers.Layer):
             layer.bias.assign(ops.convert_to_numpy(conv.bias))
         return layer
 
-    def relative_error(self, conv) -> float:
-        """Relative Frobenius error of this layer's kernel against ``conv``'s."""
-        return dec.relative_error(
-            ops.convert_to_numpy(conv.kernel), ops.convert_to_numpy(self.full_kernel())
-        )
-
     def folded_kernel_and_bias(self) -> tuple[np.ndarray, np.ndarray | None]:
         """The equivalent dense kernel and bias as NumPy arrays (inference semantics)."""
         kernel = ops.convert_to_numpy(self.full_kernel())
         bias = ops.convert_to_numpy(self.bias) if self.use_bias else None
         return kernel, bias
-
-    def to_conv2d(self, name: str | None = None) -> keras.layers.Conv2D:
-        """The equivalent, built ``keras.layers.Conv2D`` (factors folded into one kernel)."""
-        if not self.built:
-            raise ValueError(f"{self._who}.to_conv2d: build the layer first.")
-        kernel, bias = self.folded_kernel_and_bias()
-        return folded_conv2d(self, kernel, bias, name)
 
     def get_config(self) -> dict:
         config = super().get_config()

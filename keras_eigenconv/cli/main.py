@@ -1,40 +1,30 @@
-"""The ``keras-eigenconv`` command line.
-
-Each feature module that has a command defines ``register_cli(subparsers)``, which adds its
-sub-command(s) with ``set_defaults(func=...)``; ``func(args)`` returns the exit code. Add a
-module to ``COMMAND_MODULES`` to add its commands.
-"""
+"""The ``keras-eigenconv`` command line (also ``python -m keras_eigenconv``)."""
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
 
-COMMAND_MODULES = ("surgery", "export", "analysis", "demo")
+__all__ = ["build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every command of ``cli.commands.COMMANDS``."""
+    from .commands import COMMANDS
+
     parser = argparse.ArgumentParser(
         prog="keras-eigenconv",
         description="Make Keras CNNs smaller and faster with low-rank and structured layers.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"keras_eigenconv.{name}")
-        except ModuleNotFoundError as err:
-            if err.name == f"keras_eigenconv.{name}":
-                continue  # feature not present in this version
-            raise
-        register = getattr(module, "register_cli", None)
-        if register is not None:
-            register(sub)
+    for add in COMMANDS:
+        add(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; returns its exit code (1 with a one-line error on bad input)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -9,19 +9,22 @@ a ``kh x 1`` conv ``C -> R`` then a ``1 x kw`` conv ``R -> N`` (Jaderberg et al.
 strides, dilation and padding split per axis, so it is exact for all of them.
 
 The singular values are their own weight (``singular_values``), so rank-pruning
-regularizers (``singular_value_regularizer``, the ``training`` module) act on them alone;
+regularizers (``singular_value_regularizer``, ``regularizers``) act on them alone;
 ``orthogonality`` adds ``orthogonality * ||G - I||_F^2 / R^2`` for the Gram matrix ``G`` of
-each factor's rank-``R`` columns (``training.Orthogonality``). ``training.RankPruning`` and
-``training.set_svd_rank`` shrink ``rank`` during ``fit``.
+each factor's rank-``R`` columns (``regularizers.Orthogonality``). ``training.RankPruning``
+and ``training.set_svd_rank`` shrink ``rank`` during ``fit``.
 """
 
 from __future__ import annotations
 
 import keras
+import numpy as np
 from keras import ops
 
-from . import decompositions as dec
-from ._base import FactorizedConv2D
+from .. import decompositions as dec
+from ..cost import conv_output_length
+from .base import FactorizedConv2D
+from .regularizers import Orthogonality
 
 DECOMPOSITIONS = ("channel", "spatial")
 
@@ -100,8 +103,6 @@ class SVDConv2D(FactorizedConv2D):
         if name == "singular_values":
             return self.singular_value_regularizer
         if self.orthogonality > 0.0:
-            from .training import Orthogonality  # training imports this module
-
             # rank axis: last for U (kh, kw, C, R), third for V (1, kw, R, N)
             return Orthogonality(
                 self.orthogonality,
@@ -135,8 +136,6 @@ class SVDConv2D(FactorizedConv2D):
         kh, kw = self.kernel_size
         if self.decomposition == "spatial":
             # the kh x 1 stage runs at output height but input width
-            from .cost import conv_output_length
-
             w1 = conv_output_length(int(input_shape[2]), 1, 1, self.padding, 1)
             return [("conv", h * w1 * kh * c * r), ("conv", h * w * kw * r * n)]
         return [("conv", h * w * kh * kw * c * r), ("pointwise", h * w * r * n)]
@@ -152,6 +151,14 @@ class SVDConv2D(FactorizedConv2D):
         fn = dec.svd_spatial_factors if decomposition == "spatial" else dec.svd_channel_factors
         u, s, v = fn(kernel, rank)
         return {"left_vectors": u, "singular_values": s, "right_vectors": v}
+
+    @classmethod
+    def vbmf_matrices(cls, kernel, decomposition="channel", **options):
+        """The matrix that is factored: ``(kh*kw*C, N)``, or ``(kh*C, kw*N)`` for spatial."""
+        kh, kw, c, n = kernel.shape
+        if decomposition == "spatial":
+            return [np.transpose(kernel, (0, 2, 1, 3)).reshape(kh * c, kw * n)]
+        return [kernel.reshape(kh * kw * c, n)]
 
     def inference_layers(self) -> list[keras.layers.Layer]:
         """The equivalent built plain-Keras layers (inference): a ``Conv2D`` ``C -> R``

@@ -10,10 +10,11 @@ output pixel ``C*r*(kh*kw + N)``; it saves compute only when ``r < kh*kw*N / (kh
 from __future__ import annotations
 
 import keras
+import numpy as np
 from keras import ops
 
-from . import decompositions as dec
-from ._base import FactorizedConv2D
+from .. import decompositions as dec
+from .base import FactorizedConv2D
 
 
 @keras.saving.register_keras_serializable(package="keras_eigenconv")
@@ -77,6 +78,12 @@ class DeCEFConv2D(FactorizedConv2D):
     def decompose(cls, kernel, rank, **options):
         e, a = dec.decef_factors(kernel, rank)
         return {"eigen_filters": e, "combination": a}
+
+    @classmethod
+    def vbmf_matrices(cls, kernel, **options):
+        """The ``C`` per-channel matrices ``W[:, :, c, :].reshape(kh*kw, N)``."""
+        kh, kw, c, n = kernel.shape
+        return list(np.transpose(kernel, (2, 0, 1, 3)).reshape(c, kh * kw, n))
 
     def inference_layers(self) -> list[keras.layers.Layer]:
         """The equivalent built plain-Keras layers (inference): ``DepthwiseConv2D`` with

@@ -12,8 +12,8 @@ import keras
 import numpy as np
 from keras import ops
 
-from . import decompositions as dec
-from ._base import FactorizedConv2D
+from .. import decompositions as dec
+from .base import FactorizedConv2D
 
 
 @keras.saving.register_keras_serializable(package="keras_eigenconv")
@@ -115,6 +115,12 @@ class BasisConv2D(FactorizedConv2D):
     def decompose(cls, kernel, rank, **options):
         f, b = dec.basis_factors(kernel, rank)
         return {"basis": f, "combination": b}
+
+    @classmethod
+    def vbmf_matrices(cls, kernel, **options):
+        """The filter matrix ``W.reshape(kh*kw*C, N)``."""
+        kh, kw, c, n = kernel.shape
+        return [kernel.reshape(kh * kw * c, n)]
 
     @classmethod
     def from_conv2d(cls, conv, rank=None, energy=None, implementation="auto", name=None, **kwargs):

@@ -14,9 +14,15 @@ import keras
 import numpy as np
 from keras import ops
 
-from . import decompositions as dec
-from ._base import FactorizedConv2D, check_conv2d, check_rank
-from .cost import conv_output_length
+from .. import decompositions as dec
+from ..cost import conv_output_length
+from .base import (
+    FactorizedConv2D,
+    check_conv2d,
+    check_energy,
+    check_rank,
+    check_rank_or_energy,
+)
 
 
 @keras.saving.register_keras_serializable(package="keras_eigenconv")
@@ -38,6 +44,7 @@ class CPConv2D(FactorizedConv2D):
     """
 
     _scale_factor = "last"
+    rank_selection = "layer"
 
     def max_rank(self, in_channels: int) -> int:
         kh, kw = self.kernel_size
@@ -101,18 +108,12 @@ class CPConv2D(FactorizedConv2D):
         """``rank``; or the smallest rank whose ALS error is ``<= sqrt(1 - energy)``; or the
         exact rank ``kh*kw*min(C, N)``."""
         name = cls.__name__
-        if rank is not None and energy is not None:
-            raise ValueError(f"{name}: pass rank or energy, not both.")
+        check_rank_or_energy(name, rank, energy)
         w = np.asarray(kernel, dtype=np.float64)
         full = dec.cp_max_rank(w.shape)
         if energy is None:
             return full if rank is None else check_rank(name, rank, full)
-        if isinstance(energy, bool) or not (0.0 < float(energy) <= 1.0):
-            raise ValueError(
-                f"{name}: energy={energy!r} must be in (0, 1], the share of the kernel's "
-                "squared Frobenius norm to keep (e.g. 0.9)."
-            )
-        target = np.sqrt(max(0.0, 1.0 - float(energy))) + 1e-9
+        target = np.sqrt(max(0.0, 1.0 - check_energy(name, energy))) + 1e-9
 
         def ok(r):
             return dec.cp_factors(w, r)[-1] <= target

@@ -13,8 +13,8 @@ import keras
 import numpy as np
 from keras import ops
 
-from . import decompositions as dec
-from ._base import FactorizedConv2D, check_rank
+from .. import decompositions as dec
+from .base import FactorizedConv2D, check_energy, check_rank, check_rank_or_energy
 
 
 def _rank_pair(who: str, rank, bound=None) -> tuple[int, int]:
@@ -46,6 +46,8 @@ class Tucker2Conv2D(FactorizedConv2D):
     """
 
     _scale_factor = "core"
+    rank_selection = "layer"
+    budget_spectrum = True
 
     def validate_rank(self, rank, in_channels=None):
         bound = None if in_channels is None else self.max_rank(in_channels)
@@ -116,16 +118,11 @@ class Tucker2Conv2D(FactorizedConv2D):
     def rank_for(cls, kernel, rank=None, energy=None, **options):
         """``(R1, R2)`` from ``rank`` (int, pair or ``"vbmf"``) or ``energy``; else full."""
         name = cls.__name__
-        if rank is not None and energy is not None:
-            raise ValueError(f"{name}: pass rank or energy, not both.")
+        check_rank_or_energy(name, rank, energy)
         s_in, s_out = dec.tucker2_spectra(kernel)
         if energy is not None:
-            if isinstance(energy, bool) or not (0.0 < float(energy) <= 1.0):
-                raise ValueError(
-                    f"{name}: energy={energy!r} must be in (0, 1], the share of each channel "
-                    "unfolding's squared norm to keep (e.g. 0.9)."
-                )
-            return (dec.energy_rank(s_in, float(energy)), dec.energy_rank(s_out, float(energy)))
+            e = check_energy(name, energy)  # kept of each channel unfolding's squared norm
+            return (dec.energy_rank(s_in, e), dec.energy_rank(s_out, e))
         if rank is None:
             return (len(s_in), len(s_out))
         if isinstance(rank, str):
@@ -134,12 +131,19 @@ class Tucker2Conv2D(FactorizedConv2D):
                     f"{name}: rank={rank!r} is not understood; pass an int, a pair (R1, R2), "
                     "or 'vbmf'."
                 )
-            w = np.asarray(kernel, dtype=np.float64)
-            kh, kw, c, n = w.shape
-            u_in = np.transpose(w, (2, 0, 1, 3)).reshape(c, -1)
-            u_out = np.transpose(w, (3, 0, 1, 2)).reshape(n, -1)
+            u_in, u_out = cls.vbmf_matrices(np.asarray(kernel, dtype=np.float64))
             return (max(1, dec.vbmf_rank(u_in)), max(1, dec.vbmf_rank(u_out)))
         return _rank_pair(name, rank, (len(s_in), len(s_out)))
+
+    @classmethod
+    def vbmf_matrices(cls, kernel, **options):
+        """The input-channel and filter unfoldings ``(C, kh*kw*N)`` and ``(N, kh*kw*C)``:
+        ``rank="vbmf"`` takes one rank from each (Kim et al.)."""
+        kh, kw, c, n = kernel.shape
+        return [
+            np.transpose(kernel, (2, 0, 1, 3)).reshape(c, -1),
+            np.transpose(kernel, (3, 0, 1, 2)).reshape(n, -1),
+        ]
 
     @classmethod
     def decompose(cls, kernel, rank, **options):

@@ -1,0 +1,334 @@
+"""Every command of ``keras-eigenconv``: ``convert``, ``export``, ``bench``, ``analyze``,
+``demo``. Each ``add_*`` function adds its sub-command with ``set_defaults(func=...)``;
+``func(args)`` returns the exit code. Models load through ``loader.load_model``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..compress import RANK_RULES, available_methods, convert, get_method, registered_methods
+from ..compress import ranks as rk
+from ..layers.base import IMPLEMENTATIONS
+from .loader import load_array, load_model
+
+__all__ = ["COMMANDS"]
+
+
+# ---- convert ---------------------------------------------------------------------------
+
+
+def _parse_rank(text: str):
+    if text in RANK_RULES:
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a positive int or one of {', '.join(RANK_RULES)}"
+        ) from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"rank must be >= 1, got {value}")
+    return value
+
+
+def _parse_shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not H,W,C (e.g. 224,224,3)") from None
+    if len(shape) != 3 or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not H,W,C (e.g. 224,224,3)")
+    return shape
+
+
+def _cli_convert(args) -> int:
+    get_method(args.method)  # fail before loading a large model
+    if args.energy is not None:
+        rk.energy_rank([1.0], args.energy)
+    model = load_model(args.model, args.weights, args.input_shape)
+    budget = None
+    if args.budget_macs is not None:
+        budget = {"macs": args.budget_macs}
+    elif args.budget_params is not None:
+        budget = {"params": args.budget_params}
+    new_model, report = convert(
+        model,
+        method=args.method,
+        rank=args.rank,
+        energy=args.energy,
+        budget=budget,
+        include=args.include,
+        exclude=args.exclude,
+        round_to=args.round_to,
+        skip_first=not args.convert_first,
+        require_saving=args.require_saving,
+        implementation=args.implementation,
+        progress=False if args.no_progress else "auto",
+    )
+    print(report)
+    if args.output:
+        new_model.save(args.output)
+        print(f"saved {args.output}")
+    if args.markdown:
+        with open(args.markdown, "w", encoding="utf-8") as f:
+            f.write(report.to_markdown())
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(report.to_dict(), f, indent=2)
+    return 0
+
+
+def add_convert(subparsers) -> None:
+    """Add the ``convert`` command."""
+    p = subparsers.add_parser(
+        "convert",
+        help="replace the Conv2D layers of a model with low-rank layers and print a report",
+        description="Convert a keras.applications model (by name) or a .keras file: replace its "
+        "Conv2D layers with a low-rank method initialized from the trained weights, print a "
+        "per-layer report, optionally save the converted model.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+        "  keras-eigenconv convert resnet50 --method decef --energy 0.9 -o resnet50_decef.keras\n"
+        "  keras-eigenconv convert mobilenetv2 --weights none --method svd --budget-macs 0.6\n"
+        "  keras-eigenconv convert model.keras --method svd --rank vbmf --round-to 8\n"
+        f"methods: {', '.join(registered_methods())} (available: "
+        f"{', '.join(available_methods())})",
+    )
+    p.add_argument(
+        "model", help="a keras.applications name (resnet50, mobilenetv2, ...) or a .keras file"
+    )
+    p.add_argument("--method", default="decef", help="registered method name (default: decef)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument(
+        "--rank",
+        type=_parse_rank,
+        help="an int (clipped per layer), or full, effective (entropy rank) or vbmf",
+    )
+    g.add_argument("--energy", type=float, help="keep this share of each kernel's squared norm")
+    g.add_argument(
+        "--budget-macs",
+        type=float,
+        metavar="X",
+        help="allocate ranks so the model has at most X (share if <= 1) of its MACs",
+    )
+    g.add_argument("--budget-params", type=float, metavar="X", help="same for the parameter count")
+    p.add_argument("--round-to", type=int, metavar="M", help="round ranks up to multiples of M")
+    p.add_argument(
+        "--include",
+        action="append",
+        metavar="GLOB",
+        help="only convert layers whose name matches (repeatable)",
+    )
+    p.add_argument(
+        "--exclude",
+        action="append",
+        metavar="GLOB",
+        help="leave layers whose name matches (repeatable)",
+    )
+    p.add_argument("--convert-first", action="store_true", help="also convert the first conv")
+    p.add_argument(
+        "--all",
+        dest="require_saving",
+        action="store_false",
+        help="also replace layers whose replacement does not cost less",
+    )
+    p.add_argument("--implementation", choices=IMPLEMENTATIONS, default="auto")
+    p.add_argument(
+        "--weights",
+        default="imagenet",
+        help="passed to the keras.applications constructor: imagenet (default), "
+        "none, or a weights file",
+    )
+    p.add_argument(
+        "--input-shape",
+        type=_parse_shape,
+        metavar="H,W,C",
+        help="input shape for a keras.applications model",
+    )
+    p.add_argument("-o", "--output", help="save the converted model here (.keras)")
+    p.add_argument("--markdown", metavar="PATH", help="also write the report as Markdown")
+    p.add_argument("--json", metavar="PATH", help="also write the report as JSON")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cli_convert)
+
+
+# ---- export and bench ------------------------------------------------------------------
+
+
+def _cmd_export(args) -> int:
+    model = load_model(args.model)
+    rep = load_array(args.representative_data)
+    check = load_array(args.check_data)
+    labels = load_array(args.labels, "y") if args.labels else None
+    if labels is None and args.check_data and args.check_data.endswith(".npz"):
+        data = np.load(args.check_data)
+        labels = data["y"] if "y" in data else None
+    output = args.output or str(Path(args.model).with_suffix(".tflite"))
+    from ..deploy import export_tflite
+
+    report = export_tflite(
+        model,
+        output,
+        quantize=args.quantize,
+        representative_data=rep,
+        num_calibration_steps=args.calibration_steps,
+        check_data=check,
+        labels=labels,
+        prepare=not args.no_prepare,
+        strategy=args.strategy,
+        num_threads=args.threads,
+    )
+    if args.json:
+        Path(args.json).write_text(json.dumps(report.to_dict(), indent=1))
+    return 0
+
+
+def _cmd_bench(args) -> int:
+    for p in args.models:
+        if not Path(p).exists():
+            raise FileNotFoundError(f"no such .tflite file: {p}")
+    from ..deploy import bench_tflite
+
+    res = bench_tflite(args.models, num_threads=args.threads, rounds=args.runs, warmup=args.warmup)
+    width = max(len(p) for p in res)
+    print(f"{'model':<{width}}  {'median ms':>10} {'p10 ms':>8} {'p90 ms':>8} {'ratio':>6}")
+    for name, r in res.items():
+        print(
+            f"{name:<{width}}  {r['median_ms']:>10.3f} {r['p10_ms']:>8.3f} {r['p90_ms']:>8.3f} "
+            f"{r['ratio']:>6.3f}"
+        )
+    print(f"({args.threads} threads, batch 1, {args.runs} interleaved rounds)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=1))
+    return 0
+
+
+def add_export(subparsers) -> None:
+    """Add the ``export`` and ``bench`` commands."""
+    p = subparsers.add_parser(
+        "export",
+        help="export a .keras model to .tflite (built-in ops only) and check it",
+        description="Export a .keras model to LiteRT: prepare_for_inference, convert with "
+        "built-in ops only, optional quantization, and a self-check against Keras.",
+    )
+    p.add_argument("model", help="the .keras model file")
+    p.add_argument("-o", "--output", help="the .tflite file (default: MODEL with .tflite)")
+    p.add_argument("--quantize", choices=["float16", "dynamic", "int8"], default=None)
+    p.add_argument(
+        "--representative-data",
+        help=".npy (or .npz with 'x') of typical inputs; required for --quantize int8",
+    )
+    p.add_argument("--calibration-steps", type=int, default=100)
+    p.add_argument("--check-data", help=".npy or .npz ('x', optional 'y') inputs for the check")
+    p.add_argument("--labels", help=".npy labels of --check-data (top-1 accuracy)")
+    p.add_argument("--no-prepare", action="store_true", help="skip prepare_for_inference")
+    p.add_argument("--strategy", choices=["measure", "cost_model"], default="measure")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--json", help="write the report as JSON here")
+    p.set_defaults(func=_cmd_export)
+
+    b = subparsers.add_parser(
+        "bench",
+        help="time .tflite models with LiteRT (interleaved, batch 1)",
+        description="Latency of .tflite files with ai_edge_litert (XNNPACK), timed "
+        "interleaved; ratios are against the first file.",
+    )
+    b.add_argument("models", nargs="+", help=".tflite files")
+    b.add_argument("--threads", type=int, default=2)
+    b.add_argument("--runs", type=int, default=30, help="interleaved rounds")
+    b.add_argument("--warmup", type=int, default=3)
+    b.add_argument("--json", help="write the timings as JSON here")
+    b.set_defaults(func=_cmd_bench)
+
+
+# ---- analyze ---------------------------------------------------------------------------
+
+
+def add_analyze(subparsers) -> None:
+    """Add the ``analyze`` command."""
+    p = subparsers.add_parser(
+        "analyze",
+        help="effective rank of every conv layer's filters against depth",
+        description="Effective rank of each Conv2D's filters (whole-filter and per-channel, "
+        "energy and entropy ranks, normalized) against depth. Example: keras-eigenconv "
+        "analyze resnet50 --weights imagenet --plot ranks.png",
+    )
+    p.add_argument("model", help="a keras.applications name (resnet50, ...) or a .keras file")
+    p.add_argument(
+        "--weights",
+        default="imagenet",
+        help="passed to the keras.applications constructor (imagenet, none, or a file path)",
+    )
+    p.add_argument("--plot", metavar="PNG", help="write a plot of rank against depth")
+    p.add_argument("--markdown", metavar="PATH", help="also write the table as Markdown")
+    p.add_argument("--json", metavar="PATH", help="also write the table as JSON")
+    p.set_defaults(func=_cmd_analyze)
+
+
+def _cmd_analyze(args) -> int:
+    from ..analysis import analyze
+
+    model = load_model(args.model, weights=args.weights)
+    result = analyze(model, plot=args.plot, title=f"{model.name}: effective rank vs depth")
+    print(result)
+    for measure in ("filter_entropy", "decef_entropy"):
+        print(
+            f"{measure}: mean {result.mean(measure, spatial_only=True):.3f}, "
+            f"slope against relative depth {result.depth_trend(measure):+.3f}"
+        )
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(result.to_markdown() + "\n")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result.to_dict(), f, indent=1)
+    if args.plot:
+        print(f"plot written to {args.plot}")
+    return 0
+
+
+# ---- demo ------------------------------------------------------------------------------
+
+
+def add_demo(subparsers) -> None:
+    """Add the ``demo`` command."""
+    from .. import demo
+
+    p = subparsers.add_parser(
+        "demo",
+        help="train, convert, fine-tune, export and time a CNN on the bundled digits data",
+        description=demo.__doc__.split("\n\n")[0] + " No internet needed.",
+    )
+    out = demo.DEFAULT_OUT
+    p.add_argument("-o", "--out", default=out, help=f"output folder ({out})")
+    p.add_argument("--budget", type=float, default=0.5, help="share of MACs to keep (0.5)")
+    p.add_argument("--methods", nargs="+", default=["decef", "svd"], help="decef svd ...")
+    p.add_argument("--epochs", type=int, default=8, help="baseline training epochs (8)")
+    p.add_argument("--finetune-epochs", type=int, default=3, help="fine-tuning epochs (3)")
+    p.add_argument("--quick", action="store_true", help="a reduced run (tests use it)")
+    p.set_defaults(func=_cmd_demo)
+
+
+def _cmd_demo(args) -> int:
+    if not 0.0 < args.budget <= 1.0:
+        raise ValueError(f"--budget must be in (0, 1], got {args.budget}")
+    kwargs = dict(
+        methods=tuple(args.methods),
+        budget=args.budget,
+        epochs=args.epochs,
+        finetune_epochs=args.finetune_epochs,
+    )
+    if args.quick:
+        kwargs.update(epochs=2, finetune_epochs=1, size=16, width=8, bench_rounds=5)
+    from ..demo import run_demo
+
+    run_demo(args.out, **kwargs)
+    return 0
+
+
+COMMANDS = (add_convert, add_export, add_analyze, add_demo)

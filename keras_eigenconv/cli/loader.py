@@ -1,0 +1,62 @@
+"""The one model loader of the command line: a ``.keras``/``.h5`` file or a
+``keras.applications`` model by name; and the loader of ``.npy``/``.npz`` arrays."""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Callable
+
+import keras
+import numpy as np
+
+__all__ = ["load_array", "load_model"]
+
+
+def _applications() -> dict[str, Callable]:
+    apps = {}
+    for name in dir(keras.applications):
+        fn = getattr(keras.applications, name)
+        if name[:1].isupper() and callable(fn):
+            apps[name.lower().replace("_", "")] = fn
+    return apps
+
+
+def load_model(spec: str, weights: str | None = "imagenet", input_shape=None) -> keras.Model:
+    """A ``.keras`` file, or a ``keras.applications`` model by name (case-insensitive)."""
+    if spec.endswith((".keras", ".h5")) or os.path.sep in spec:
+        if not os.path.exists(spec):
+            raise FileNotFoundError(f"no such model file: {spec}")
+        import keras_eigenconv  # noqa: F401  (registers the package's layers)
+
+        return keras.saving.load_model(spec)
+    apps = _applications()
+    key = spec.lower().replace("_", "").replace("-", "")
+    if key not in apps:
+        close = difflib.get_close_matches(key, apps, n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(
+            f"'{spec}' is neither a .keras file nor a keras.applications model.{hint} "
+            f"Known: {', '.join(sorted(apps))}."
+        )
+    kwargs = {"weights": None if weights in (None, "none", "None") else weights}
+    if input_shape is not None:
+        kwargs["input_shape"] = tuple(input_shape)
+    try:
+        return apps[key](**kwargs)
+    except Exception as err:  # noqa: BLE001 - surface constructor/download errors cleanly
+        raise ValueError(
+            f"could not build {apps[key].__name__}({kwargs}): {err}. Offline, use "
+            "--weights none or a local weights file."
+        ) from None
+
+
+def load_array(path: str | None, key: str = "x"):
+    if path is None:
+        return None
+    data = np.load(path)
+    if isinstance(data, np.lib.npyio.NpzFile):
+        if key not in data:
+            raise ValueError(f"{path}: no array '{key}' in the .npz (has {list(data.keys())}).")
+        return data[key]
+    return data

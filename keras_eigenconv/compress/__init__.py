@@ -1,0 +1,32 @@
+"""Model surgery: the method registry, rank selection, ``convert`` and its report.
+
+- ``registry``: ``Method`` records (name, layer class, options) and ``register_method``;
+- ``ranks``: energy / effective / VBMF ranks and whole-model budget allocation;
+- ``convert``: replace the layers of a model; ``report``: what it did.
+
+Reaches the layers only through their contract (``layers.CompressedLayer``).
+"""
+
+from .convert import RANK_RULES, convert
+from .registry import (
+    BUILTIN_METHODS,
+    Method,
+    available_methods,
+    get_method,
+    register_method,
+    registered_methods,
+)
+from .report import ConversionReport, LayerReport
+
+__all__ = [
+    "BUILTIN_METHODS",
+    "ConversionReport",
+    "LayerReport",
+    "Method",
+    "RANK_RULES",
+    "available_methods",
+    "convert",
+    "get_method",
+    "register_method",
+    "registered_methods",
+]

@@ -1,0 +1,167 @@
+"""The conversion report: per layer what ``convert`` did, and the model totals.
+
+``ConversionReport`` prints as a text table (``str``), a Markdown table (``to_markdown``) and a
+dict (``to_dict``, JSON-ready). ``Progress`` is the one-line progress bar ``convert`` shows.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .._table import markdown_table, text_table
+from ..cost import Cost
+
+__all__ = ["ConversionReport", "LayerReport", "Progress"]
+
+
+@dataclass
+class LayerReport:
+    """One conv/dense layer: what was done to it and what it costs before and after."""
+
+    name: str
+    type: str
+    method: str | None = None
+    rank: Any = None
+    params_before: int = 0
+    params_after: int = 0
+    macs_before: int | None = None
+    macs_after: int | None = None
+    relative_error: float | None = None
+    replaced: bool = False
+    reason: str = ""
+    implementation: str | None = None
+
+
+@dataclass
+class ConversionReport:
+    """Per-layer results and model totals of a ``convert`` call.
+
+    ``total_before``/``total_after`` are ``model_cost`` totals of the whole models (MACs
+    ``None`` when the input size is unknown); ``relative_error`` is the kernel's relative
+    Frobenius error ``||W - W_r|| / ||W||`` of each replaced layer.
+    """
+
+    method: str
+    selection: str
+    layers: list[LayerReport] = field(default_factory=list)
+    total_before: Cost = field(default_factory=Cost)
+    total_after: Cost = field(default_factory=Cost)
+    macs_known: bool = True
+    seconds: float = 0.0
+
+    @property
+    def replaced(self) -> list[LayerReport]:
+        return [r for r in self.layers if r.replaced]
+
+    @property
+    def skipped(self) -> list[LayerReport]:
+        return [r for r in self.layers if not r.replaced]
+
+    @property
+    def macs_ratio(self) -> float | None:
+        if not self.macs_known or not self.total_before.macs:
+            return None
+        return self.total_after.macs / self.total_before.macs
+
+    @property
+    def params_ratio(self) -> float | None:
+        before = self.total_before.total_params
+        return self.total_after.total_params / before if before else None
+
+    def to_dict(self) -> dict:
+        return {
+            "method": self.method,
+            "selection": self.selection,
+            "layers": [asdict(r) for r in self.layers],
+            "total_before": self.total_before.to_dict(),
+            "total_after": self.total_after.to_dict(),
+            "macs_known": self.macs_known,
+            "macs_ratio": self.macs_ratio,
+            "params_ratio": self.params_ratio,
+            "replaced": len(self.replaced),
+            "skipped": len(self.skipped),
+            "seconds": self.seconds,
+        }
+
+    _COLUMNS = (
+        "layer",
+        "type",
+        "method",
+        "rank",
+        "params before",
+        "params after",
+        "MACs before",
+        "MACs after",
+        "rel. error",
+        "note",
+    )
+
+    def _rows(self) -> list[dict]:
+        rows = []
+        for r in self.layers:
+            rows.append(
+                {
+                    "layer": r.name,
+                    "type": r.type,
+                    "method": r.method or "",
+                    "rank": "" if r.rank is None else str(r.rank),
+                    "params before": r.params_before,
+                    "params after": r.params_after,
+                    "MACs before": r.macs_before,
+                    "MACs after": r.macs_after,
+                    "rel. error": r.relative_error,
+                    "note": (r.implementation or "") if r.replaced else f"kept: {r.reason}",
+                }
+            )
+        return rows
+
+    def _summary(self) -> list[str]:
+        b, a = self.total_before, self.total_after
+        lines = [
+            f"method: {self.method}; ranks: {self.selection}; replaced {len(self.replaced)} of "
+            f"{len(self.layers)} conv/dense layers in {self.seconds:.2f} s",
+            f"parameters: {b.total_params:,} -> {a.total_params:,} (x{self.params_ratio:.3f})"
+            if self.params_ratio is not None
+            else f"parameters: {b.total_params:,} -> {a.total_params:,}",
+        ]
+        if self.macs_ratio is not None:
+            lines.append(f"MACs: {b.macs:,} -> {a.macs:,} (x{self.macs_ratio:.3f})")
+        else:
+            lines.append("MACs: unknown (the model's input size is not fixed)")
+        return lines
+
+    def __str__(self) -> str:
+        fmt = {"rel. error": ".4f"}
+        return "\n".join([text_table(self._rows(), self._COLUMNS, fmt), "", *self._summary()])
+
+    def to_markdown(self) -> str:
+        fmt = {"rel. error": ".4f"}
+        summary = "\n".join(f"- {line}" for line in self._summary())
+        return f"{summary}\n\n{markdown_table(self._rows(), self._COLUMNS, fmt)}\n"
+
+
+class Progress:
+    """A one-line progress bar on stderr."""
+
+    def __init__(self, total: int, enabled: bool, stream=None):
+        self.total, self.enabled, self.n = total, enabled and total > 0, 0
+        self.stream = stream or sys.stderr
+        self.start = time.perf_counter()
+
+    def step(self, label: str) -> None:
+        self.n += 1
+        if not self.enabled:
+            return
+        width = 30
+        done = int(width * self.n / self.total)
+        elapsed = time.perf_counter() - self.start
+        self.stream.write(
+            f"\rconverting [{'#' * done}{'.' * (width - done)}] {self.n}/{self.total} "
+            f"{elapsed:5.1f}s {label[:40]:<40}"
+        )
+        if self.n == self.total:
+            self.stream.write("\n")
+        self.stream.flush()

@@ -1,0 +1,328 @@
+"""``TTDense``: a ``Dense`` layer whose kernel is a TT-matrix (Novikov et al. 2015,
+"Tensorizing Neural Networks").
+
+``M = prod m_i``, ``N = prod n_i``,
+``W[(i1..id), (j1..jd)] = G_1[:, i1, j1, :] ... G_d[:, id, jd, :]``, cores
+``G_i (r_{i-1}, m_i, n_i, r_i)``, ``r_0 = r_d = 1``; weights ``sum r_{i-1} m_i n_i r_i``.
+Mode factorizations are C-order (``i1`` most significant); ``"auto"`` modes factor ``M`` and
+``N`` into ``num_modes`` balanced modes (``decompositions.balanced_modes``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import numpy as np
+from keras import ops
+
+from .. import decompositions as dec
+from ..cost import Cost
+from ._tt import (
+    _bond_ranks,
+    _gaussian_cores,
+    _num_modes,
+    _pad_cores,
+    _rank_arg,
+    _target_variance,
+    _tt_contract,
+    _tt_contract_macs,
+    _tt_rebuild,
+    resolve_modes,
+)
+from .base import (
+    AUTO_FACTORIZED_THRESHOLD,
+    CompressedLayer,
+    check_energy,
+    check_rank_or_energy,
+    check_source,
+    copied_layer_args,
+    set_weight_args,
+    weights_config,
+)
+
+__all__ = ["TTDense"]
+
+
+@keras.saving.register_keras_serializable(package="keras_eigenconv")
+class TTDense(CompressedLayer):
+    """``Dense`` whose ``(M, N)`` kernel is a TT-matrix (Novikov et al. 2015): cores
+    ``core_i (r_{i-1}, m_i, n_i, r_i)``, ``r_0 = r_d = 1``.
+
+    Args: those of ``keras.layers.Dense`` plus ``rank`` (one int capping every inner
+    TT-rank, or ``d-1`` ints; the paper's ``[1, r, ..., r, 1]`` form is accepted),
+    ``in_modes``/``out_modes`` (``"auto"``: ``num_modes`` balanced modes of ``M`` and
+    ``units``), ``implementation`` (``"factorized"``: core contractions,
+    ``sum_i (prod_{j<i} n_j) r_{i-1} m_i n_i r_i (prod_{j>i} m_j)`` MACs per row;
+    ``"dense"``: rebuild ``W`` and one matmul; ``"auto"``: the fewer MACs, factorized
+    only below 0.9 of ``M*N``) and ``seed``.
+
+    From scratch the cores are Gaussian with one ``sigma`` chosen so that the rebuilt
+    kernel has the variance of ``kernel_initializer`` (Glorot: ``2 / (M + N)``).
+    ``from_dense``: TT-SVD, exact at the full TT-ranks; ``energy=e`` bounds the relative
+    error by ``sqrt(1 - e)``.
+    """
+
+    source_type = keras.layers.Dense
+    rank_selection = "layer"
+
+    def __init__(
+        self,
+        units: int,
+        rank,
+        in_modes="auto",
+        out_modes="auto",
+        num_modes: int = 3,
+        activation=None,
+        use_bias: bool = True,
+        implementation: str = "auto",
+        kernel_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        kernel_regularizer=None,
+        bias_regularizer=None,
+        activity_regularizer=None,
+        kernel_constraint=None,
+        bias_constraint=None,
+        seed: int | None = None,
+        **kwargs,
+    ):
+        super().__init__(activity_regularizer=activity_regularizer, **kwargs)
+        who = self._who
+        if isinstance(units, bool) or not isinstance(units, (int, np.integer)) or units < 1:
+            raise ValueError(f"{who}: units must be a positive int, got {units!r}.")
+        self.units = int(units)
+        self.num_modes = _num_modes(who, num_modes, in_modes, out_modes)
+        self.in_modes = in_modes if isinstance(in_modes, str) else tuple(int(m) for m in in_modes)
+        if isinstance(in_modes, str):
+            resolve_modes(1, in_modes, 1, who, "in_modes")
+        self._out_modes_arg = out_modes if isinstance(out_modes, str) else tuple(out_modes)
+        self.out_modes = resolve_modes(self.units, out_modes, self.num_modes, who, "out_modes")
+        self.rank = _rank_arg(who, rank, self.num_modes - 1, pad_ones=2)
+        set_weight_args(
+            self,
+            who,
+            implementation,
+            activation,
+            use_bias,
+            kernel_initializer,
+            bias_initializer,
+            kernel_regularizer,
+            bias_regularizer,
+            kernel_constraint,
+            bias_constraint,
+            seed,
+        )
+        self.seed_generator = keras.random.SeedGenerator(seed)
+        self.input_spec = keras.layers.InputSpec(min_ndim=2)
+        self._resolved_implementation = None
+
+    def modes(self, in_features: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        ins = resolve_modes(in_features, self.in_modes, self.num_modes, self._who, "in_modes")
+        return ins, self.out_modes
+
+    def max_rank(self, in_features: int) -> list[int]:
+        return dec.tt_matrix_max_ranks(*self.modes(in_features))
+
+    def tt_ranks(self, in_features: int) -> tuple[int, ...]:
+        """``(1, r_1, ..., r_{d-1}, 1)``."""
+        return (1, *_bond_ranks(self.rank, self.max_rank(in_features)), 1)
+
+    def core_shapes(self, in_features: int) -> list[tuple[int, int, int, int]]:
+        r = self.tt_ranks(in_features)
+        ins, outs = self.modes(in_features)
+        return [(r[i], m, n, r[i + 1]) for i, (m, n) in enumerate(zip(ins, outs))]
+
+    def build(self, input_shape):
+        m = input_shape[-1]
+        if m is None:
+            raise ValueError(f"{self._who}: the last axis of the input must be known.")
+        m = int(m)
+        self.input_spec = keras.layers.InputSpec(min_ndim=2, axes={-1: m})
+        self.cores = []
+        for i, shape in enumerate(self.core_shapes(m)):
+            self.cores.append(
+                self.add_weight(
+                    name=f"core_{i + 1}",
+                    shape=shape,
+                    initializer="zeros",
+                    regularizer=self.kernel_regularizer,
+                    constraint=self.kernel_constraint,
+                )
+            )
+        self.bias = (
+            self.add_weight(
+                name="bias",
+                shape=(self.units,),
+                initializer=self.bias_initializer,
+                regularizer=self.bias_regularizer,
+                constraint=self.bias_constraint,
+            )
+            if self.use_bias
+            else None
+        )
+        variance = _target_variance(self.kernel_initializer, (m, self.units), m, self.units)
+        values = _gaussian_cores(
+            self.core_shapes(m), self.tt_ranks(m)[1:-1], variance, self.seed_generator
+        )
+        self.set_cores(values)
+        factorized = self.factorized_macs(m) < AUTO_FACTORIZED_THRESHOLD * m * self.units
+        self._resolved_implementation = (
+            self.implementation
+            if self.implementation != "auto"
+            else ("factorized" if factorized else "dense")
+        )
+
+    def set_cores(self, values) -> None:
+        for var, v in zip(self.cores, values):
+            v = np.asarray(v)
+            if tuple(v.shape) != tuple(var.shape):
+                raise ValueError(f"{self._who}: core shape {tuple(var.shape)}, got {v.shape}.")
+            var.assign(v.astype(var.dtype))
+
+    def factorized_macs(self, in_features: int) -> int:
+        ins, outs = self.modes(in_features)
+        return _tt_contract_macs(ins, outs, self.tt_ranks(in_features))
+
+    def full_kernel(self):
+        """The ``(M, N)`` kernel as a tensor."""
+        return _tt_rebuild(ops.ones((1, 1)), self.cores)[0]
+
+    def call(self, inputs):
+        m = int(inputs.shape[-1])
+        if self._resolved_implementation == "dense":
+            outputs = ops.matmul(inputs, self.full_kernel())
+        else:
+            lead = ops.shape(inputs)[:-1]
+            z = _tt_contract(ops.reshape(inputs, (-1, m)), self.cores, self.modes(m)[0])
+            outputs = ops.reshape(z, (*lead, self.units)) if len(lead) > 1 else z
+        if self.use_bias:
+            outputs = ops.add(outputs, self.bias)
+        if self.activation is not None:
+            outputs = self.activation(outputs)
+        return outputs
+
+    def compute_output_shape(self, input_shape):
+        return (*tuple(input_shape)[:-1], self.units)
+
+    def cost(self, input_shape) -> Cost:
+        """Parameters and MACs of one call on ``input_shape``: the core contractions, or
+        ``M*N`` per row where the dense path runs (the resolved ``implementation``)."""
+        shape = tuple(input_shape)
+        m = int(shape[-1])
+        rows = math.prod(d for d in shape[1:-1] if d is not None) if len(shape) > 2 else 1
+        params = sum(math.prod(s) for s in self.core_shapes(m)) + (
+            self.units if self.use_bias else 0
+        )
+        macs = self.factorized_macs(m)
+        impl = self._resolved_implementation
+        if impl == "dense" or (impl is None and m * self.units < macs):
+            macs = m * self.units  # the path that runs (rebuild not counted, as for convs)
+        return Cost(int(params), 0, int(rows * macs))
+
+    # ---- from and to Dense ---------------------------------------------------------------
+
+    @classmethod
+    def rank_for(
+        cls, kernel, rank=None, energy=None, in_modes="auto", out_modes="auto", num_modes=3
+    ):
+        """Inner TT-ranks from ``rank`` or ``energy`` (TT-SVD error ``sqrt(1 - energy)``);
+        with neither, the full ranks."""
+        name = cls.__name__
+        check_rank_or_energy(name, rank, energy)
+        w = np.asarray(kernel, dtype=np.float64)
+        d = _num_modes(name, num_modes, in_modes, out_modes)
+        ins = resolve_modes(w.shape[0], in_modes, d, name, "in_modes")
+        outs = resolve_modes(w.shape[1], out_modes, d, name, "out_modes")
+        full = dec.tt_matrix_max_ranks(ins, outs)
+        if energy is not None:
+            eps = math.sqrt(max(0.0, 1.0 - check_energy(name, energy)))
+            cores = dec.tt_matrix_factors(w, ins, outs, eps=eps)
+            return tuple(g.shape[-1] for g in cores[:-1]) or 1
+        if rank is None:
+            return tuple(full) or 1
+        r = _rank_arg(name, rank, d - 1, pad_ones=2)
+        return r
+
+    @classmethod
+    def from_dense(
+        cls,
+        dense,
+        rank=None,
+        energy=None,
+        in_modes="auto",
+        out_modes="auto",
+        num_modes: int = 3,
+        implementation: str = "auto",
+        name: str | None = None,
+    ):
+        """A ``TTDense`` from a built ``keras.layers.Dense`` by TT-SVD of its kernel (exact at
+        the full TT-ranks, ``rank=None``); bias, activation, regularizers come along."""
+        w = check_source(dense, keras.layers.Dense, f"{cls.__name__}.from_dense")
+        r = cls.rank_for(w, rank, energy, in_modes, out_modes, num_modes)
+        d = _num_modes(cls.__name__, num_modes, in_modes, out_modes)
+        ins = resolve_modes(w.shape[0], in_modes, d, cls.__name__, "in_modes")
+        outs = resolve_modes(w.shape[1], out_modes, d, cls.__name__, "out_modes")
+        layer = cls(
+            units=dense.units,
+            rank=r,
+            in_modes=in_modes,
+            out_modes=out_modes,
+            num_modes=d,
+            implementation=implementation,
+            **copied_layer_args(dense, name),
+        )
+        layer.build((None, w.shape[0]))
+        caps = _bond_ranks(r, dec.tt_matrix_max_ranks(ins, outs))
+        cores = dec.tt_matrix_factors(w, ins, outs, ranks=caps or None)
+        layer.set_cores(_pad_cores(cores, [1, *caps, 1]))
+        if dense.use_bias:
+            layer.bias.assign(ops.convert_to_numpy(dense.bias))
+        return layer
+
+    def folded_kernel_and_bias(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """The equivalent ``(M, N)`` kernel and the bias as NumPy arrays."""
+        kernel = np.asarray(ops.convert_to_numpy(self.full_kernel()))
+        bias = ops.convert_to_numpy(self.bias) if self.use_bias else None
+        return kernel, bias
+
+    def to_dense(self, name: str | None = None) -> keras.layers.Dense:
+        """The equivalent, built ``keras.layers.Dense``."""
+        if not self.built:
+            raise ValueError(f"{self._who}.to_dense: build the layer first.")
+        kernel, bias = self.folded_kernel_and_bias()
+        dense = keras.layers.Dense(
+            self.units,
+            activation=self.activation,
+            use_bias=self.use_bias,
+            kernel_initializer=self.kernel_initializer,
+            bias_initializer=self.bias_initializer,
+            kernel_regularizer=self.kernel_regularizer,
+            bias_regularizer=self.bias_regularizer,
+            kernel_constraint=self.kernel_constraint,
+            bias_constraint=self.bias_constraint,
+            name=name or self.name,
+            dtype=self.dtype_policy,
+        )
+        dense.build((None, kernel.shape[0]))
+        dense.kernel.assign(kernel)
+        if bias is not None:
+            dense.bias.assign(bias)
+        return dense
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.update(
+            {
+                "units": self.units,
+                "rank": list(self.rank) if isinstance(self.rank, tuple) else self.rank,
+                "in_modes": self.in_modes
+                if isinstance(self.in_modes, str)
+                else list(self.in_modes),
+                "out_modes": self._out_modes_arg
+                if isinstance(self._out_modes_arg, str)
+                else list(self._out_modes_arg),
+                "num_modes": self.num_modes,
+            }
+        )
+        config.update(weights_config(self))
+        return config

@@ -1,0 +1,53 @@
+"""Training: tf.data pipelines, SVD rank pruning during ``fit``, from-scratch recipes.
+
+- ``data``: ``from_tfds``, ``from_arrays``, ``from_folder`` (batched, augmented ``tf.data``);
+- ``pruning``: ``RankPruning``, ``set_svd_rank``, ``prune_svd_ranks``,
+  ``add_svd_regularization`` (regularizers in ``layers.regularizers``);
+- ``from_scratch``: ``effective_ranks``, ``from_scratch``, ``train_decef_from_scratch``,
+  ``basis_from_scratch``.
+
+Reaches the layers only through their public classes and contract. ``data`` imports
+TensorFlow; it is loaded when first used (``keras_eigenconv.training.data``).
+"""
+
+from ..layers import Orthogonality, SingularValueHoyer, SingularValueL1
+from .from_scratch import (
+    DeCEFRecipeResult,
+    basis_from_scratch,
+    effective_ranks,
+    from_scratch,
+    train_decef_from_scratch,
+)
+from .pruning import (
+    RankPruning,
+    add_svd_regularization,
+    prune_svd_ranks,
+    pruning_keep,
+    set_svd_rank,
+    svd_ranks,
+)
+
+__all__ = [
+    "DeCEFRecipeResult",
+    "Orthogonality",
+    "RankPruning",
+    "SingularValueHoyer",
+    "SingularValueL1",
+    "add_svd_regularization",
+    "basis_from_scratch",
+    "effective_ranks",
+    "from_scratch",
+    "prune_svd_ranks",
+    "pruning_keep",
+    "set_svd_rank",
+    "svd_ranks",
+    "train_decef_from_scratch",
+]
+
+
+def __getattr__(name):
+    if name == "data":  # tf.data pipelines: imports TensorFlow on first use
+        import importlib
+
+        return importlib.import_module(".data", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
