@@ -21,6 +21,7 @@ extras["dev"] = sorted(
             "hypothesis>=6",
             "scikit-learn>=1.3",
             "ruff>=0.5",
+            "docstring-parser>=0.15",
             "pillow>=9",
         ]
     )

@@ -23,6 +23,8 @@ import numpy as np
 from . import decompositions as dec
 from ._table import markdown_table, text_table
 
+__all__ = ["MEASURES", "RankAnalysis", "analyze", "filter_ranks"]
+
 THRESHOLDS = (0.9, 0.95, 0.99)
 MEASURES = (
     [f"filter_energy{int(t * 100)}" for t in THRESHOLDS]

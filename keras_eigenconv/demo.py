@@ -22,6 +22,16 @@ import numpy as np
 from ._table import markdown_table, text_table
 from .cost import model_cost
 
+__all__ = [
+    "DEFAULT_OUT",
+    "DemoResult",
+    "accuracy",
+    "baseline_cnn",
+    "load_digits_images",
+    "run_demo",
+    "train",
+]
+
 DEFAULT_OUT = "keras-eigenconv-demo"
 
 

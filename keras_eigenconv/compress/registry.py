@@ -243,9 +243,7 @@ def get_method(method) -> Method:
     if isinstance(method, Method):
         return method
     if not isinstance(method, str) or method not in _REGISTRY:
-        raise ValueError(
-            f"Unknown method {method!r}. Registered methods: {registered_methods()}."
-        )
+        raise ValueError(f"Unknown method {method!r}. Registered methods: {registered_methods()}.")
     return _REGISTRY[method]
 
 

@@ -28,6 +28,19 @@ from keras import ops
 from .. import decompositions as dec
 from ..cost import OP_TIME, Cost, CostedLayer, conv_output_length
 
+__all__ = [
+    "AUTO_FACTORIZED_THRESHOLD",
+    "IMPLEMENTATIONS",
+    "OP_TIME_PER_MAC",
+    "CompressedLayer",
+    "FactorizedConv2D",
+    "check_conv2d",
+    "check_energy",
+    "check_rank",
+    "check_rank_or_energy",
+    "check_source",
+]
+
 IMPLEMENTATIONS = ("auto", "factorized", "dense")
 
 # Relative time per MAC of the primitive ops in TensorFlow on CPU (oneDNN): see

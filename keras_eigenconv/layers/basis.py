@@ -15,6 +15,8 @@ from keras import ops
 from .. import decompositions as dec
 from .base import FactorizedConv2D
 
+__all__ = ["BasisConv2D"]
+
 
 @keras.saving.register_keras_serializable(package="keras_eigenconv")
 class BasisConv2D(FactorizedConv2D):

@@ -24,6 +24,8 @@ from .base import (
     check_rank_or_energy,
 )
 
+__all__ = ["CPConv2D"]
+
 
 @keras.saving.register_keras_serializable(package="keras_eigenconv")
 class CPConv2D(FactorizedConv2D):

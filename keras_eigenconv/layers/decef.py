@@ -16,6 +16,8 @@ from keras import ops
 from .. import decompositions as dec
 from .base import FactorizedConv2D
 
+__all__ = ["DeCEFConv2D"]
+
 
 @keras.saving.register_keras_serializable(package="keras_eigenconv")
 class DeCEFConv2D(FactorizedConv2D):

@@ -26,6 +26,8 @@ from ..cost import conv_output_length
 from .base import FactorizedConv2D
 from .regularizers import Orthogonality
 
+__all__ = ["DECOMPOSITIONS", "SVDConv2D"]
+
 DECOMPOSITIONS = ("channel", "spatial")
 
 

@@ -16,6 +16,8 @@ from keras import ops
 from .. import decompositions as dec
 from .base import FactorizedConv2D, check_energy, check_rank, check_rank_or_energy
 
+__all__ = ["Tucker2Conv2D"]
+
 
 def _rank_pair(who: str, rank, bound=None) -> tuple[int, int]:
     if isinstance(rank, (list, tuple)):

@@ -211,11 +211,7 @@ def train_decef_from_scratch(
     ranks = effective_ranks(plain, DeCEFConv2D, energy=energy)
     fresh = build_model()
     # map by position: a second build_model() may name its layers differently
-    targets = [
-        la.name
-        for la in graph.flatten_layers(fresh)
-        if _is_target_conv(la)
-    ]
+    targets = [la.name for la in graph.flatten_layers(fresh) if _is_target_conv(la)]
     if len(targets) != len(ranks):
         raise ValueError(
             "train_decef_from_scratch: build_model() must build the same network each call; "
@@ -228,11 +224,7 @@ def train_decef_from_scratch(
         implementation=implementation,
     )
     history = fit(decef, epochs)
-    replaced = [
-        la.name
-        for la in graph.flatten_layers(decef)
-        if isinstance(la, DeCEFConv2D)
-    ]
+    replaced = [la.name for la in graph.flatten_layers(decef) if isinstance(la, DeCEFConv2D)]
     return DeCEFRecipeResult(
         model=decef,
         ranks=ranks,

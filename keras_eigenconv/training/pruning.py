@@ -315,5 +315,3 @@ def prune_svd_ranks(
         if keep.size < layer.rank:
             set_svd_rank(layer, keep)
     return new
-
-
