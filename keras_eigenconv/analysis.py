@@ -38,13 +38,26 @@ def _convs(model, prefix=""):
     for layer in model.layers:
         if isinstance(layer, keras.Model):
             yield from _convs(layer, prefix + layer.name + "/")
-        elif isinstance(layer, keras.layers.Conv2D) and getattr(layer, "groups", 1) == 1:
+        elif isinstance(layer, keras.layers.Conv2D) and layer.groups == 1:
             if layer.built:
                 yield prefix + layer.name, layer
 
 
 def filter_ranks(kernel) -> dict:
-    """All rank measures of one ``(kh, kw, C, N)`` kernel, normalized to ``[0, 1]``."""
+    """Compute every rank measure of one conv kernel, normalized to ``[0, 1]``.
+
+    Whole-filter ranks are of ``W.reshape(kh*kw*C, N)``, normalized by
+    ``min(kh*kw*C, N)``; per-input-channel (DeCEF) ranks are normalized by
+    ``min(kh*kw, N)``. Energy ranks keep 90/95/99 % of the squared Frobenius norm; entropy
+    ranks are Roy-Vetterli ``exp(H(s / sum s))``.
+
+    Args:
+        kernel: A ``(kh, kw, C, N)`` conv kernel.
+
+    Returns:
+        ``{measure: value}`` for every name in ``MEASURES``; the ``decef_*`` measures are
+        None for a 1x1 kernel.
+    """
     w = dec.as_float64_kernel(kernel)
     kh, kw, c, n = w.shape
     out = {}
@@ -70,7 +83,17 @@ def filter_ranks(kernel) -> dict:
 
 @dataclass
 class RankAnalysis:
-    """Per-conv rank measures against depth; ``rows`` of dicts."""
+    """Per-conv rank measures against depth.
+
+    It prints as a text table (``str``), a Markdown table (``to_markdown``) and a dict
+    (``to_dict``).
+
+    Attributes:
+        rows: One dict per conv: ``depth`` (its index among the model's convs, 0 = first),
+            ``relative_depth`` (that index as a share of the model's depth), ``layer``
+            (its path), ``kernel`` (its shape) and every measure of ``MEASURES``
+            (``filter_ranks``).
+    """
 
     rows: list[dict] = field(default_factory=list)
 
@@ -94,7 +117,15 @@ class RankAnalysis:
         return float(np.mean(vals)) if vals else float("nan")
 
     def depth_trend(self, measure: str = "filter_entropy") -> float:
-        """Slope of ``measure`` against relative depth (negative: rank falls with depth)."""
+        """Fit the slope of a measure against relative depth.
+
+        Args:
+            measure: A name in ``MEASURES``.
+
+        Returns:
+            The least-squares slope (negative: rank falls with depth); NaN with fewer than
+            two values.
+        """
         pts = [(r["relative_depth"], r[measure]) for r in self.rows if r[measure] is not None]
         if len(pts) < 2:
             return float("nan")
@@ -102,7 +133,15 @@ class RankAnalysis:
         return float(np.polyfit(x, y, 1)[0])
 
     def plot(self, path, title: str | None = None) -> None:
-        """Write a PNG of each measure against depth (needs matplotlib: the ``plot`` extra)."""
+        """Write a PNG of each measure against depth.
+
+        Args:
+            path: The PNG file to write.
+            title: The plot's title.
+
+        Raises:
+            ImportError: When matplotlib is not installed (the ``plot`` extra).
+        """
         try:
             import matplotlib
 
@@ -130,9 +169,23 @@ class RankAnalysis:
 
 
 def analyze(model, plot=None, title: str | None = None) -> RankAnalysis:
-    """Effective ranks of every built, ungrouped ``Conv2D`` of ``model`` against depth.
+    """Measure the effective ranks of a model's conv filters against depth.
 
-    ``plot``: a path; writes a PNG of rank against depth, one line per measure.
+    Every built, ungrouped ``Conv2D`` of ``model`` (in model order, nested models included)
+    gets the measures of ``filter_ranks``.
+
+    Args:
+        model: A Keras model.
+        plot: A path; writes a PNG of rank against depth, one line per measure (needs
+            matplotlib: the ``plot`` extra).
+        title: The plot's title.
+
+    Returns:
+        The ``RankAnalysis``.
+
+    Raises:
+        ValueError: When ``model`` has no built ``Conv2D`` layer, or a kernel contains NaN
+            or Inf.
     """
     convs = list(_convs(model))
     if not convs:

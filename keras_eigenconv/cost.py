@@ -63,7 +63,19 @@ OP_TIME: dict[str, dict[str, float]] = {
 
 @dataclass(frozen=True)
 class Cost:
-    """Cost of one layer (or a sum of layers)."""
+    """Cost of one layer (or a sum of layers); ``+`` adds costs field by field.
+
+    Attributes:
+        params: trainable weights.
+        fixed_params: stored, non-trainable weights (a frozen basis, BatchNorm moving
+            statistics).
+        macs: multiply-accumulates of one call.
+
+    Example:
+
+    >>> Cost(params=10, macs=100) + Cost(fixed_params=2, macs=50)
+    Cost(params=10, fixed_params=2, macs=150)
+    """
 
     params: int = 0
     fixed_params: int = 0
@@ -71,6 +83,7 @@ class Cost:
 
     @property
     def total_params(self) -> int:
+        """``params + fixed_params``."""
         return self.params + self.fixed_params
 
     def __add__(self, other: Cost) -> Cost:
@@ -81,11 +94,23 @@ class Cost:
         )
 
     def to_dict(self) -> dict:
+        """The fields as a dict (``params``, ``fixed_params``, ``macs``)."""
         return asdict(self)
 
 
 def conv_output_length(length, kernel, stride, padding, dilation):
-    """Output length of one spatial axis (``None`` stays ``None``), as Keras computes it."""
+    """Output length of one spatial axis of a convolution, as Keras computes it.
+
+    Args:
+        length: the input length, or ``None`` (unknown).
+        kernel: the kernel size along the axis.
+        stride: the stride along the axis.
+        padding: ``"same"`` or ``"valid"``.
+        dilation: the dilation rate along the axis.
+
+    Returns:
+        The output length as an int, or ``None`` when ``length`` is ``None``.
+    """
     if length is None:
         return None
     if padding == "same":
@@ -102,7 +127,14 @@ class CostedLayer:
     """
 
     def cost(self, input_shape) -> Cost:
-        """Parameters and MACs of one call on ``input_shape``."""
+        """Parameters and MACs of one call on ``input_shape``.
+
+        Args:
+            input_shape: the input shape (the batch axis included, or as the layer accepts).
+
+        Returns:
+            The layer's ``Cost``.
+        """
         raise NotImplementedError
 
 
@@ -123,11 +155,22 @@ def _pixels(shape) -> int:
 
 
 def layer_cost(layer, input_shape) -> Cost:
-    """Cost of one call of ``layer`` on inputs of ``input_shape`` (batch axis included).
+    """Cost of one call of ``layer`` on inputs of ``input_shape``.
 
     Handles this package's layers (through their ``cost`` method), ``Conv1D/2D/3D``,
-    ``DepthwiseConv1D/2D``, ``SeparableConv1D/2D``, ``Conv2DTranspose`` and ``Dense``; other
-    layers count their weights and no MACs.
+    ``DepthwiseConv1D/2D``, ``SeparableConv1D/2D``, ``Conv1D/2D/3DTranspose`` and ``Dense``;
+    other layers count their weights and no MACs.
+
+    Args:
+        layer: a built Keras layer.
+        input_shape: the input shape, batch axis included; convolutions need known spatial
+            dims.
+
+    Returns:
+        The layer's ``Cost``: trainable and non-trainable weights, and MACs.
+
+    Raises:
+        ValueError: when a convolution's spatial dims are unknown.
     """
     if isinstance(layer, CostedLayer):
         return layer.cost(input_shape)
@@ -160,12 +203,19 @@ def layer_cost(layer, input_shape) -> Cost:
 
 @dataclass
 class ModelCost:
-    """Per-layer costs of a model: ``rows`` of dicts and the ``total``."""
+    """Per-layer costs of a model, printable as a text or Markdown table.
+
+    Attributes:
+        rows: one dict per layer, with the keys ``name``, ``type``, ``params``,
+            ``fixed_params`` and ``macs``.
+        total: the sum of the layers' costs, a ``Cost``.
+    """
 
     rows: list[dict] = field(default_factory=list)
     total: Cost = field(default_factory=Cost)
 
     def to_dict(self) -> dict:
+        """``{"layers": rows, "total": total.to_dict()}``."""
         return {"layers": list(self.rows), "total": self.total.to_dict()}
 
     _columns = ("name", "type", "params", "fixed_params", "macs")
@@ -175,6 +225,7 @@ class ModelCost:
         return [*self.rows, {"name": label, "type": "", **self.total.to_dict()}]
 
     def to_markdown(self) -> str:
+        """The rows and a bold total row as a Markdown table."""
         return markdown_table(
             self._rows_with_total("**total**"), self._columns, headers=self._headers
         )
@@ -188,6 +239,23 @@ def model_cost(model, prefix: str = "") -> ModelCost:
 
     A layer called several times (shared) has its weights counted once and its MACs once per
     call. Layers of nested models are listed as ``outer/inner``.
+
+    Args:
+        model: a built ``keras.Model`` with a fixed input size (MACs need known spatial dims).
+        prefix: prepended to every layer name.
+
+    Returns:
+        A ``ModelCost`` with one row per layer and the total.
+
+    Raises:
+        ValueError: when a convolution's spatial dims are unknown.
+
+    Example:
+
+    >>> inputs = keras.Input((32, 32, 3))
+    >>> model = keras.Model(inputs, keras.layers.Conv2D(8, 3)(inputs))
+    >>> model_cost(model).total
+    Cost(params=224, fixed_params=0, macs=194400)
     """
     result = ModelCost()
     for layer in model.layers:

@@ -39,14 +39,21 @@ __all__ = [
 
 
 def is_graph_model(model) -> bool:
-    """Whether ``model`` is a Functional or Sequential ``keras.Model`` (a layer graph)."""
+    """Whether ``model`` is a Functional or Sequential ``keras.Model`` (a layer graph).
+
+    Args:
+        model: any object.
+
+    Returns:
+        ``True`` for a model that ``keras.models.clone_model`` rebuilds layer by layer.
+    """
     from keras.src.models.functional import Functional
 
     return isinstance(model, (keras.Sequential, Functional))
 
 
 def walk(model, prefix: str = "", include_models: bool = False) -> Iterator[tuple[str, Any]]:
-    """``(path, layer)`` of every layer of a graph model, each layer once.
+    """Iterate over ``(path, layer)`` of every layer of a graph model, each layer once.
 
     Nested Functional/Sequential models are entered and their layers listed as
     ``outer/inner``; with ``include_models`` the nested model itself is yielded first.
@@ -79,7 +86,14 @@ def walk(model, prefix: str = "", include_models: bool = False) -> Iterator[tupl
 
 
 def graph_models(model) -> Iterator[Any]:
-    """``model`` and every graph model nested in it (each once)."""
+    """Iterate over ``model`` and every graph model nested in it (each once).
+
+    Args:
+        model: a Functional or Sequential ``keras.Model``.
+
+    Returns:
+        An iterator of models, ``model`` first.
+    """
     yield model
     for _, layer in walk(model, include_models=True):
         if isinstance(layer, keras.Model):
@@ -87,8 +101,16 @@ def graph_models(model) -> Iterator[Any]:
 
 
 def flatten_layers(model) -> list:
-    """Every layer reachable from ``model`` (attributes of subclassed models included),
-    each once, ``model`` itself excluded."""
+    """Every layer reachable from ``model``, each once.
+
+    Attributes of subclassed models are included; ``model`` itself is excluded.
+
+    Args:
+        model: a ``keras.Model`` (any kind) or a layer.
+
+    Returns:
+        A list of layers, in Keras' traversal order.
+    """
     out, seen = [], set()
     for layer in model._flatten_layers(include_self=False, recursive=True):
         if id(layer) not in seen:
@@ -98,7 +120,15 @@ def flatten_layers(model) -> list:
 
 
 def call_input_shapes(layer) -> list[tuple]:
-    """The input shape (batch axis included) of each recorded call of ``layer``, in order."""
+    """The input shape of each recorded call of ``layer``, in order.
+
+    Args:
+        layer: a Keras layer that is part of a built graph model.
+
+    Returns:
+        A list of shape tuples (batch axis included), one per call of the layer (the first
+        input tensor of each call); empty if the layer was never called symbolically.
+    """
     shapes = []
     for node in getattr(layer, "_inbound_nodes", []):
         tensors = node.input_tensors
@@ -108,7 +138,14 @@ def call_input_shapes(layer) -> list[tuple]:
 
 
 def input_shape(layer) -> tuple | None:
-    """The input shape of the first recorded call of ``layer`` (``None`` if never called)."""
+    """The input shape of the first recorded call of ``layer``.
+
+    Args:
+        layer: a Keras layer.
+
+    Returns:
+        The shape tuple (batch axis included), or ``None`` if the layer was never called.
+    """
     shapes = call_input_shapes(layer)
     return shapes[0] if shapes else None
 
@@ -121,11 +158,19 @@ def _model_nodes(model) -> set:
 
 
 def single_consumer_pairs(model, consumer_type: type) -> dict[int, Any]:
-    """``{id(producer): consumer}`` for each ``consumer_type`` layer of ``model`` (one level,
-    not nested models) that is called once, on one tensor, produced by a layer that is
-    called once and read by nothing else, and that is not a model output.
+    """Producer -> consumer pairs where the consumer alone reads the producer's output.
 
-    In a ``Sequential`` model this is every ``consumer_type`` layer and the layer before it.
+    Lists each ``consumer_type`` layer of ``model`` (one level, not nested models) that is
+    called once, on one tensor, produced by a layer that is called once and read by nothing
+    else, and that is not a model output. In a ``Sequential`` model this is every
+    ``consumer_type`` layer and the layer before it.
+
+    Args:
+        model: a Functional or Sequential ``keras.Model``.
+        consumer_type: the consumer's layer class (e.g. ``keras.layers.BatchNormalization``).
+
+    Returns:
+        A dict ``{id(producer): consumer}``.
     """
     pairs: dict[int, Any] = {}
     if isinstance(model, keras.Sequential):
@@ -154,8 +199,17 @@ def single_consumer_pairs(model, consumer_type: type) -> dict[int, Any]:
 
 
 def copy_weights(source, target) -> None:
-    """Copy every weight of ``source`` into ``target`` (same structure) as fresh values:
-    the target never shares a buffer with the source (JAX donates buffers in ``fit``)."""
+    """Copy every weight of ``source`` into ``target`` as fresh values.
+
+    The target never shares a buffer with the source (JAX donates buffers in ``fit``).
+
+    Args:
+        source: a built layer.
+        target: a built layer of the same structure (same weights, in the same order).
+
+    Raises:
+        ValueError: when the two layers have different numbers of weights.
+    """
     if len(source.weights) != len(target.weights):
         raise ValueError(
             f"The copy of layer '{source.name}' has {len(target.weights)} weights, the original "
@@ -188,7 +242,8 @@ def clone_model(
         The new model.
 
     Raises:
-        ValueError: ``model`` is not a graph model, or a layer's config does not rebuild it.
+        ValueError: when ``model`` is not a graph model, or a layer's config does not
+            rebuild it.
     """
     if not is_graph_model(model):
         raise ValueError(
@@ -224,9 +279,11 @@ def clone_model(
 
 
 def replace_variable(layer, attr: str, old, value: np.ndarray, scope=None) -> Any:
-    """Replace ``layer.<attr>`` (the variable ``old``) by a new variable holding ``value``
-    (any shape), in place: same name, trainability, regularizer and constraint, same position
-    in the layer's weight list (so saving and ``get_weights`` keep their order).
+    """Replace a layer's weight by a new variable of any shape, in place.
+
+    ``layer.<attr>`` (the variable ``old``) becomes a new variable holding ``value``, with
+    the same name, trainability, regularizer and constraint, at the same position in the
+    layer's weight list (so saving and ``get_weights`` keep their order).
 
     Args:
         layer: a built layer.

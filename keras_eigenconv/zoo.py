@@ -107,8 +107,33 @@ def cifar10_convnet(
     bn_momentum: float = 0.99,
     name: str | None = None,
 ) -> keras.Model:
-    """The paper's 6-conv CIFAR-10 net; ``conv="tt"`` with ``tt_ranks="paper"`` (the
-    per-layer ranks of ``PAPER_TT_CONV``), one int, or one list for every TT layer."""
+    """Build Garipov et al.'s 6-conv CIFAR-10 net.
+
+    conv64, conv64, pool, conv128, conv128, pool, conv128, conv128, global average pool,
+    dense10; every conv 3x3 "same", no bias, then BatchNorm and ReLU (557k parameters).
+    ``conv="tt"`` makes every conv but the first a ``TTConv2D`` (about 3.2x fewer parameters
+    at the paper's modes and ranks).
+
+    Args:
+        conv: ``"plain"`` (``Conv2D``) or ``"tt"`` (``TTConv2D``, the first conv kept
+            dense).
+        tt_ranks: ``"paper"`` (the per-layer modes and ranks of ``PAPER_TT_CONV``), one
+            int, or one list for every TT layer.
+        input_shape: The input shape ``(H, W, C)``.
+        num_classes: The number of classes of the softmax output.
+        filters: The 6 conv widths; other widths give reduced networks (TT modes are then
+            ``"auto"``).
+        bn_momentum: The momentum of the BatchNorm moving statistics (Keras' 0.99 by
+            default; 0.9 suits short runs).
+        name: The model's name; ``cifar10_convnet_<conv>`` when None.
+
+    Returns:
+        The Functional model.
+
+    Raises:
+        ValueError: When ``conv`` is not ``"plain"`` or ``"tt"``, ``filters`` does not list
+            6 widths, or ``tt_ranks`` is a string other than ``"paper"``.
+    """
     _check_kind("conv", conv)
     inputs = keras.Input(input_shape)
     x = _features(inputs, conv, filters, tt_ranks, bn_momentum)
@@ -130,11 +155,34 @@ def cifar10_conv_fc_net(
     bn_momentum: float = 0.99,
     name: str | None = None,
 ) -> keras.Model:
-    """The paper's conv+FC net: the 6 convs, flatten, FC ``fc_units`` (ReLU), dense10.
+    """Build Garipov et al.'s conv+FC CIFAR-10 net.
 
-    ``conv="tt"``: TT-convs (``tt_ranks="paper"`` is rank 16, ``[16, 16, 16, 1]``).
-    ``fc="tt"``: the hidden FC layers become ``TTDense`` with ``fc_ranks`` (the paper's modes
-    where the sizes are the paper's, else ``fc_num_modes`` balanced modes).
+    The 6 convs of ``cifar10_convnet``, flatten (8192 features at 32x32 input), FC
+    ``fc_units`` (ReLU) and dense10 (about 14M parameters); no BatchNorm after the FC
+    layers (the paper leaves it open; it would add 8k parameters). With both ``conv="tt"``
+    and ``fc="tt"``: about 42x fewer parameters.
+
+    Args:
+        conv: ``"plain"`` or ``"tt"`` (TT-convs, the first conv kept dense).
+        fc: ``"plain"`` or ``"tt"`` (the hidden FC layers become ``TTDense``).
+        tt_ranks: The TT-conv ranks: ``"paper"`` is rank 16 (``[16, 16, 16, 1]``), else one
+            int or one list for every TT layer.
+        fc_ranks: One TT-FC rank per hidden FC layer (the paper: 40 and 30).
+        fc_units: The widths of the hidden FC layers.
+        input_shape: The input shape ``(H, W, C)``.
+        num_classes: The number of classes of the softmax output.
+        filters: The 6 conv widths.
+        fc_num_modes: The number of balanced modes of a ``TTDense`` whose sizes are not the
+            paper's (the paper's modes, ``PAPER_TT_FC``, where they are).
+        bn_momentum: The momentum of the BatchNorm moving statistics.
+        name: The model's name; ``cifar10_conv_fc_net_<conv>_<fc>`` when None.
+
+    Returns:
+        The Functional model.
+
+    Raises:
+        ValueError: When ``conv`` or ``fc`` is not ``"plain"`` or ``"tt"``, ``fc_ranks`` and
+            ``fc_units`` differ in length, or ``filters`` does not list 6 widths.
     """
     _check_kind("conv", conv)
     _check_kind("fc", fc)
@@ -167,7 +215,18 @@ def cifar10_conv_fc_net(
 
 
 def paper_lr_schedule(initial_lr: float = 0.1, drop_every: int = 30, factor: float = 0.1):
-    """``lr(epoch) = initial_lr * factor ** (epoch // drop_every)`` (LR /10 every 30 epochs)."""
+    """Make the step learning-rate schedule of Garipov et al. (LR /10 every 30 epochs).
+
+    ``lr(epoch) = initial_lr * factor ** (epoch // drop_every)``.
+
+    Args:
+        initial_lr: The learning rate of the first epochs.
+        drop_every: The epochs between drops.
+        factor: The factor of each drop.
+
+    Returns:
+        A function ``schedule(epoch, lr=None)`` for ``keras.callbacks.LearningRateScheduler``.
+    """
 
     def schedule(epoch, lr=None):
         return float(initial_lr * factor ** (epoch // drop_every))
@@ -187,12 +246,26 @@ def paper_recipe(
     weight_decay: float | None = 5e-4,
     verbose: int = 2,
 ):
-    """Train like Garipov et al.: SGD momentum 0.9, batch 100, 100 epochs, LR /10 every 30
-    epochs, sparse categorical cross-entropy. Compiles ``model`` and returns the ``History``.
+    """Compile and train ``model`` like Garipov et al.
 
-    ``x``, ``y``: arrays (or a ``tf.data.Dataset`` as ``x``, already batched). For CIFAR-10:
-    ``(x, y), val = keras.datasets.cifar10.load_data()``, scale ``x`` to ``[0, 1]``. The
-    initial LR and the weight decay (``SGD(weight_decay=...)``) are not given by the paper.
+    SGD momentum 0.9, batch 100, 100 epochs, LR /10 every 30 epochs
+    (``paper_lr_schedule``), sparse categorical cross-entropy, accuracy. For CIFAR-10:
+    ``(x, y), val = keras.datasets.cifar10.load_data()``, scale ``x`` to ``[0, 1]``.
+
+    Args:
+        model: The model to compile and train.
+        x: Input arrays, or a ``tf.data.Dataset`` (already batched).
+        y: Label arrays; None when ``x`` is a dataset.
+        validation_data: ``fit``'s ``validation_data``.
+        epochs: The number of epochs.
+        batch_size: The batch size (ignored for a dataset).
+        initial_lr: The initial learning rate (not given by the paper).
+        momentum: The SGD momentum.
+        weight_decay: ``SGD(weight_decay=...)`` (not given by the paper), or None.
+        verbose: ``fit``'s verbosity.
+
+    Returns:
+        The ``History`` of ``fit``.
     """
     model.compile(
         optimizer=keras.optimizers.SGD(
@@ -220,12 +293,25 @@ def cifar_resnet(
     width: int = 16,
     name: str | None = None,
 ):
-    """He et al.'s CIFAR ResNet (``depth = 6n + 2``: 20, 32, 44, 56) as a Functional model.
+    """Build He et al.'s CIFAR ResNet as a Functional model.
 
     3 stages of ``n`` basic blocks (3x3 conv-BN-ReLU, 3x3 conv-BN, + shortcut, ReLU) with
     ``width``, ``2*width``, ``4*width`` filters; stride 2 at stages 2 and 3 with a 1x1 conv
     shortcut; global average pooling and a softmax ``Dense``. ResNet-20: 0.27 M parameters,
     about 41 M MACs on 32x32 inputs.
+
+    Args:
+        depth: ``6n + 2``: 20, 32, 44, 56, ...
+        num_classes: The number of classes of the softmax output.
+        input_shape: The input shape ``(H, W, C)``.
+        width: The filters of the first stage.
+        name: The model's name; ``resnet<depth>`` when None.
+
+    Returns:
+        The Functional model.
+
+    Raises:
+        ValueError: When ``depth`` is not ``6n + 2`` with ``n >= 1``.
     """
     if (depth - 2) % 6 != 0 or depth < 8:
         raise ValueError(f"cifar_resnet: depth must be 6n + 2 (20, 32, 56, ...), got {depth}.")

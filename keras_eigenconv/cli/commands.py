@@ -84,7 +84,11 @@ def _cli_convert(args) -> int:
 
 
 def add_convert(subparsers) -> None:
-    """Add the ``convert`` command."""
+    """Add the ``convert`` command.
+
+    Args:
+        subparsers: The ``add_subparsers()`` object of the main parser.
+    """
     p = subparsers.add_parser(
         "convert",
         help="replace the Conv2D layers of a model with low-rank layers and print a report",
@@ -209,7 +213,11 @@ def _cmd_bench(args) -> int:
 
 
 def add_export(subparsers) -> None:
-    """Add the ``export`` and ``bench`` commands."""
+    """Add the ``export`` and ``bench`` commands.
+
+    Args:
+        subparsers: The ``add_subparsers()`` object of the main parser.
+    """
     p = subparsers.add_parser(
         "export",
         help="export a .keras model to .tflite (built-in ops only) and check it",
@@ -250,7 +258,11 @@ def add_export(subparsers) -> None:
 
 
 def add_analyze(subparsers) -> None:
-    """Add the ``analyze`` command."""
+    """Add the ``analyze`` command.
+
+    Args:
+        subparsers: The ``add_subparsers()`` object of the main parser.
+    """
     p = subparsers.add_parser(
         "analyze",
         help="effective rank of every conv layer's filters against depth",
@@ -296,7 +308,11 @@ def _cmd_analyze(args) -> int:
 
 
 def add_demo(subparsers) -> None:
-    """Add the ``demo`` command."""
+    """Add the ``demo`` command.
+
+    Args:
+        subparsers: The ``add_subparsers()`` object of the main parser.
+    """
     from .. import demo
 
     p = subparsers.add_parser(

@@ -23,7 +23,26 @@ def _applications() -> dict[str, Callable]:
 
 
 def load_model(spec: str, weights: str | None = "imagenet", input_shape=None) -> keras.Model:
-    """A ``.keras`` file, or a ``keras.applications`` model by name (case-insensitive)."""
+    """Load a ``.keras``/``.h5`` file, or build a ``keras.applications`` model by name.
+
+    Args:
+        spec: A ``.keras``/``.h5`` file path (also any path holding a path separator), or a
+            ``keras.applications`` model name, case-insensitive, ``_`` and ``-`` ignored
+            (``resnet50``, ``mobilenetv2``, ...).
+        weights: For a ``keras.applications`` model: ``"imagenet"``, ``None``/``"none"``, or
+            a weights file.
+        input_shape: For a ``keras.applications`` model: its ``(H, W, C)`` input shape, or
+            None for its default.
+
+    Returns:
+        The model.
+
+    Raises:
+        FileNotFoundError: When the model file does not exist.
+        ValueError: When ``spec`` is neither a model file nor a ``keras.applications`` name
+            (the message suggests close names), or the model cannot be built (e.g. offline
+            with ``weights="imagenet"``).
+    """
     if spec.endswith((".keras", ".h5")) or os.path.sep in spec:
         if not os.path.exists(spec):
             raise FileNotFoundError(f"no such model file: {spec}")
@@ -52,6 +71,18 @@ def load_model(spec: str, weights: str | None = "imagenet", input_shape=None) ->
 
 
 def load_array(path: str | None, key: str = "x"):
+    """Load an array from a ``.npy`` file, or one array of a ``.npz`` file.
+
+    Args:
+        path: The ``.npy`` or ``.npz`` file, or None.
+        key: The name of the array in a ``.npz`` file.
+
+    Returns:
+        The array, or None when ``path`` is None.
+
+    Raises:
+        ValueError: When a ``.npz`` file has no array ``key``.
+    """
     if path is None:
         return None
     data = np.load(path)

@@ -10,7 +10,11 @@ __all__ = ["build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser with every command of ``cli.commands.COMMANDS``."""
+    """Build the ``keras-eigenconv`` argument parser.
+
+    Returns:
+        The parser, with every command of ``cli.commands.COMMANDS``.
+    """
     from .commands import COMMANDS
 
     parser = argparse.ArgumentParser(
@@ -24,7 +28,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one command; returns its exit code (1 with a one-line error on bad input)."""
+    """Run one ``keras-eigenconv`` command.
+
+    A ``ValueError``, ``FileNotFoundError`` or ``KeyError`` of the command is printed as a
+    one-line error on stderr.
+
+    Args:
+        argv: The command-line arguments, ``sys.argv[1:]`` when None.
+
+    Returns:
+        The command's exit code: 1 with a one-line error on bad input, 2 (after the help)
+        when no command is given.
+    """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     parser = build_parser()
     args = parser.parse_args(argv)

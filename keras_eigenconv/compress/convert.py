@@ -130,27 +130,56 @@ def convert(
     options: Mapping | None = None,
     progress: bool | str = "auto",
 ) -> tuple[keras.Model, ConversionReport]:
-    """Replace the conv (and dense) layers of ``model``; return ``(new_model, report)``.
+    """Replace the conv (and dense) layers of ``model`` by compressed layers.
 
-    - ``method``: a registered name (``registry.available_methods()``), a ``Method``, a
-      mapping ``{layer pattern: method or None}`` (first match; unmatched layers are kept),
-      or ``fn(layer) -> method or None``.
-    - Ranks (at most one of): ``rank`` (an int, clipped to each layer's maximum; ``"full"``;
-      ``"effective"``/``"entropy"`` the Roy-Vetterli rank; ``"vbmf"``; a mapping
-      ``{pattern: rank}``; or ``fn(layer) -> rank or None``); ``energy`` (smallest rank
-      keeping that share of each kernel's squared norm); ``budget`` (``{"macs": x}`` or
-      ``{"params": x}``, ``x <= 1`` a share of the model's total, else a count: ranks are
-      allocated across layers to meet it with the least total squared relative error). With
-      none of them, the full (exact) rank.
-    - ``round_to``: ranks rounded up to multiples of it (8, 16, 32: faster kernels).
-    - ``include``/``exclude``: name globs (``"conv4_*"``, matched against the layer name
-      and its ``outer/inner`` path), layer classes, predicates, or lists of these.
-    - Defaults leave as they are: the first conv (``skip_first``), 1x1 convs for spatial-only
-      methods, depthwise/separable/grouped/transposed convs, and (``require_saving``) layers
-      whose replacement would not cost fewer MACs (params for a params budget).
-    - ``options``: extra constructor options for the method's layer (e.g. ``{"batch_norm":
-      True}``); ``implementation`` goes to every replacement.
-    - ``progress``: a progress bar on stderr (``"auto"``: on a terminal, 10+ layers).
+    The model is copied with ``graph.clone_model`` (nested models included, shared layers
+    stay shared); the chosen layers are swapped for replacements initialized by decomposing
+    their trained weights (``Method.build``, i.e. the layer class's ``from_source``); every
+    other layer's weights are copied exactly (fresh buffers). The user's model is not
+    modified.
+
+    Ranks come from at most one of ``rank``, ``energy`` and ``budget``; with none of them,
+    the full (exact) rank. Defaults leave as they are: the first conv (``skip_first``), 1x1
+    convs for spatial-only methods, depthwise/separable/grouped/transposed convs, and (with
+    ``require_saving``) layers whose replacement would not cost fewer MACs (params for a
+    params budget).
+
+    Args:
+        model: A built Functional or Sequential ``keras.Model`` (custom layers inside are
+            fine; a subclassed model cannot be rebuilt layer by layer).
+        method: A registered name (``registry.available_methods()``), a ``Method``, a
+            mapping ``{layer pattern: method or None}`` (first match; unmatched layers are
+            kept), or ``fn(layer) -> method or None``.
+        rank: An int (clipped to each layer's maximum); ``"full"``; ``"effective"`` or
+            ``"entropy"`` (the Roy-Vetterli rank); ``"vbmf"``; a mapping
+            ``{pattern: rank}``; or ``fn(layer) -> rank or None``.
+        energy: The smallest rank keeping that share of each kernel's squared norm.
+        budget: ``{"macs": x}`` or ``{"params": x}``, ``x <= 1`` a share of the model's
+            total, else a count: ranks are allocated across layers to meet it with the least
+            total squared relative error. A MACs budget needs a fixed input size.
+        include: Layers to consider: name globs (``"conv4_*"``, matched against the layer
+            name and its ``outer/inner`` path), layer classes, predicates, or lists of these.
+        exclude: Layers to leave as they are, in the same forms as ``include``.
+        round_to: Ranks rounded up to multiples of it (8, 16, 32: faster kernels).
+        skip_first: Leave the model's first conv as it is.
+        require_saving: Leave a layer as it is when its replacement would not cost fewer
+            MACs (params for a params budget).
+        implementation: The implementation of every replacement (one of
+            ``layers.base.IMPLEMENTATIONS``, ``"auto"`` by default).
+        options: Extra constructor options for the method's layer (e.g.
+            ``{"batch_norm": True}``).
+        progress: A progress bar on stderr: ``True``, ``False``, or ``"auto"`` (on a
+            terminal, 10+ layers).
+
+    Returns:
+        A tuple ``(new_model, report)``: the converted model and its ``ConversionReport``.
+
+    Raises:
+        ValueError: When ``model`` is not a ``keras.Model``, is subclassed or is not built;
+            when more than one of ``rank``, ``energy`` and ``budget`` is given, or one of
+            them, ``round_to``, ``implementation`` or ``method`` is invalid; when a MACs
+            budget is given for a model without a fixed input size, or the budget cannot be
+            met; or when the model cannot be cloned.
     """
     t0 = time.perf_counter()
     if not isinstance(model, keras.Model):

@@ -40,15 +40,35 @@ ROUND_TO = (None, 1, 2, 4, 8, 16, 32, 64)
 
 
 def energy_rank(spectrum, energy: float) -> int:
-    """Smallest ``r`` with ``sum(spectrum[:r]) / sum(spectrum) >= energy``."""
+    """Find the smallest rank keeping a share ``energy`` of a spectrum.
+
+    That is the smallest ``r`` with ``sum(spectrum[:r]) / sum(spectrum) >= energy``.
+
+    Args:
+        spectrum: Energies (squared singular values), one per rank, descending.
+        energy: The share of the total energy to keep, in ``(0, 1]``.
+
+    Returns:
+        The rank ``r``.
+
+    Raises:
+        ValueError: When ``energy`` is not in ``(0, 1]``.
+    """
     return dec.energy_rank(np.asarray(spectrum, np.float64), check_energy("convert", energy))
 
 
 def effective_rank(spectrum) -> int:
-    """Roy-Vetterli effective rank, rounded up: ``ceil(exp(H(p)))``, ``p = sqrt(s) / sum``.
+    """Compute the Roy-Vetterli effective rank, rounded up.
 
-    ``spectrum`` holds energies (squared singular values); the entropy is that of the
-    normalized singular values, as in Roy & Vetterli (2007). At least 1, at most ``len``.
+    The rank is ``ceil(exp(H(p)))`` with ``p = sqrt(s) / sum(sqrt(s))``: ``spectrum`` holds
+    energies (squared singular values), and the entropy is that of the normalized singular
+    values, as in Roy & Vetterli (2007).
+
+    Args:
+        spectrum: Energies (squared singular values), one per rank.
+
+    Returns:
+        The effective rank: at least 1, at most ``len(spectrum)``.
     """
     s = np.sqrt(np.maximum(np.asarray(spectrum, np.float64), 0.0))
     r = dec.entropy_rank(s)
@@ -56,7 +76,17 @@ def effective_rank(spectrum) -> int:
 
 
 def relative_errors(spectrum) -> np.ndarray:
-    """``rel_err(r)`` for ``r = 1..len(spectrum)`` (0 at full rank)."""
+    """Compute the relative Frobenius error at every rank.
+
+    ``rel_err(r)**2 = 1 - sum(s[:r]) / sum(s)``, for ``r = 1..len(spectrum)``.
+
+    Args:
+        spectrum: Energies (squared singular values), one per rank, descending.
+
+    Returns:
+        ``rel_err(r)`` for ``r = 1..len(spectrum)`` (0 at full rank; all zeros when the
+        spectrum sums to 0 or less).
+    """
     e = np.asarray(spectrum, np.float64)
     total = e.sum()
     if total <= 0:
@@ -75,23 +105,58 @@ def _check_round_to(round_to) -> int:
 
 
 def round_rank(rank: int, round_to: int | None, max_rank: int) -> int:
-    """``rank`` rounded up to a multiple of ``round_to``, capped at ``max_rank``."""
+    """Round a rank up to a multiple of ``round_to``, capped at ``max_rank``.
+
+    Args:
+        rank: The rank to round (values below 1 count as 1).
+        round_to: A positive int such as 8, 16 or 32, or None (no rounding).
+        max_rank: The largest rank allowed.
+
+    Returns:
+        The rounded rank.
+
+    Raises:
+        ValueError: When ``round_to`` is neither None nor a positive int.
+    """
     m = _check_round_to(round_to)
     return int(min(max_rank, m * math.ceil(max(int(rank), 1) / m)))
 
 
 def candidate_ranks(max_rank: int, round_to: int | None = None) -> np.ndarray:
-    """Ranks a budget may pick: the multiples of ``round_to`` up to ``max_rank``, and
-    ``max_rank`` itself (every rank from 1 without rounding)."""
+    """List the ranks a budget may pick.
+
+    These are the multiples of ``round_to`` up to ``max_rank``, and ``max_rank`` itself
+    (every rank from 1 without rounding).
+
+    Args:
+        max_rank: The layer's full rank.
+        round_to: A positive int such as 8, 16 or 32, or None (no rounding).
+
+    Returns:
+        The candidate ranks, ascending, as an int64 array.
+
+    Raises:
+        ValueError: When ``round_to`` is neither None nor a positive int.
+    """
     m = _check_round_to(round_to)
     ranks = set(range(m, max_rank + 1, m)) | {int(max_rank)}
     return np.array(sorted(ranks), dtype=np.int64)
 
 
 def parse_budget(budget) -> tuple[str, float]:
-    """``{"macs": x}`` or ``{"params": x}`` -> ``(metric, x)``.
+    """Parse a budget ``{"macs": x}`` or ``{"params": x}``.
 
     ``x <= 1`` is a share of the original model's total; ``x > 1`` an absolute count.
+
+    Args:
+        budget: A dict with one key, ``"macs"`` or ``"params"``, and a positive number.
+
+    Returns:
+        The tuple ``(metric, x)``, ``x`` as a float.
+
+    Raises:
+        ValueError: When ``budget`` is not a one-key dict, its key is not ``"macs"`` or
+            ``"params"``, or its value is not a positive number.
     """
     if not isinstance(budget, Mapping) or len(budget) != 1:
         raise ValueError(
@@ -110,8 +175,12 @@ def parse_budget(budget) -> tuple[str, float]:
 class BudgetItem:
     """One replaceable layer for ``allocate_budget``.
 
-    ``ranks`` ascending; ``errors[i]`` the squared relative error at ``ranks[i]``;
-    ``costs[i]`` its cost; ``original_cost`` the cost of keeping the layer as it is.
+    Attributes:
+        key: The layer's key in the allocation ``allocate_budget`` returns.
+        ranks: The candidate ranks, ascending.
+        errors: ``errors[i]`` is the squared relative error at ``ranks[i]``.
+        costs: ``costs[i]`` is the cost at ``ranks[i]``.
+        original_cost: The cost of keeping the layer as it is.
     """
 
     key: Hashable
@@ -155,10 +224,27 @@ def _hull(opts):
 def allocate_budget(
     items: Sequence[BudgetItem], target: float, fixed_cost: float = 0.0
 ) -> dict[Hashable, int | None]:
-    """Ranks (``None`` = keep the original layer) meeting ``fixed_cost + sum(costs) <= target``
-    with the least total squared relative error (see the module docstring).
+    """Choose per-layer ranks that meet a cost target with the least error.
 
-    Raises ``ValueError`` when even the cheapest option of every layer misses the target.
+    For every layer, either "keep the original" (error 0, its original cost) or a rank, so
+    that ``fixed_cost + sum(costs) <= target`` with the least total squared relative error.
+    Algorithm: per layer, the lower convex hull of its ``(cost, error)`` options; then a
+    global greedy over hull segments in order of increasing error added per unit of cost
+    saved (optimal for the convex relaxation of this multiple-choice knapsack); the final
+    overshoot is then given back by raising ranks, best error reduction per unit of cost
+    first.
+
+    Args:
+        items: One ``BudgetItem`` per replaceable layer.
+        target: The total cost (MACs or parameters) to meet.
+        fixed_cost: The cost of the rest of the model, which no rank changes.
+
+    Returns:
+        A dict from each item's ``key`` to its rank, or ``None`` to keep the original
+        layer.
+
+    Raises:
+        ValueError: When even the cheapest option of every layer misses the target.
     """
     state = {}  # key -> index into its hull
     hulls = {}

@@ -67,11 +67,15 @@ class Method:
     """How to replace a layer by one method.
 
     Attributes:
-        name: the registry key (``convert(model, method=name)``).
-        layer: the ``CompressedLayer`` subclass.
-        spatial_only: it factors the ``kh x kw`` taps, so 1x1 convs are left as they are.
-        options: default constructor options (e.g. ``{"decomposition": "spatial"}``).
-        description: one line for ``--help`` and the report.
+        name: The registry key (``convert(model, method=name)``).
+        layer: The ``CompressedLayer`` subclass.
+        spatial_only: It factors the ``kh x kw`` taps, so 1x1 convs are left as they are.
+        options: Default constructor options (e.g. ``{"decomposition": "spatial"}``).
+        description: One line for ``--help`` and the report.
+
+    Raises:
+        ValueError: When ``layer`` is not a ``CompressedLayer`` subclass, or its
+            ``rank_selection`` is not ``"spectrum"`` or ``"layer"``.
     """
 
     name: str
@@ -118,7 +122,18 @@ class Method:
         return np.asarray(keras.ops.convert_to_numpy(layer.kernel), dtype=np.float64)
 
     def spectrum(self, layer, options: Mapping | None = None) -> np.ndarray:
-        """Energy kept by each extra rank (descending), from the class's ``spectrum``."""
+        """Compute the energy kept by each extra rank, from the layer class's ``spectrum``.
+
+        Args:
+            layer: The built source layer.
+            options: Overrides of the method's default options.
+
+        Returns:
+            The energies, one per rank, descending, as a float64 vector.
+
+        Raises:
+            ValueError: When the method chooses its own ranks and has no budget spectrum.
+        """
         if self.rank_selection != "spectrum" and not self.budget_spectrum:
             raise ValueError(
                 f"Method '{self.name}' chooses its own ranks; pass rank= (its own form) or "
@@ -128,8 +143,20 @@ class Method:
         return np.asarray(s, dtype=np.float64).reshape(-1)
 
     def vbmf_rank(self, layer, options: Mapping | None = None) -> int:
-        """VBMF rank (at least 1): the rounded-up mean of the EVBMF ranks of the layer class's
-        ``vbmf_matrices``."""
+        """Compute the VBMF rank of a layer.
+
+        It is the rounded-up mean of the EVBMF ranks of the layer class's ``vbmf_matrices``.
+
+        Args:
+            layer: The built source layer.
+            options: Overrides of the method's default options.
+
+        Returns:
+            The rank, at least 1.
+
+        Raises:
+            ValueError: When the method has no VBMF rule.
+        """
         mats = self.layer.vbmf_matrices(self.kernel(layer), **self.merged_options(options))
         if mats is None:
             raise ValueError(f"Method '{self.name}' has no VBMF rule; use energy= or rank=.")
@@ -146,7 +173,18 @@ class Method:
         implementation: str = "auto",
         options: Mapping | None = None,
     ):
-        """The replacement of the built ``layer``, initialized from its weights."""
+        """Build the replacement of a layer, initialized from its weights.
+
+        Args:
+            layer: The built source layer (the replacement takes its name).
+            rank: The rank, in the layer class's form.
+            energy: The share of the kernel's squared norm to keep, instead of ``rank``.
+            implementation: The replacement's ``implementation``.
+            options: Overrides of the method's default options.
+
+        Returns:
+            The new layer (the layer class's ``from_source``).
+        """
         return self.layer.from_source(
             layer,
             rank=rank,
@@ -157,7 +195,16 @@ class Method:
         )
 
     def candidate(self, layer, rank, options: Mapping | None = None):
-        """An unbuilt instance at ``rank`` shaped like ``layer`` (for costing only)."""
+        """Make an unbuilt instance at ``rank`` shaped like ``layer`` (for costing only).
+
+        Args:
+            layer: The source ``Conv2D`` or ``Dense`` layer.
+            rank: The rank, in the layer class's form.
+            options: Overrides of the method's default options.
+
+        Returns:
+            The unbuilt layer.
+        """
         cls = self.layer
         opts = self.merged_options(options)
         if isinstance(layer, keras.layers.Dense):
@@ -175,8 +222,19 @@ class Method:
         )
 
     def cost(self, layer, rank, input_shapes, options: Mapping | None = None) -> Cost:
-        """Cost of the replacement at ``rank``: parameters once, MACs summed over the calls
-        on ``input_shapes`` (one shape per call, batch axis included)."""
+        """Count the cost of the replacement of a layer at ``rank``.
+
+        Costs are cached by method, layer shape, rank, options and input shapes.
+
+        Args:
+            layer: The source layer.
+            rank: The rank, in the layer class's form.
+            input_shapes: One input shape per call of the layer, batch axis included.
+            options: Overrides of the method's default options.
+
+        Returns:
+            The ``Cost``: parameters once, MACs summed over the calls.
+        """
         key = (
             self.name,
             type(layer).__name__,
@@ -198,10 +256,19 @@ class Method:
         return total
 
     def rank_costs(self, layer, ranks, input_shapes, options=None) -> np.ndarray:
-        """``(len(ranks), 2)`` array of ``(total params, MACs)`` at each rank.
+        """Count the cost of the replacement of a layer at each of several ranks.
 
         Costs are affine in the rank for every built-in method; this checks that on three
         ranks and extrapolates, else evaluates every rank.
+
+        Args:
+            layer: The source layer.
+            ranks: The int ranks.
+            input_shapes: One input shape per call of the layer, batch axis included.
+            options: Overrides of the method's default options.
+
+        Returns:
+            A ``(len(ranks), 2)`` array of ``(total params, MACs)`` at each rank.
         """
         ranks = [int(r) for r in ranks]
 
@@ -222,7 +289,19 @@ _REGISTRY: dict[str, Method] = {}
 
 
 def register_method(method: Method, overwrite: bool = False) -> Method:
-    """Add ``method`` to the registry (``overwrite=True`` to replace a name)."""
+    """Add ``method`` to the registry.
+
+    Args:
+        method: The ``Method`` record to register under ``method.name``.
+        overwrite: Replace a method already registered under that name.
+
+    Returns:
+        The registered ``method``.
+
+    Raises:
+        ValueError: When ``method`` is not a ``Method``, or its name is already registered
+            and ``overwrite`` is False.
+    """
     if not isinstance(method, Method):
         raise ValueError(f"register_method needs a Method, got {type(method).__name__}.")
     if method.name in _REGISTRY and not overwrite:
@@ -235,10 +314,17 @@ def register_method(method: Method, overwrite: bool = False) -> Method:
 
 
 def get_method(method) -> Method:
-    """A ``Method`` by name (or the record itself).
+    """Look up a registered method by name.
+
+    Args:
+        method: A registered method name, or a ``Method`` record (returned as it is).
+
+    Returns:
+        The ``Method`` record.
 
     Raises:
-        ValueError: an unknown name, listing the registered ones.
+        ValueError: When ``method`` is an unknown name (the message lists the registered
+            ones) or neither a name nor a ``Method``.
     """
     if isinstance(method, Method):
         return method
@@ -248,13 +334,22 @@ def get_method(method) -> Method:
 
 
 def registered_methods() -> list[str]:
-    """Names of every registered method."""
+    """List the names of every registered method.
+
+    Returns:
+        The registered method names, sorted.
+    """
     return sorted(_REGISTRY)
 
 
 def available_methods() -> list[str]:
-    """Names of the registered methods (every registered method is available: a record
-    holds its layer class)."""
+    """List the names of the methods available to ``convert``.
+
+    Every registered method is available: a record holds its layer class.
+
+    Returns:
+        The registered method names, sorted.
+    """
     return registered_methods()
 
 

@@ -19,7 +19,23 @@ __all__ = ["ConversionReport", "LayerReport", "Progress"]
 
 @dataclass
 class LayerReport:
-    """One conv/dense layer: what was done to it and what it costs before and after."""
+    """One conv/dense layer: what was done to it and what it costs before and after.
+
+    Attributes:
+        name: The layer's path in the model (``outer/inner`` for nested models).
+        type: The layer's class name.
+        method: The name of the method applied to it, or None.
+        rank: The rank of the replacement (a list for multi-rank methods), or None.
+        params_before: The layer's parameters (trainable and not) before conversion.
+        params_after: Its parameters after conversion.
+        macs_before: Its MACs before conversion, None when the input size is unknown.
+        macs_after: Its MACs after conversion, None when the input size is unknown.
+        relative_error: The kernel's relative Frobenius error ``||W - W_r|| / ||W||``, for
+            a replaced layer.
+        replaced: Whether the layer was replaced.
+        reason: Why the layer was kept, when it was.
+        implementation: The resolved implementation of the replacement.
+    """
 
     name: str
     type: str
@@ -39,9 +55,20 @@ class LayerReport:
 class ConversionReport:
     """Per-layer results and model totals of a ``convert`` call.
 
-    ``total_before``/``total_after`` are ``model_cost`` totals of the whole models (MACs
-    ``None`` when the input size is unknown); ``relative_error`` is the kernel's relative
-    Frobenius error ``||W - W_r|| / ||W||`` of each replaced layer.
+    It prints as a text table (``str``), a Markdown table (``to_markdown``) and a dict
+    (``to_dict``, JSON-ready). The ``relative_error`` of each replaced layer is the kernel's
+    relative Frobenius error ``||W - W_r|| / ||W||``.
+
+    Attributes:
+        method: The method's name, or ``"per layer"`` when it was chosen per layer.
+        selection: How the ranks were chosen, in words (e.g. ``"energy=0.9"``).
+        layers: One ``LayerReport`` per conv/dense layer considered.
+        total_before: The ``model_cost`` total of the whole original model. When the
+            input size is unknown its MACs are not counted (0, ``macs_known`` False, and
+            ``macs_ratio`` None).
+        total_after: The ``model_cost`` total of the whole converted model.
+        macs_known: Whether the model's input size is fixed, so MACs could be counted.
+        seconds: The wall time of the conversion.
     """
 
     method: str
@@ -144,7 +171,13 @@ class ConversionReport:
 
 
 class Progress:
-    """A one-line progress bar on stderr."""
+    """A one-line progress bar on stderr.
+
+    Args:
+        total: The number of steps.
+        enabled: Whether to draw the bar (it is never drawn for 0 steps).
+        stream: The stream to write to, ``sys.stderr`` when None.
+    """
 
     def __init__(self, total: int, enabled: bool, stream=None):
         self.total, self.enabled, self.n = total, enabled and total > 0, 0

@@ -1,9 +1,10 @@
 """Matrix decompositions of the eigen-filter layers (DeCEF, BasisConv, SVD), in NumPy.
 
 Every layer's ``from_conv2d`` calls into this module, so the maths lives in one place and
-is tested once. Conventions (``../shared/METHODS.md``): a ``Conv2D`` kernel ``W`` has the
-Keras layout ``(kh, kw, C, N)``. Each ``*_spectrum`` function returns the energy (squared
-singular values, descending) that a rank keeps, so that for every method
+is tested once. Conventions: a ``Conv2D`` kernel ``W`` has the Keras layout
+``(kh, kw, C, N)`` (``C`` input channels, ``N`` filters; activations are ``NHWC``). Each
+``*_spectrum`` function returns the energy (squared singular values, descending) that a
+rank keeps, so that for every method
 
     kept_energy(r) = sum(spectrum[:r]) / sum(spectrum) = 1 - rel_err(r) ** 2,
 
@@ -36,7 +37,18 @@ __all__ = [
 
 
 def as_float64_kernel(kernel, ndim: int = 4) -> np.ndarray:
-    """Return ``kernel`` as a float64 array, checking its rank."""
+    """Return ``kernel`` as a float64 array, checking its number of dimensions.
+
+    Args:
+        kernel: array-like kernel (a ``Conv2D`` kernel ``(kh, kw, C, N)`` by default).
+        ndim: the number of dimensions ``kernel`` must have.
+
+    Returns:
+        ``kernel`` as a float64 ``np.ndarray``.
+
+    Raises:
+        ValueError: when ``kernel`` does not have ``ndim`` dimensions.
+    """
     w = np.asarray(kernel, dtype=np.float64)
     if w.ndim != ndim:
         raise ValueError(f"Expected a {ndim}-D kernel, got shape {w.shape}.")
@@ -44,10 +56,21 @@ def as_float64_kernel(kernel, ndim: int = 4) -> np.ndarray:
 
 
 def energy_rank(spectrum: np.ndarray, energy: float) -> int:
-    """Smallest ``r >= 1`` with ``sum(spectrum[:r]) / sum(spectrum) >= energy``.
+    """Smallest rank that keeps a given share of the energy.
 
-    ``spectrum`` holds non-negative energies in descending order. A zero spectrum (an
-    all-zero kernel) gives rank 1.
+    The smallest ``r >= 1`` with ``sum(spectrum[:r]) / sum(spectrum) >= energy``. A zero
+    spectrum (an all-zero kernel) gives rank 1.
+
+    Args:
+        spectrum: 1-D array of non-negative energies in descending order (a ``*_spectrum``
+            result).
+        energy: the share of the total energy to keep, in ``(0, 1]``.
+
+    Returns:
+        The rank, an int in ``[1, len(spectrum)]``.
+
+    Raises:
+        ValueError: when ``energy`` is not in ``(0, 1]``.
     """
     if not 0.0 < energy <= 1.0:
         raise ValueError(f"energy must be in (0, 1], got {energy}.")
@@ -61,7 +84,16 @@ def energy_rank(spectrum: np.ndarray, energy: float) -> int:
 
 
 def entropy_rank(singular_values: np.ndarray) -> float:
-    """Roy-Vetterli effective rank ``exp(H(p))`` with ``p = s / sum(s)``; 0 for a zero matrix."""
+    """Roy-Vetterli effective rank ``exp(H(p))`` with ``p = s / sum(s)``.
+
+    ``H`` is the Shannon entropy of the normalized singular values.
+
+    Args:
+        singular_values: 1-D array of singular values (their absolute values are used).
+
+    Returns:
+        The effective rank as a float, 0 for a zero matrix.
+    """
     s = np.abs(np.asarray(singular_values, dtype=np.float64))
     total = s.sum()
     if total <= 0.0:
@@ -71,7 +103,15 @@ def entropy_rank(singular_values: np.ndarray) -> float:
 
 
 def relative_error(reference, approximation) -> float:
-    """``||A - B||_F / ||A||_F`` (0 when both are zero)."""
+    """Relative Frobenius error ``||A - B||_F / ||A||_F``.
+
+    Args:
+        reference: the reference array ``A``.
+        approximation: the approximation ``B``, of the same shape.
+
+    Returns:
+        The relative error as a float: 0 when both are zero, 1 when only ``A`` is zero.
+    """
     a = np.asarray(reference, dtype=np.float64)
     b = np.asarray(approximation, dtype=np.float64)
     denom = np.linalg.norm(a)
@@ -107,20 +147,37 @@ def _gram_eigh(m: np.ndarray):
 
 
 def singular_energies(matrix: np.ndarray) -> np.ndarray:
-    """Squared singular values (descending) of ``matrix``, via the eigenvalues of its
-    smaller Gram matrix: ``min(m, n)^2`` memory and several times faster than an SVD."""
+    """Squared singular values (descending) of a matrix.
+
+    Computed from the eigenvalues of its smaller Gram matrix: ``min(m, n)^2`` memory and
+    several times faster than an SVD.
+
+    Args:
+        matrix: a 2-D array ``(m, n)``.
+
+    Returns:
+        A float64 array of ``min(m, n)`` squared singular values, descending.
+    """
     m = np.asarray(matrix, dtype=np.float64)
     return _gram_eigh(m if m.shape[0] >= m.shape[1] else m.T)[0].copy()
 
 
 def gram_svd(matrix: np.ndarray, rank: int | None = None):
-    """Truncated SVD ``matrix ~= U diag(s) V^T`` through the eigendecomposition of the
-    smaller Gram matrix (for ``m >= n``: ``M^T M = V diag(s^2) V^T``, ``U = M V / s``).
+    """Truncated SVD ``matrix ~= U diag(s) V^T`` from the smaller Gram matrix.
 
-    ``U diag(s) = M V`` holds exactly, so the rank-``r`` product is ``M V_r V_r^T``, the best
-    rank-``r`` approximation, and at full rank it is ``M`` to float64 round-off. Singular
-    vectors of the larger side for ``s < 1e-7 * s_max`` are zero (``U``'s columns for a tall
-    matrix, ``V``'s rows for a wide one). Returns ``u (m, r)``, ``s (r,)``, ``vt (r, n)``.
+    Uses the eigendecomposition of the smaller Gram matrix (for ``m >= n``:
+    ``M^T M = V diag(s^2) V^T``, ``U = M V / s``). ``U diag(s) = M V`` holds exactly, so the
+    rank-``r`` product is ``M V_r V_r^T``, the best rank-``r`` approximation, and at full rank
+    it is ``M`` to float64 round-off. Singular vectors of the larger side for
+    ``s < 1e-7 * s_max`` are zero (``U``'s columns for a tall matrix, ``V``'s rows for a wide
+    one).
+
+    Args:
+        matrix: a 2-D array ``(m, n)``.
+        rank: the number ``r`` of singular triplets to keep; ``None`` keeps ``min(m, n)``.
+
+    Returns:
+        A tuple ``(u, s, vt)``: ``u (m, r)``, ``s (r,)`` (descending) and ``vt (r, n)``.
     """
     m = np.asarray(matrix, dtype=np.float64)
     if m.shape[0] < m.shape[1]:
@@ -138,7 +195,7 @@ def gram_svd(matrix: np.ndarray, rank: int | None = None):
     return u, s, v.T.copy()
 
 
-# --- DeCEF: per-input-channel eigen-filters (METHODS.md section 1) -----------------------
+# --- DeCEF: per-input-channel eigen-filters (Yu et al., arXiv 1910.09359) ---------------
 
 
 def _decef_svd(w: np.ndarray):
@@ -149,17 +206,41 @@ def _decef_svd(w: np.ndarray):
 
 
 def decef_spectrum(kernel) -> np.ndarray:
-    """Energy kept by eigen-filter ``j``, pooled over input channels: ``sum_c s[c, j]**2``."""
+    """Energy kept by each DeCEF eigen-filter, pooled over input channels.
+
+    For every input channel ``c``, ``W[:, :, c, :].reshape(kh*kw, N)`` has singular values
+    ``s[c, :]``; eigen-filter ``j`` keeps ``sum_c s[c, j]**2``.
+
+    Args:
+        kernel: a ``Conv2D`` kernel ``(kh, kw, C, N)``.
+
+    Returns:
+        A float64 array of ``min(kh*kw, N)`` energies, descending.
+
+    Raises:
+        ValueError: when ``kernel`` is not 4-D.
+    """
     _, s, _ = _decef_svd(as_float64_kernel(kernel))
     return (s**2).sum(axis=0)
 
 
 def decef_factors(kernel, rank: int) -> tuple[np.ndarray, np.ndarray]:
-    """Eigen-filters ``E (kh, kw, C, r)`` and combination ``A (1, 1, C*r, N)``.
+    """DeCEF factors: per-channel eigen-filters and their combination weights.
 
     Per channel ``c``: ``W[:, :, c, :].reshape(kh*kw, N) = U S V^T``;
     ``E[:, :, c, j] = U[:, j]`` and ``A[c*r + j, :] = S[j] V^T[j, :]`` (TensorFlow's depthwise
     output order). Exact for ``rank = min(kh*kw, N)``.
+
+    Args:
+        kernel: a ``Conv2D`` kernel ``(kh, kw, C, N)``.
+        rank: the number ``r`` of eigen-filters per input channel.
+
+    Returns:
+        A tuple ``(E, A)``: the eigen-filters ``E (kh, kw, C, r)`` (a depthwise kernel with
+        depth multiplier ``r``) and the combination ``A (1, 1, C*r, N)`` (a 1x1 kernel).
+
+    Raises:
+        ValueError: when ``kernel`` is not 4-D.
     """
     w = as_float64_kernel(kernel)
     kh, kw, c, n = w.shape
@@ -170,7 +251,7 @@ def decef_factors(kernel, rank: int) -> tuple[np.ndarray, np.ndarray]:
     return eigen, comb
 
 
-# --- BasisConv: M whole-filter basis filters (METHODS.md section 2) ----------------------
+# --- BasisConv: M whole-filter basis filters (Tayyab & Mahalanobis, arXiv 1906.04509) ---
 
 
 def _filter_matrix(w: np.ndarray) -> np.ndarray:
@@ -179,16 +260,39 @@ def _filter_matrix(w: np.ndarray) -> np.ndarray:
 
 
 def basis_spectrum(kernel) -> np.ndarray:
-    """Squared singular values of ``H = W.reshape(kh*kw*C, N).T`` (uncentered)."""
+    """Squared singular values of the BasisConv filter matrix.
+
+    The filter matrix is ``H = W.reshape(kh*kw*C, N).T`` (one row per filter, uncentered).
+
+    Args:
+        kernel: a ``Conv2D`` kernel ``(kh, kw, C, N)``.
+
+    Returns:
+        A float64 array of ``min(kh*kw*C, N)`` energies, descending.
+
+    Raises:
+        ValueError: when ``kernel`` is not 4-D.
+    """
     return singular_energies(_filter_matrix(as_float64_kernel(kernel)))
 
 
 def basis_factors(kernel, rank: int) -> tuple[np.ndarray, np.ndarray]:
-    """Basis ``F (kh, kw, C, M)`` and combination ``B (1, 1, M, N)``.
+    """BasisConv factors: ``M`` basis filters and the combination weights.
 
     ``H = W.reshape(kh*kw*C, N).T = U S V^T``; basis filters are the first ``M`` right
     singular vectors, ``F = V[:, :M]``; weights ``B = F^T H^T`` (projection of each filter on
     the basis). Exact at ``M = rank(H)``.
+
+    Args:
+        kernel: a ``Conv2D`` kernel ``(kh, kw, C, N)``.
+        rank: the number ``M`` of basis filters.
+
+    Returns:
+        A tuple ``(F, B)``: the basis ``F (kh, kw, C, M)`` and the combination
+        ``B (1, 1, M, N)``.
+
+    Raises:
+        ValueError: when ``kernel`` is not 4-D.
     """
     w = as_float64_kernel(kernel)
     kh, kw, c, n = w.shape
@@ -199,18 +303,38 @@ def basis_factors(kernel, rank: int) -> tuple[np.ndarray, np.ndarray]:
     return basis.reshape(kh, kw, c, rank), comb.reshape(1, 1, rank, n)
 
 
-# --- SVD conv, channel and spatial (METHODS.md section 3) --------------------------------
+# --- SVD conv, channel and spatial (Sharma et al., arXiv 2401.08014) ---------------------
 
 
 def svd_channel_spectrum(kernel) -> np.ndarray:
-    """Squared singular values of ``W.reshape(kh*kw*C, N)``."""
+    """Squared singular values of the channel unfolding ``W.reshape(kh*kw*C, N)``.
+
+    Args:
+        kernel: a ``Conv2D`` kernel ``(kh, kw, C, N)``.
+
+    Returns:
+        A float64 array of ``min(kh*kw*C, N)`` energies, descending.
+
+    Raises:
+        ValueError: when ``kernel`` is not 4-D.
+    """
     return basis_spectrum(kernel)
 
 
 def svd_channel_factors(kernel, rank: int):
-    """``W.reshape(kh*kw*C, N) = U diag(s) V^T`` truncated to ``rank``.
+    """Channel SVD ``W.reshape(kh*kw*C, N) = U diag(s) V^T``, truncated to ``rank``.
 
-    Returns ``u (kh, kw, C, R)``, ``s (R,)``, ``v (1, 1, R, N)``.
+    ``U`` runs as a ``kh x kw`` conv ``C -> R`` and ``diag(s) V^T`` as a 1x1 conv ``R -> N``.
+
+    Args:
+        kernel: a ``Conv2D`` kernel ``(kh, kw, C, N)``.
+        rank: the rank ``R``.
+
+    Returns:
+        A tuple ``(u, s, v)``: ``u (kh, kw, C, R)``, ``s (R,)`` and ``v (1, 1, R, N)``.
+
+    Raises:
+        ValueError: when ``kernel`` is not 4-D.
     """
     w = as_float64_kernel(kernel)
     kh, kw, c, n = w.shape
@@ -229,15 +353,35 @@ def _spatial_matrix(w: np.ndarray) -> np.ndarray:
 
 
 def svd_spatial_spectrum(kernel) -> np.ndarray:
-    """Squared singular values of the ``(kh*C) x (kw*N)`` unfolding."""
+    """Squared singular values of the spatial unfolding ``(kh*C) x (kw*N)``.
+
+    The unfolding is ``M[(h, c), (w, n)] = W[h, w, c, n]``.
+
+    Args:
+        kernel: a ``Conv2D`` kernel ``(kh, kw, C, N)``.
+
+    Returns:
+        A float64 array of ``min(kh*C, kw*N)`` energies, descending.
+
+    Raises:
+        ValueError: when ``kernel`` is not 4-D.
+    """
     return singular_energies(_spatial_matrix(as_float64_kernel(kernel)))
 
 
 def svd_spatial_factors(kernel, rank: int):
-    """``(kh*C) x (kw*N)`` unfolding ``= U diag(s) V^T`` truncated to ``rank``.
+    """Spatial SVD: the ``(kh*C) x (kw*N)`` unfolding ``= U diag(s) V^T``, truncated.
 
-    Returns ``u (kh, 1, C, R)`` (a ``kh x 1`` conv), ``s (R,)`` and ``v (1, kw, R, N)``
-    (a ``1 x kw`` conv).
+    Args:
+        kernel: a ``Conv2D`` kernel ``(kh, kw, C, N)``.
+        rank: the rank ``R``.
+
+    Returns:
+        A tuple ``(u, s, v)``: ``u (kh, 1, C, R)`` (a ``kh x 1`` conv), ``s (R,)`` and
+        ``v (1, kw, R, N)`` (a ``1 x kw`` conv).
+
+    Raises:
+        ValueError: when ``kernel`` is not 4-D.
     """
     w = as_float64_kernel(kernel)
     kh, kw, c, n = w.shape

@@ -1,4 +1,4 @@
-"""Structured sparse convolution (SSC) patterns, in NumPy (METHODS.md section 5).
+"""Structured sparse convolution (SSC) patterns, in NumPy (Verma et al., arXiv 2210.12818).
 
 The exact SSC pattern of Verma et al. (WACV 2023) is not published; this is the documented
 generalization. ``C`` input channels and ``N`` filters are split into ``G`` groups
@@ -62,7 +62,34 @@ def _is_int(v) -> bool:
 
 @dataclass(frozen=True)
 class SSCPattern:
-    """A structured sparsity pattern; validated on creation (``ValueError`` saying what to do)."""
+    """A structured sparsity pattern of a ``(kh, kw, C, N)`` kernel.
+
+    The pattern is validated on creation. Index maps (``channel_perm``, ``filter_perm``,
+    ``kxk_index``, ``pointwise_index``, ``connections``) are computed once, on first use.
+
+    Attributes:
+        in_channels: ``C``, the number of input channels.
+        filters: ``N``, the number of filters.
+        kernel_size: ``(kh, kw)``.
+        groups: ``G``, the number of channel and filter groups; divides ``C`` and ``N``.
+        kernel_span: ``a``, the channel groups each filter group reaches with full
+            ``kh x kw`` kernels.
+        pointwise_span: ``b``, the next channel groups, reached with ``1 x 1`` kernels;
+            ``1 <= a + b <= G``.
+        layout: ``"contiguous"`` (groups are runs of channels) or ``"interleaved"`` (group =
+            index mod ``G``).
+        shift: the cyclic shift of the channel index before grouping, in ``[0, C)``.
+
+    Raises:
+        ValueError: when a field is out of range (the message says what to choose).
+
+    Example:
+
+    >>> p = SSCPattern(in_channels=8, filters=8, kernel_size=(3, 3), groups=4,
+    ...                kernel_span=1, pointwise_span=1)
+    >>> p.kernel_shape, p.pointwise_shape, p.num_weights
+    ((3, 3, 2, 8), (1, 1, 2, 8), 160)
+    """
 
     in_channels: int
     filters: int
@@ -101,10 +128,12 @@ class SSCPattern:
 
     @property
     def cg(self) -> int:
+        """``Cg = C/G``, the input channels per group."""
         return self.in_channels // self.groups
 
     @property
     def ng(self) -> int:
+        """``Ng = N/G``, the filters per group."""
         return self.filters // self.groups
 
     def _group_pos(self, index: np.ndarray, count: int):
@@ -172,11 +201,13 @@ class SSCPattern:
 
     @property
     def kernel_shape(self) -> tuple[int, int, int, int]:
+        """Shape of the compact ``kh x kw`` weights: ``(kh, kw, a*Cg, N)``."""
         kh, kw = self.kernel_size
         return (kh, kw, self.kernel_span * self.cg, self.filters)
 
     @property
     def pointwise_shape(self) -> tuple[int, int, int, int]:
+        """Shape of the compact 1x1 weights: ``(1, 1, b*Cg, N)``."""
         return (1, 1, self.pointwise_span * self.cg, self.filters)
 
     @property
@@ -191,9 +222,13 @@ class SSCPattern:
         return index[g * width + i], self.filter_perm[q]
 
     def dense_index_map(self) -> np.ndarray:
-        """``(kh, kw, C, N)`` int map into ``concat(kernel.ravel(), pointwise.ravel(), [0])``.
+        """Map of the dense kernel's entries into the flat compact weights.
 
-        ``take(flat, map)`` is the equivalent dense kernel (zeros where not connected).
+        ``take(flat, map)`` with ``flat = concat(kernel.ravel(), pointwise.ravel(), [0])`` is
+        the equivalent dense kernel (zeros where not connected).
+
+        Returns:
+            An int64 array ``(kh, kw, C, N)`` of indices into ``flat``.
         """
         kh, kw = self.kernel_size
         c, n = self.in_channels, self.filters
@@ -212,9 +247,18 @@ class SSCPattern:
         return out
 
     def full_pointwise_index_map(self, order: str = "natural") -> np.ndarray:
-        """``(1, 1, C, N)`` map into ``concat(pointwise_kernel.ravel(), [0])``: the 1x1 part
-        as ONE 1x1 conv over all ``C`` channels (zeros where not 1x1-connected), columns in
-        the natural filter order (``order="natural"``) or the grouped order (``"grouped"``)."""
+        """Map folding the 1x1 part into ONE 1x1 conv over all ``C`` channels.
+
+        The map indexes ``concat(pointwise_kernel.ravel(), [0])``: zeros where a pair is not
+        1x1-connected.
+
+        Args:
+            order: ``"natural"`` (columns in the natural filter order) or ``"grouped"`` (the
+                grouped filter order ``filter_perm``).
+
+        Returns:
+            An int64 array ``(1, 1, C, N)``.
+        """
         th, tw = self.tap
         nk, npw = math.prod(self.kernel_shape), math.prod(self.pointwise_shape)
         m = self.dense_index_map()[th, tw]
@@ -224,8 +268,21 @@ class SSCPattern:
         return m[None, None]
 
     def grouped_dense_index_map(self, part: str) -> np.ndarray:
-        """Map folding one part into a dense conv kernel over all ``C`` channels, outputs in
-        grouped filter order; only when that part reaches every channel group."""
+        """Map folding one part into a dense conv kernel over all ``C`` channels.
+
+        Only for a part that reaches every channel group; outputs are in the grouped filter
+        order ``filter_perm``.
+
+        Args:
+            part: ``"kernel"`` (the ``kh x kw`` part) or any other value for the 1x1 part.
+
+        Returns:
+            An int64 array ``(kh, kw, C, N)`` (``(1, 1, C, N)`` for the 1x1 part) of indices
+            into that part's flat weights.
+
+        Raises:
+            ValueError: when the part's span is not ``groups``.
+        """
         span = self.kernel_span if part == "kernel" else self.pointwise_span
         if span != self.groups:
             raise ValueError("grouped_dense_index_map needs a part that reaches every group.")
@@ -244,11 +301,19 @@ class SSCPattern:
 def channel_shuffle_plan(index) -> tuple[int, int, int]:
     """Write a static channel permutation ``y = x[..., index]`` as a roll and a transpose.
 
-    Returns ``(s, A, B)`` with ``index[j*A + i] = (i*B + j + s) % C`` (``C = A*B =
+    The plan ``(s, A, B)`` satisfies ``index[j*A + i] = (i*B + j + s) % C`` (``C = A*B =
     len(index)``): roll the channels by ``s`` (``concat(x[..., s:], x[..., :s])``), view them
     as ``(A, B)`` and transpose to ``(B, A)``. ``A = 1`` or ``B = 1`` is a pure roll,
-    ``s = 0`` too the identity. Raises ``ValueError`` when ``index`` is no such permutation
-    (then a general gather is needed).
+    ``s = 0`` too the identity.
+
+    Args:
+        index: a 1-D permutation of ``range(C)``.
+
+    Returns:
+        The plan ``(s, A, B)`` as ints.
+
+    Raises:
+        ValueError: when ``index`` is no such permutation (then a general gather is needed).
     """
     index = np.asarray(index)
     c = index.size
@@ -266,7 +331,16 @@ def channel_shuffle_plan(index) -> tuple[int, int, int]:
 
 
 def ssc_dense_kernel(pattern: SSCPattern, kernel, pointwise_kernel) -> np.ndarray:
-    """The equivalent dense ``(kh, kw, C, N)`` kernel of compact weights (zeros elsewhere)."""
+    """The equivalent dense kernel of compact SSC weights.
+
+    Args:
+        pattern: the ``SSCPattern``.
+        kernel: the compact ``kh x kw`` weights, ``pattern.kernel_shape``.
+        pointwise_kernel: the compact 1x1 weights, ``pattern.pointwise_shape``.
+
+    Returns:
+        The float64 kernel ``(kh, kw, C, N)``, zeros where not connected.
+    """
     k = np.asarray(kernel, np.float64).reshape(pattern.kernel_shape)
     p = np.asarray(pointwise_kernel, np.float64).reshape(pattern.pointwise_shape)
     flat = np.concatenate([k.ravel(), p.ravel(), [0.0]])
@@ -276,8 +350,20 @@ def ssc_dense_kernel(pattern: SSCPattern, kernel, pointwise_kernel) -> np.ndarra
 def ssc_project(kernel, pattern: SSCPattern) -> tuple[np.ndarray, np.ndarray]:
     """Orthogonal projection of a dense ``(kh, kw, C, N)`` kernel onto the pattern.
 
-    Returns the compact ``kernel`` and ``pointwise_kernel``: every connected entry is kept,
-    every other one dropped, which is the closest kernel (Frobenius) with that pattern.
+    Every connected entry is kept, every other one dropped, which is the closest kernel
+    (Frobenius) with that pattern.
+
+    Args:
+        kernel: a ``Conv2D`` kernel ``(kh, kw, C, N)``.
+        pattern: the ``SSCPattern`` (its ``kernel_size``, ``in_channels`` and ``filters``
+            must match the kernel).
+
+    Returns:
+        A tuple ``(kernel, pointwise_kernel)`` of the compact weights, shapes
+        ``pattern.kernel_shape`` and ``pattern.pointwise_shape``.
+
+    Raises:
+        ValueError: when the kernel's shape does not match the pattern.
     """
     w = as_float64_kernel(kernel)
     kh, kw, c, n = w.shape
@@ -311,6 +397,19 @@ def ssc_shift_energies(
     ``E[s] = sum_{c,n} full[c,n] M2[n, (c-s) % C] + tap[c,n] M1[n, (c-s) % C]`` with
     ``full = sum_hw W**2``, ``tap = W[tap]**2`` and ``M`` the shift-0 connection masks: a
     circular cross-correlation along the channel axis, computed with FFTs.
+
+    Args:
+        kernel: a ``Conv2D`` kernel ``(kh, kw, C, N)``.
+        groups: ``G`` of the pattern.
+        kernel_span: ``a`` of the pattern.
+        pointwise_span: ``b`` of the pattern.
+        layout: ``"contiguous"`` or ``"interleaved"``.
+
+    Returns:
+        A float64 array ``(C,)``: the kept energy ``E[s]`` for each shift ``s``.
+
+    Raises:
+        ValueError: when the pattern arguments are invalid for the kernel.
     """
     w = as_float64_kernel(kernel)
     kh, kw, c, n = w.shape
@@ -334,7 +433,23 @@ def ssc_best_shift(
     pointwise_span: int = 0,
     layout: str = "contiguous",
 ) -> int:
-    """The smallest ``shift`` whose projection keeps the most energy (ties within 1e-9)."""
+    """The smallest ``shift`` whose projection keeps the most energy.
+
+    Ties are taken within a relative ``1e-9`` of the best energy.
+
+    Args:
+        kernel: a ``Conv2D`` kernel ``(kh, kw, C, N)``.
+        groups: ``G`` of the pattern.
+        kernel_span: ``a`` of the pattern.
+        pointwise_span: ``b`` of the pattern.
+        layout: ``"contiguous"`` or ``"interleaved"``.
+
+    Returns:
+        The shift, an int in ``[0, C)``.
+
+    Raises:
+        ValueError: when the pattern arguments are invalid for the kernel.
+    """
     e = ssc_shift_energies(kernel, groups, kernel_span, pointwise_span, layout)
     return int(np.flatnonzero(e >= e.max() - 1e-9 * max(abs(e.max()), 1e-300))[0])
 
@@ -344,11 +459,25 @@ def center_tap_window(
 ) -> tuple[int, int, int, int]:
     """Where a 1x1 conv must read so that it equals the tap ``tap`` of a ``kernel``-wide conv.
 
-    Returns ``(pad_lo, pad_hi, start, end_trim)``: zero-pad the axis by ``pad_lo``/``pad_hi``,
-    then take ``x[start : padded_len - end_trim : stride]``. Output ``i`` of the wide conv
-    reads input ``i*stride - pad_before + tap*dilation``, ``pad_before`` being the wide
-    conv's ``"same"`` padding (TensorFlow puts the odd pixel after). With ``stride=1`` the
-    result does not depend on ``length``, which may then be ``None``.
+    Output ``i`` of the wide conv reads input ``i*stride - pad_before + tap*dilation``,
+    ``pad_before`` being the wide conv's ``"same"`` padding (TensorFlow puts the odd pixel
+    after). With ``stride=1`` the result does not depend on ``length``, which may then be
+    ``None``.
+
+    Args:
+        length: the input length along the axis, or ``None`` (only with ``stride=1``).
+        kernel: the wide conv's kernel size along the axis.
+        stride: its stride.
+        dilation: its dilation rate.
+        padding: ``"same"`` or ``"valid"``.
+        tap: the tap's position in the kernel window, in ``[0, kernel)``.
+
+    Returns:
+        ``(pad_lo, pad_hi, start, end_trim)``: zero-pad the axis by ``pad_lo``/``pad_hi``,
+        then take ``x[start : padded_len - end_trim : stride]``.
+
+    Raises:
+        ValueError: when ``length`` is ``None`` and ``stride > 1``.
     """
     if length is None:
         if stride != 1:

@@ -1,7 +1,7 @@
 """Tensor decompositions of the TT, Tucker-2 and CP layers (NumPy, float64).
 
-Conventions (``../shared/METHODS.md`` sections 4 and 6): a ``Conv2D`` kernel ``W`` has the
-Keras layout ``(kh, kw, C, N)``; a ``Dense`` kernel is ``(M, N)``. Mode factorizations are
+Conventions: a ``Conv2D`` kernel ``W`` has the Keras layout ``(kh, kw, C, N)`` (``C`` input
+channels, ``N`` filters); a ``Dense`` kernel is ``(M, N)``. Mode factorizations are
 C-order: ``c = (c1, ..., cd)`` with ``c1`` the most significant digit.
 
 - TT-SVD (Oseledets 2011) with fixed maximal ranks or a relative error bound ``eps``
@@ -54,10 +54,20 @@ __all__ = [
 
 
 def balanced_modes(n: int, d: int) -> tuple[int, ...]:
-    """Factor ``n`` into ``d`` modes as equal as possible (largest first; 1s if ``n`` has
-    fewer than ``d`` prime factors). ``prod(result) == n``.
+    """Factor ``n`` into ``d`` modes as equal as possible.
 
     Greedy: each prime factor, largest first, multiplies the currently smallest mode.
+
+    Args:
+        n: the number to factor, ``>= 1``.
+        d: the number of modes, ``>= 1``.
+
+    Returns:
+        A tuple of ``d`` ints, largest first, with ``prod(result) == n`` (1s if ``n`` has
+        fewer than ``d`` prime factors).
+
+    Raises:
+        ValueError: when ``n < 1`` or ``d < 1``.
     """
     n, d = int(n), int(d)
     if n < 1 or d < 1:
@@ -80,19 +90,41 @@ def balanced_modes(n: int, d: int) -> tuple[int, ...]:
 
 
 def tt_max_ranks(dims: Sequence[int]) -> list[int]:
-    """Full (exact) TT-ranks of a tensor of shape ``dims``: ``min(prod dims[:i], prod
-    dims[i:])`` for the ``d-1`` inner bonds."""
+    """Full (exact) TT-ranks of a tensor of shape ``dims``.
+
+    Inner bond ``i`` (``i = 1..d-1``) has the full rank ``min(prod dims[:i], prod dims[i:])``.
+
+    Args:
+        dims: the tensor's shape ``(n_1, ..., n_d)``.
+
+    Returns:
+        A list of the ``d-1`` inner TT-ranks.
+    """
     dims = [int(x) for x in dims]
     return [min(math.prod(dims[: i + 1]), math.prod(dims[i + 1 :])) for i in range(len(dims) - 1)]
 
 
 def tt_svd(tensor, ranks: Sequence[int] | None = None, eps: float | None = None) -> list:
-    """TT-SVD: cores ``G_i (r_{i-1}, n_i, r_i)``, ``r_0 = r_d = 1``, with
-    ``A[i1, ..., id] = G_1[:, i1] G_2[:, i2] ... G_d[:, id]``.
+    """TT-SVD (Oseledets 2011) of a tensor into tensor-train cores.
 
-    ``ranks`` caps the ``d-1`` inner ranks; ``eps`` truncates each SVD so the relative
-    Frobenius error is at most ``eps``; both may be given (the smaller rank wins). With
-    neither the decomposition is exact at the full ranks ``tt_max_ranks(shape)``.
+    Cores ``G_i (r_{i-1}, n_i, r_i)``, ``r_0 = r_d = 1``, with
+    ``A[i1, ..., id] = G_1[:, i1] G_2[:, i2] ... G_d[:, id]``. ``ranks`` caps the ``d-1``
+    inner ranks; ``eps`` truncates each SVD so the relative Frobenius error is at most
+    ``eps`` (each of the ``d-1`` truncations drops at most ``eps/sqrt(d-1) * ||A||``); both
+    may be given (the smaller rank wins). With neither the decomposition is exact at the
+    full ranks ``tt_max_ranks(shape)``.
+
+    Args:
+        tensor: array-like with at least 2 modes, shape ``(n_1, ..., n_d)``.
+        ranks: ``d-1`` ints capping the inner TT-ranks, or ``None``.
+        eps: relative Frobenius error bound, or ``None``.
+
+    Returns:
+        A list of ``d`` float64 cores ``(r_{i-1}, n_i, r_i)``.
+
+    Raises:
+        ValueError: when ``tensor`` has fewer than 2 modes, or ``ranks`` does not have
+            ``d-1`` entries.
     """
     a = np.asarray(tensor, dtype=np.float64)
     dims, d = a.shape, a.ndim
@@ -120,7 +152,14 @@ def tt_svd(tensor, ranks: Sequence[int] | None = None, eps: float | None = None)
 
 
 def tt_full(cores) -> np.ndarray:
-    """Rebuild the tensor from TT cores ``(r_{i-1}, n_i, r_i)``."""
+    """Rebuild a tensor from its TT cores.
+
+    Args:
+        cores: a list of cores ``(r_{i-1}, n_i, r_i)`` with ``r_0 = r_d = 1``.
+
+    Returns:
+        The float64 tensor of shape ``(n_1, ..., n_d)``.
+    """
     out = np.asarray(cores[0], dtype=np.float64)  # (1, n1, r1)
     dims = [out.shape[1]]
     for g in cores[1:]:
@@ -144,15 +183,37 @@ def _check_modes(total: int, modes: Sequence[int], what: str) -> tuple[int, ...]
 
 
 def tt_matrix_max_ranks(in_modes, out_modes) -> list[int]:
-    """Full TT-ranks ``r_1..r_{d-1}`` of an ``(M, N)`` TT-matrix with these modes."""
+    """Full TT-ranks ``r_1..r_{d-1}`` of an ``(M, N)`` TT-matrix with these modes.
+
+    Args:
+        in_modes: the factorization ``(m_1, ..., m_d)`` of ``M``.
+        out_modes: the factorization ``(n_1, ..., n_d)`` of ``N``.
+
+    Returns:
+        A list of the ``d-1`` inner TT-ranks.
+    """
     return tt_max_ranks([m * n for m, n in zip(in_modes, out_modes)])
 
 
 def tt_matrix_factors(matrix, in_modes, out_modes, ranks=None, eps=None) -> list:
-    """TT-matrix cores ``G_i (r_{i-1}, m_i, n_i, r_i)`` of ``W (M, N)`` by TT-SVD:
-    ``W[(i1..id), (j1..jd)] = G_1[:, i1, j1] ... G_d[:, id, jd]``.
+    """TT-matrix (TT-FC, Novikov et al. 2015) cores of a ``Dense`` kernel by TT-SVD.
 
-    ``ranks``: the ``d-1`` inner ranks (caps); ``eps``: relative error bound (``tt_svd``).
+    ``W[(i1..id), (j1..jd)] = G_1[:, i1, j1] ... G_d[:, id, jd]`` with cores
+    ``G_i (r_{i-1}, m_i, n_i, r_i)``, ``r_0 = r_d = 1``; exact at ``tt_matrix_max_ranks``.
+
+    Args:
+        matrix: the kernel ``W (M, N)``.
+        in_modes: factorization of ``M`` (C-order, ``i1`` the most significant digit).
+        out_modes: factorization of ``N``, the same length as ``in_modes``.
+        ranks: the ``d-1`` inner ranks (caps), or ``None``.
+        eps: relative Frobenius error bound (as in ``tt_svd``), or ``None``.
+
+    Returns:
+        A list of ``d`` float64 cores ``(r_{i-1}, m_i, n_i, r_i)``.
+
+    Raises:
+        ValueError: when ``matrix`` is not 2-D, a mode list is not a positive factorization
+            of its dimension, or the mode lists differ in length.
     """
     w = as_float64_kernel(matrix, ndim=2)
     in_modes = _check_modes(w.shape[0], in_modes, "input")
@@ -168,7 +229,14 @@ def tt_matrix_factors(matrix, in_modes, out_modes, ranks=None, eps=None) -> list
 
 
 def tt_matrix_full(cores) -> np.ndarray:
-    """``W (M, N)`` from TT-matrix cores ``(r_{i-1}, m_i, n_i, r_i)``."""
+    """Rebuild a ``Dense`` kernel ``W (M, N)`` from TT-matrix cores.
+
+    Args:
+        cores: a list of cores ``(r_{i-1}, m_i, n_i, r_i)``.
+
+    Returns:
+        The float64 matrix ``(prod m_i, prod n_i)``.
+    """
     in_modes = [g.shape[1] for g in cores]
     out_modes = [g.shape[2] for g in cores]
     d = len(cores)
@@ -182,18 +250,41 @@ def tt_matrix_full(cores) -> np.ndarray:
 
 
 def tt_conv_max_ranks(kernel_size, in_modes, out_modes) -> list[int]:
-    """Full TT-ranks ``r_0..r_{d-1}`` of a TT-conv kernel (``r_d = 1``)."""
+    """Full TT-ranks ``r_0..r_{d-1}`` of a TT-conv kernel (``r_d = 1``).
+
+    Args:
+        kernel_size: ``(kh, kw)``.
+        in_modes: the factorization ``(c_1, ..., c_d)`` of ``C``.
+        out_modes: the factorization ``(s_1, ..., s_d)`` of ``N``.
+
+    Returns:
+        A list of the ``d`` TT-ranks ``r_0..r_{d-1}``.
+    """
     kh, kw = kernel_size
     return tt_max_ranks([kh * kw] + [c * s for c, s in zip(in_modes, out_modes)])
 
 
 def tt_conv_factors(kernel, in_modes, out_modes, ranks=None, eps=None):
-    """TT-conv factors of ``W (kh, kw, C, N)``:
-    ``W[x, y, c, s] = G0[x, y, :] G1[:, c1, s1, :] ... Gd[:, cd, sd, :]``.
+    """TT-conv (Garipov et al. 2016) factors of a ``Conv2D`` kernel.
 
-    Returns ``(G0 (kh, kw, r0), [G_i (r_{i-1}, c_i, s_i, r_i)])`` with ``r_d = 1``, by
-    TT-SVD of the tensor with modes ``(kh*kw, c1*s1, ..., cd*sd)``; ``ranks`` are the caps
-    ``r_0..r_{d-1}``; exact at ``tt_conv_max_ranks``.
+    ``W[x, y, c, s] = G0[x, y, :] G1[:, c1, s1, :] ... Gd[:, cd, sd, :]``: one spatial core
+    shared by all channels, by TT-SVD of the tensor with modes
+    ``(kh*kw, c1*s1, ..., cd*sd)``; exact at ``tt_conv_max_ranks``.
+
+    Args:
+        kernel: a ``Conv2D`` kernel ``(kh, kw, C, N)``.
+        in_modes: factorization of ``C`` (C-order, ``c1`` the most significant digit).
+        out_modes: factorization of ``N``, the same length as ``in_modes``.
+        ranks: the ``d`` caps ``r_0..r_{d-1}``, or ``None``.
+        eps: relative Frobenius error bound (as in ``tt_svd``), or ``None``.
+
+    Returns:
+        A tuple ``(G0, cores)``: the spatial core ``G0 (kh, kw, r0)`` and the list of cores
+        ``G_i (r_{i-1}, c_i, s_i, r_i)``, ``r_d = 1``.
+
+    Raises:
+        ValueError: when ``kernel`` is not 4-D, a mode list is not a positive factorization
+            of its dimension, or the mode lists differ in length.
     """
     w = as_float64_kernel(kernel)
     kh, kw, c, n = w.shape
@@ -214,7 +305,15 @@ def tt_conv_factors(kernel, in_modes, out_modes, ranks=None, eps=None):
 
 
 def tt_conv_full(spatial, cores) -> np.ndarray:
-    """``W (kh, kw, C, N)`` from TT-conv factors ``G0 (kh, kw, r0)``, ``G_i``."""
+    """Rebuild a ``Conv2D`` kernel from TT-conv factors.
+
+    Args:
+        spatial: the spatial core ``G0 (kh, kw, r0)``.
+        cores: the list of cores ``G_i (r_{i-1}, c_i, s_i, r_i)``.
+
+    Returns:
+        The float64 kernel ``W (kh, kw, C, N)``.
+    """
     spatial = np.asarray(spatial, dtype=np.float64)
     kh, kw, r0 = spatial.shape
     in_modes = [g.shape[1] for g in cores]
@@ -230,13 +329,33 @@ def tt_conv_full(spatial, cores) -> np.ndarray:
 
 
 def tt_naive_conv_factors(kernel, ranks=None, eps=None) -> list:
-    """The "naive" TT of ``W (kh, kw, C, N)`` with modes ``(kh, kw, C, N)``: cores
-    ``(1, kh, r1), (r1, kw, r2), (r2, C, r3), (r3, N, 1)`` (the baseline of Garipov et al.)."""
+    """The "naive" TT of a ``Conv2D`` kernel with modes ``(kh, kw, C, N)``.
+
+    The baseline of Garipov et al.: plain TT-SVD of the 4-D kernel.
+
+    Args:
+        kernel: a ``Conv2D`` kernel ``(kh, kw, C, N)``.
+        ranks: the 3 caps ``(r1, r2, r3)``, or ``None``.
+        eps: relative Frobenius error bound (as in ``tt_svd``), or ``None``.
+
+    Returns:
+        A list of 4 cores ``(1, kh, r1), (r1, kw, r2), (r2, C, r3), (r3, N, 1)``.
+
+    Raises:
+        ValueError: when ``kernel`` is not 4-D, or ``ranks`` does not have 3 entries.
+    """
     return tt_svd(as_float64_kernel(kernel), ranks=ranks, eps=eps)
 
 
 def tt_naive_conv_full(cores) -> np.ndarray:
-    """``W (kh, kw, C, N)`` from naive TT cores."""
+    """Rebuild a ``Conv2D`` kernel from naive TT cores.
+
+    Args:
+        cores: the 4 cores of ``tt_naive_conv_factors``.
+
+    Returns:
+        The float64 kernel ``W (kh, kw, C, N)``.
+    """
     return tt_full(cores)
 
 
@@ -252,18 +371,39 @@ def _unfoldings(w: np.ndarray):
 
 
 def tucker2_spectra(kernel) -> tuple[np.ndarray, np.ndarray]:
-    """Squared singular values of the input-channel and filter unfoldings of ``W``."""
+    """Squared singular values of the two channel unfoldings of a ``Conv2D`` kernel.
+
+    Args:
+        kernel: a ``Conv2D`` kernel ``(kh, kw, C, N)``.
+
+    Returns:
+        A tuple ``(s_in, s_out)``: the energies (descending) of the input-channel unfolding
+        ``(C, kh*kw*N)`` and of the filter unfolding ``(N, kh*kw*C)``.
+
+    Raises:
+        ValueError: when ``kernel`` is not 4-D.
+    """
     a, b = _unfoldings(as_float64_kernel(kernel))
     return singular_energies(a), singular_energies(b)
 
 
 def tucker2_factors(kernel, ranks) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Tucker-2 by HOSVD: ``W[x, y, c, n] = sum U[c, a] G[x, y, a, b] V[n, b]`` with ``U``,
-    ``V`` the leading left singular vectors of the channel unfoldings and
-    ``G = W x_3 U^T x_4 V^T``.
+    """Tucker-2 (Kim et al. 2016) of a ``Conv2D`` kernel by HOSVD.
 
-    Returns the conv kernels ``first (1, 1, C, R1)``, ``core (kh, kw, R1, R2)``,
-    ``last (1, 1, R2, N)``; exact when ``R1``, ``R2`` reach the unfoldings' ranks.
+    ``W[x, y, c, n] = sum U[c, a] G[x, y, a, b] V[n, b]`` with ``U``, ``V`` the leading left
+    singular vectors of the channel unfoldings and ``G = W x_3 U^T x_4 V^T`` (closed form;
+    exact when ``R1``, ``R2`` reach the unfoldings' ranks).
+
+    Args:
+        kernel: a ``Conv2D`` kernel ``(kh, kw, C, N)``.
+        ranks: an int (``R1 = R2``) or a pair ``(R1, R2)``.
+
+    Returns:
+        A tuple of conv kernels ``(first, core, last)``: ``first (1, 1, C, R1)``,
+        ``core (kh, kw, R1, R2)`` and ``last (1, 1, R2, N)``.
+
+    Raises:
+        ValueError: when ``kernel`` is not 4-D.
     """
     w = as_float64_kernel(kernel)
     r1, r2 = (int(ranks), int(ranks)) if np.isscalar(ranks) else (int(x) for x in ranks)
@@ -276,7 +416,16 @@ def tucker2_factors(kernel, ranks) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def tucker2_full(first, core, last) -> np.ndarray:
-    """``W (kh, kw, C, N)`` from Tucker-2 conv kernels."""
+    """Rebuild a ``Conv2D`` kernel from Tucker-2 conv kernels.
+
+    Args:
+        first: the 1x1 kernel ``(1, 1, C, R1)``.
+        core: the ``kh x kw`` kernel ``(kh, kw, R1, R2)``.
+        last: the 1x1 kernel ``(1, 1, R2, N)``.
+
+    Returns:
+        The kernel ``W (kh, kw, C, N)``.
+    """
     return np.einsum("ca,xyab,bn->xycn", first[0, 0], core, last[0, 0])
 
 
@@ -284,7 +433,14 @@ def tucker2_full(first, core, last) -> np.ndarray:
 
 
 def cp_max_rank(kernel_shape) -> int:
-    """A CP rank that always suffices for ``(kh, kw, C, N)``: ``kh*kw*min(C, N)``."""
+    """A CP rank that always suffices for a kernel of this shape: ``kh*kw*min(C, N)``.
+
+    Args:
+        kernel_shape: ``(kh, kw, C, N)``.
+
+    Returns:
+        The rank as an int.
+    """
     kh, kw, c, n = kernel_shape
     return int(kh * kw * min(c, n))
 
@@ -310,13 +466,28 @@ def _cp_exact(w: np.ndarray):
 
 
 def cp_factors(kernel, rank: int, n_iter_max: int = 300, tol: float = 1e-10, seed: int = 0):
-    """CP ``W[x, y, c, n] = sum_r Kx[x, r] Ky[y, r] Kc[c, r] Kn[n, r]`` as conv kernels.
+    """CP (Lebedev et al. 2015) of a ``Conv2D`` kernel, as conv kernels.
 
-    Returns ``first (1, 1, C, R)``, ``vertical (kh, 1, R, 1)``, ``horizontal (1, kw, R, 1)``
-    (depthwise kernels), ``last (1, 1, R, N)`` and the relative error. At
-    ``rank >= cp_max_rank`` the exact construction is used (padded with zero terms);
-    below it, TensorLy's ``parafac`` (ALS, SVD init, ``seed``). CP is not exact in general:
-    check the returned error.
+    ``W[x, y, c, n] = sum_r Kx[x, r] Ky[y, r] Kc[c, r] Kn[n, r]``. At
+    ``rank >= cp_max_rank`` an exact construction is used (one term per ``(x, y, c)``, or
+    per ``(x, y, n)`` when ``N < C``, padded with zero terms); below it, TensorLy's
+    ``parafac`` (ALS, SVD init, ``seed``), with the weights spread evenly over the four
+    factors. CP is not exact in general: check the returned error.
+
+    Args:
+        kernel: a ``Conv2D`` kernel ``(kh, kw, C, N)``.
+        rank: the CP rank ``R >= 1``.
+        n_iter_max: the maximal number of ALS iterations.
+        tol: the ALS convergence tolerance.
+        seed: the random state of ``parafac``.
+
+    Returns:
+        A tuple ``(first, vertical, horizontal, last, error)``: ``first (1, 1, C, R)``,
+        the depthwise kernels ``vertical (kh, 1, R, 1)`` and ``horizontal (1, kw, R, 1)``,
+        ``last (1, 1, R, N)`` and the relative Frobenius error of the rebuilt kernel.
+
+    Raises:
+        ValueError: when ``kernel`` is not 4-D or ``rank < 1``.
     """
     w = as_float64_kernel(kernel)
     kh, kw, c, n = w.shape
@@ -357,7 +528,17 @@ def cp_factors(kernel, rank: int, n_iter_max: int = 300, tol: float = 1e-10, see
 
 
 def cp_full(first, vertical, horizontal, last) -> np.ndarray:
-    """``W (kh, kw, C, N)`` from the CP conv kernels."""
+    """Rebuild a ``Conv2D`` kernel from the CP conv kernels.
+
+    Args:
+        first: the 1x1 kernel ``(1, 1, C, R)``.
+        vertical: the depthwise kernel ``(kh, 1, R, 1)``.
+        horizontal: the depthwise kernel ``(1, kw, R, 1)``.
+        last: the 1x1 kernel ``(1, 1, R, N)``.
+
+    Returns:
+        The kernel ``W (kh, kw, C, N)``.
+    """
     return np.einsum(
         "cr,xr,yr,rn->xycn", first[0, 0], vertical[:, 0, :, 0], horizontal[0, :, :, 0], last[0, 0]
     )
@@ -393,9 +574,17 @@ def vbmf_rank(matrix) -> int:
     The analytic global solution of Nakajima, Sugiyama, Babacan and Tomioka (JMLR 2013) with
     the noise variance ``sigma^2`` estimated by minimizing the free energy (bounded scalar
     search); a singular value survives when ``s > sqrt(M sigma^2 (1 + tau)(1 + alpha / tau))``
-    with ``alpha = L/M`` (``L <= M``) and ``tau = 2.5129 sqrt(alpha)``. Returns the number of
-    surviving components (0 for pure noise). Kim et al. 2016 apply it to the two channel
-    unfoldings of a conv kernel to pick Tucker-2 ranks.
+    with ``alpha = L/M`` (``L <= M``) and ``tau = 2.5129 sqrt(alpha)``. Kim et al. 2016 apply
+    it to the two channel unfoldings of a conv kernel to pick Tucker-2 ranks.
+
+    Args:
+        matrix: a finite 2-D array ``(L, M)`` (either orientation).
+
+    Returns:
+        The number of surviving components (0 for pure noise).
+
+    Raises:
+        ValueError: when ``matrix`` is not a finite, non-empty 2-D array.
     """
     from scipy.optimize import minimize_scalar
 
@@ -433,6 +622,18 @@ def vbmf_rank(matrix) -> int:
 
 
 def energy_ranks_tucker2(kernel, energy: float) -> tuple[int, int]:
-    """``(R1, R2)``: the smallest ranks keeping ``energy`` of each channel unfolding."""
+    """Tucker-2 ranks that keep a share of each channel unfolding's energy.
+
+    Args:
+        kernel: a ``Conv2D`` kernel ``(kh, kw, C, N)``.
+        energy: the share of each unfolding's squared Frobenius norm to keep, in ``(0, 1]``.
+
+    Returns:
+        ``(R1, R2)``: the smallest ranks keeping ``energy`` of the input-channel and of the
+        filter unfolding.
+
+    Raises:
+        ValueError: when ``kernel`` is not 4-D or ``energy`` is not in ``(0, 1]``.
+    """
     s_in, s_out = tucker2_spectra(kernel)
     return energy_rank(s_in, energy), energy_rank(s_out, energy)

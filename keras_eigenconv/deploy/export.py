@@ -46,7 +46,23 @@ __all__ = ["ExportReport", "check_tflite", "export_tflite"]
 
 @dataclass
 class ExportReport:
-    """Figures of one export: the file, its ops, and the self-check against Keras."""
+    """Figures of one export: the file, its ops, and the self-check against Keras.
+
+    Attributes:
+        path: The ``.tflite`` file written.
+        quantize: The quantization mode: ``None`` (float32), ``"float16"``, ``"dynamic"``
+            or ``"int8"``.
+        size_bytes: The file's size in bytes.
+        ops: The names of the ops in the file, in execution order.
+        num_samples: The number of inputs of the self-check.
+        max_abs_error: The max abs error of the ``.tflite`` outputs against Keras.
+        output_scale: The max ``|y|`` of the Keras outputs.
+        top1_agreement: The share of samples whose argmax over the last axis agree (when
+            that axis has more than one entry).
+        tflite_accuracy: The ``.tflite`` model's accuracy on ``labels``, when given.
+        keras_accuracy: The Keras model's accuracy on ``labels``, when given.
+        prepare: ``PrepareReport.to_dict()`` of the inference rewrite, when it ran.
+    """
 
     path: str
     quantize: str | None
@@ -154,9 +170,25 @@ def check_tflite(
 ) -> dict[str, Any]:
     """Compare a ``.tflite`` model with the Keras ``model`` on inputs ``x``.
 
-    Returns ``max_abs_error`` and ``output_scale`` (max ``|y|`` of Keras), ``top1_agreement``
-    (share of samples whose argmax over the last axis agree; when that axis has > 1 entry)
-    and, with ``labels``, ``tflite_accuracy`` and ``keras_accuracy``.
+    The ``.tflite`` model runs in ``ai_edge_litert``, batch 1 per sample; each Keras output
+    is matched with a LiteRT output of the same shape (their order may differ).
+
+    Args:
+        model: The Keras model.
+        content_or_path: The ``.tflite`` flatbuffer (bytes) or the path of a ``.tflite``
+            file.
+        x: Float inputs of shape ``(N, ...)``.
+        labels: Class labels of ``x``, or None.
+        num_threads: The interpreter's thread count.
+
+    Returns:
+        A dict of ``num_samples``, ``max_abs_error`` and ``output_scale`` (max ``|y|`` of
+        Keras), ``top1_agreement`` (share of samples whose argmax over the last axis agree;
+        when that axis has > 1 entry) and, with ``labels``, ``tflite_accuracy`` and
+        ``keras_accuracy``.
+
+    Raises:
+        ValueError: When a Keras output has no LiteRT output of the same shape.
     """
     ref = [np.asarray(v) for v in keras.tree.flatten(model(x, training=False))]
     got = run_tflite(content_or_path, x, num_threads)
@@ -207,13 +239,45 @@ def export_tflite(
 ) -> ExportReport:
     """Write ``model`` as a LiteRT ``.tflite`` file (built-in ops only) and check it.
 
-    ``quantize``: ``None`` (float32), ``"float16"``, ``"dynamic"`` or ``"int8"`` (full
-    integer: needs ``representative_data``, of which ``num_calibration_steps`` samples are
-    used, batch 1 each). ``prepare`` applies ``prepare_for_inference(model, strategy=...,
-    num_threads=..., quantize=...)`` first (the user's model is not changed). The self-check
-    runs the file on ``check_data`` (else the first ``num_check_samples`` representative
-    samples, else uniform [0, 1) inputs; ``labels`` align with ``check_data``). Returns an
-    ``ExportReport``; printed when ``verbose``.
+    The conversion allows ``TFLITE_BUILTINS`` only (no Flex / Select TF ops); a model that
+    needs other ops fails with a ``ValueError`` naming the op and the layer scope. The
+    self-check (``check_tflite``) runs the file against the original Keras model.
+
+    Args:
+        model: A single-input ``keras.Model`` with known inputs.
+        path: The ``.tflite`` file to write (its folder is created).
+        quantize: ``None`` (float32); ``"float16"`` (float16 weights, float32 compute and
+            I/O); ``"dynamic"`` (int8 weights, activations quantized on the fly, float32
+            I/O); or ``"int8"`` (full integer, ``TFLITE_BUILTINS_INT8``, int8 input and
+            output tensors; needs ``representative_data``).
+        representative_data: Typical inputs to calibrate int8 on: an array, a list of
+            arrays, a ``tf.data.Dataset``, an iterable (of ``x`` or ``(x, y)``) or a function
+            returning one of these.
+        num_calibration_steps: The number of representative samples used, batch 1 each.
+        check_data: The inputs of the self-check, in the same forms as
+            ``representative_data``.
+        labels: Class labels aligned with ``check_data``; the check then reports the
+            accuracy of both models.
+        num_check_samples: Without ``check_data``, the number of check inputs: the first
+            representative samples, else uniform [0, 1) inputs.
+        prepare: Apply ``prepare_for_inference(model, strategy=..., num_threads=...,
+            quantize=...)`` first (the user's model is not changed).
+        strategy: ``prepare_for_inference``'s ``strategy``: ``"measure"`` or
+            ``"cost_model"``.
+        num_threads: The thread count for the rewrite's timing and the self-check.
+        cache_path: ``prepare_for_inference``'s timing cache.
+        check: Run the self-check.
+        verbose: Print the rewrite's report and the ``ExportReport``.
+
+    Returns:
+        The ``ExportReport``.
+
+    Raises:
+        ValueError: When ``quantize`` is unknown; ``model`` is not a ``keras.Model``, has no
+            known inputs or more than one; ``"int8"`` has no
+            ``representative_data``; ``labels`` come without ``check_data`` or do not match
+            it in length; data do not fit the model's input shape; or the converted model
+            needs non-built-in ops.
     """
     if quantize not in QUANTIZE_MODES:
         raise ValueError(

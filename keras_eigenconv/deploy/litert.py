@@ -24,14 +24,30 @@ QUANTIZE_MODES = (None, "float16", "dynamic", "int8")
 
 
 def convert_model(converter) -> bytes:
-    """``converter.convert()``, the converter's prints kept off the user's stdout."""
+    """Run ``converter.convert()`` with the converter's prints kept off the user's stdout.
+
+    Args:
+        converter: A ``tf.lite.TFLiteConverter`` (e.g. from ``tflite_converter``).
+
+    Returns:
+        The ``.tflite`` flatbuffer.
+    """
     # the TF converter prints the traced signature to stdout; keep the user's stdout clean
     with contextlib.redirect_stdout(io.StringIO()):
         return converter.convert()
 
 
 def random_representative(shape, steps: int = 4):
-    """A representative-data generator function of ``steps`` uniform [0, 1) batches."""
+    """Make a representative-data generator function of random batches.
+
+    Args:
+        shape: The shape of each batch, batch axis included.
+        steps: The number of batches, each uniform in [0, 1) (float32, seed 0).
+
+    Returns:
+        A generator function yielding ``[batch]`` ``steps`` times, as
+        ``TFLiteConverter.representative_dataset`` expects.
+    """
     rng = np.random.default_rng(0)
 
     def gen():
@@ -42,10 +58,17 @@ def random_representative(shape, steps: int = 4):
 
 
 def tflite_converter(model, quantize: str | None, representative=None, int8_io: bool = False):
-    """A ``TFLiteConverter`` for ``model`` with built-in ops only, set up for ``quantize``
-    (``None``, ``"float16"``, ``"dynamic"`` or ``"int8"``; int8 needs ``representative``, a
-    generator function of calibration batches; ``int8_io`` makes the input and output tensors
-    int8 too)."""
+    """Make a ``TFLiteConverter`` for ``model`` with built-in ops only.
+
+    Args:
+        model: The Keras model to convert.
+        quantize: ``None``, ``"float16"``, ``"dynamic"`` or ``"int8"``.
+        representative: A generator function of calibration batches; int8 needs it.
+        int8_io: Make the input and output tensors int8 too (int8 only).
+
+    Returns:
+        The ``tf.lite.TFLiteConverter``, set up for ``quantize``.
+    """
     import tensorflow as tf
 
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
@@ -64,7 +87,17 @@ def tflite_converter(model, quantize: str | None, representative=None, int8_io: 
 
 
 def make_interpreter(content: bytes, num_threads: int):
-    """An allocated ``ai_edge_litert`` interpreter of ``content`` with random inputs set."""
+    """Make an allocated ``ai_edge_litert`` interpreter with random inputs set.
+
+    Float inputs are uniform in [0, 1), integer inputs uniform in [-128, 127) (seed 0).
+
+    Args:
+        content: The ``.tflite`` flatbuffer.
+        num_threads: The interpreter's thread count.
+
+    Returns:
+        The ``ai_edge_litert.interpreter.Interpreter``, ready to ``invoke``.
+    """
     from ai_edge_litert.interpreter import Interpreter
 
     it = Interpreter(model_content=content, num_threads=num_threads)
@@ -80,7 +113,14 @@ def make_interpreter(content: bytes, num_threads: int):
 
 
 def tflite_ops(content: bytes) -> list[str]:
-    """Names of the ops in a ``.tflite`` flatbuffer (in execution order, no delegate)."""
+    """List the ops of a ``.tflite`` flatbuffer.
+
+    Args:
+        content: The ``.tflite`` flatbuffer.
+
+    Returns:
+        The names of its ops, in execution order, without any delegate.
+    """
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     it = Interpreter(
@@ -91,10 +131,18 @@ def tflite_ops(content: bytes) -> list[str]:
 
 
 def run_tflite(content_or_path, x: np.ndarray, num_threads: int = 2) -> list[np.ndarray]:
-    """Run a ``.tflite`` model sample by sample (batch 1) on float inputs ``x`` (N, ...).
+    """Run a ``.tflite`` model sample by sample (batch 1) on float inputs.
 
     Quantized input/output tensors are (de)quantized with their scale and zero point.
-    Returns the outputs, each stacked to ``(N, ...)``, in the interpreter's output order.
+
+    Args:
+        content_or_path: The ``.tflite`` flatbuffer (bytes) or the path of a ``.tflite``
+            file.
+        x: Float inputs of shape ``(N, ...)``.
+        num_threads: The interpreter's thread count.
+
+    Returns:
+        The outputs, each stacked to ``(N, ...)``, in the interpreter's output order.
     """
     from ai_edge_litert.interpreter import Interpreter
 

@@ -132,10 +132,10 @@ def _tile_depthwise(layers: list) -> list | None:
 
 
 def candidate_arrangements(layer: CompressedLayer) -> dict[str, list]:
-    """The equivalent plain-Keras arrangements of a compressed layer, by name.
+    """List the equivalent plain-Keras arrangements of a compressed layer, by name.
 
     Args:
-        layer: a built ``CompressedLayer`` that has been called (its input shape is known).
+        layer: A built ``CompressedLayer`` that has been called (its input shape is known).
 
     Returns:
         ``{name: [built layers, weights set]}``: ``"factorized"`` from
@@ -184,9 +184,23 @@ def _foldable_into(layer) -> bool:
 
 
 def fold_batchnorm(layer, bn):
-    """A new built copy of ``layer`` (``Conv2D``, ``DepthwiseConv2D`` or ``Dense``, linear
-    activation) with the inference-mode ``bn`` that follows it folded in:
-    ``W' = W * s`` per output channel, ``b' = (b - mean) * s + beta``."""
+    """Fold an inference-mode BatchNormalization into the layer before it.
+
+    With ``s = gamma / sqrt(var + eps)``: ``W' = W * s`` per output channel and
+    ``b' = (b - mean) * s + beta``.
+
+    Args:
+        layer: A built ``Conv2D``, ``DepthwiseConv2D`` or ``Dense`` layer with a linear
+            activation.
+        bn: The built ``BatchNormalization`` that follows ``layer``.
+
+    Returns:
+        A new built copy of ``layer`` (with a bias) with ``bn`` folded in.
+
+    Raises:
+        ValueError: When ``layer`` is not a ``Conv2D``, ``DepthwiseConv2D`` or ``Dense``
+            with a linear activation.
+    """
     if not _foldable_into(layer):
         raise ValueError(
             f"fold_batchnorm: cannot fold BatchNormalization '{bn.name}' into "
@@ -258,8 +272,16 @@ def _fold_into_last(layers: list, bn) -> list:
 
 @dataclass
 class PrepareReport:
-    """What ``prepare_for_inference`` did: one row per compressed layer (its input shape,
-    candidate times in seconds, the choice), BatchNorms folded, layers dropped."""
+    """What ``prepare_for_inference`` did.
+
+    Attributes:
+        strategy: ``"measure"`` or ``"cost_model"``.
+        rows: One dict per compressed layer: ``name``, ``type``, ``input_shape`` (as judged,
+            batch 1), ``times`` (candidate times in seconds, by arrangement) and ``choice``.
+        folded_batchnorms: The names of the BatchNorms folded into the layer before them.
+        dropped: The names of the training-only layers dropped.
+        measured: The number of candidates timed with LiteRT (not found in the cache).
+    """
 
     strategy: str
     rows: list[dict] = field(default_factory=list)
@@ -299,15 +321,36 @@ def prepare_for_inference(
     return_report: bool = False,
     verbose: bool = False,
 ):
-    """A new model equal to ``model`` in inference, rewritten for LiteRT speed.
+    """Rewrite a model into its fastest equivalent inference graph for LiteRT.
 
-    Compressed layers become their fastest plain-Keras arrangement (``strategy="measure"``:
-    LiteRT timing with a JSON cache; ``"cost_model"``: ``CostModel.from_cache``), BatchNorms
-    fold into the conv before them, training-only layers drop out. ``quantize`` (``None``,
-    ``"float16"``, ``"dynamic"``, ``"int8"``) is the mode the candidates are timed in.
-    Layers with unknown spatial input dims are judged at ``nominal_hw``. With ``check``, the
-    outputs of both models on a random batch must agree to ``1e-4`` relative to their scale.
-    Returns the model, or ``(model, PrepareReport)`` with ``return_report``.
+    The new model equals ``model`` in inference (the user's model is left untouched).
+    Compressed layers become their fastest plain-Keras arrangement (see
+    ``candidate_arrangements`` and the module docstring), BatchNorms fold into the conv
+    before them, training-only layers drop out.
+
+    Args:
+        model: A built functional or Sequential ``keras.Model``.
+        strategy: How the arrangement is chosen: ``"measure"`` (LiteRT timing, batch 1,
+            with a JSON cache) or ``"cost_model"`` (no timing: ``CostModel.from_cache``).
+        num_threads: The LiteRT (XNNPACK) threads the candidates are timed with.
+        quantize: The mode the candidates are timed in: ``None``, ``"float16"``,
+            ``"dynamic"`` or ``"int8"``.
+        cache_path: The timing cache (``$KERAS_EIGENCONV_TIMING_CACHE`` or
+            ``~/.cache/keras_eigenconv/litert_timings.json`` when None).
+        nominal_hw: The ``(height, width)`` at which layers with unknown spatial input dims
+            are judged.
+        check: Check that the outputs of both models on a random batch agree to ``1e-4``
+            relative to their scale.
+        return_report: Also return a ``PrepareReport``.
+        verbose: Print each layer's candidate times and choice.
+
+    Returns:
+        The new model, or ``(model, PrepareReport)`` with ``return_report``.
+
+    Raises:
+        ValueError: When ``strategy`` is unknown, ``model`` is not a built functional or
+            Sequential ``keras.Model``, or a compressed layer in it was never called.
+        RuntimeError: When ``check`` finds that the rewritten model's outputs differ.
     """
     if strategy not in STRATEGIES:
         raise ValueError(
@@ -422,7 +465,8 @@ def _build_shape(layer):
         return (None, int(layer.kernel.shape[0]))
     if isinstance(layer, keras.layers.DepthwiseConv2D):
         return (None, None, None, int(layer.kernel.shape[2]))
-    return (None, None, None, int(layer.kernel.shape[2]) * getattr(layer, "groups", 1))
+    groups = layer.groups if isinstance(layer, keras.layers.Conv2D) else 1
+    return (None, None, None, int(layer.kernel.shape[2]) * groups)
 
 
 def _check_equal(model, new_model, nominal_hw) -> None:

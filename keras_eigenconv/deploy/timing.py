@@ -44,7 +44,12 @@ CACHE_ENV = "KERAS_EIGENCONV_TIMING_CACHE"
 
 
 def default_cache_path() -> Path:
-    """``$KERAS_EIGENCONV_TIMING_CACHE`` or ``~/.cache/keras_eigenconv/litert_timings.json``."""
+    """Locate the LiteRT timing cache.
+
+    Returns:
+        ``$KERAS_EIGENCONV_TIMING_CACHE`` when set, else
+        ``~/.cache/keras_eigenconv/litert_timings.json``.
+    """
     env = os.environ.get(CACHE_ENV)
     if env:
         return Path(env)
@@ -119,17 +124,18 @@ def interleaved_samples(
     calls_per_round: int | dict[str, int] | None = None,
     min_round_s: float = 0.02,
 ) -> dict[str, list[float]]:
-    """Seconds per call of each zero-argument callable, one sample per interleaved round.
+    """Time zero-argument callables in interleaved rounds, one sample per round.
 
     Every round runs each callable ``n`` times in turn, so machine load hits all alike.
 
     Args:
         invokers: ``{name: fn}``.
-        rounds: the number of rounds (samples per callable).
-        warmup: untimed calls of each callable first.
+        rounds: The number of rounds (samples per callable).
+        warmup: Untimed calls of each callable first.
         calls_per_round: ``n`` (one int for all, or per name); ``None`` sizes ``n`` per
             callable so a round takes about ``min_round_s``.
-        min_round_s: see ``calls_per_round``.
+        min_round_s: The seconds a round of one callable should take when
+            ``calls_per_round`` is None.
 
     Returns:
         ``{name: [seconds per call in each round]}``.
@@ -161,7 +167,19 @@ def interleaved_samples(
 def time_interleaved(
     invokers: dict[str, Any], rounds: int = 7, min_round_s: float = 0.02, warmup: int = 2
 ) -> dict[str, float]:
-    """Median seconds per call of each zero-argument callable (``interleaved_samples``)."""
+    """Time zero-argument callables, interleaved, as median seconds per call.
+
+    Each callable runs about ``min_round_s`` per round (see ``interleaved_samples``).
+
+    Args:
+        invokers: ``{name: fn}``.
+        rounds: The number of rounds (samples per callable).
+        min_round_s: The seconds a round of one callable should take.
+        warmup: Untimed calls of each callable first.
+
+    Returns:
+        ``{name: median seconds per call}``.
+    """
     samples = interleaved_samples(invokers, rounds, warmup, None, min_round_s)
     return {name: statistics.median(v) for name, v in samples.items()}
 
@@ -170,8 +188,17 @@ class LiteRTTimer:
     """Times arrangements of layers in LiteRT on this machine, with a JSON cache.
 
     ``time(candidates, input_shape)`` returns median seconds per call of each candidate
-    (a list of layers) on a batch-1 input; entries are cached by ops, shapes, threads and
-    quantization, with their op features (for ``CostModel.from_cache``).
+    (a list of layers, converted alone to ``.tflite``) on a batch-1 input; entries are cached
+    by ops, shapes, threads, quantization and LiteRT version, with their op features (for
+    ``CostModel.from_cache``). A candidate that fails to convert (e.g. it needs a
+    non-built-in op) times as infinity, so it is never the choice.
+
+    Args:
+        cache_path: The JSON cache file; ``default_cache_path()`` when None.
+        num_threads: The interpreter's thread count.
+        quantize: The quantization mode candidates are converted in: ``None``,
+            ``"float16"``, ``"dynamic"`` or ``"int8"``.
+        rounds: The number of interleaved timing rounds.
     """
 
     def __init__(
@@ -220,6 +247,16 @@ class LiteRTTimer:
         )
 
     def time(self, candidates: dict[str, list], input_shape) -> dict[str, float]:
+        """Time candidate arrangements in LiteRT, measuring only those not in the cache.
+
+        Args:
+            candidates: ``{name: [layers]}``, the arrangements to compare.
+            input_shape: The input shape; the batch axis is replaced by 1.
+
+        Returns:
+            ``{name: median seconds per call}`` (infinity for a candidate that fails to
+            convert).
+        """
         keys = {name: self.key(layers, input_shape) for name, layers in candidates.items()}
         missing = {n: candidates[n] for n, k in keys.items() if k not in self.entries}
         if missing:
@@ -245,23 +282,56 @@ class LiteRTTimer:
 
 @dataclass
 class CostModel:
-    """``time = sum_kind coef[kind] * feature[kind]``: seconds per MAC of each op kind,
-    seconds per copied element (``copy``) and seconds per op (``ops``)."""
+    """A linear model of LiteRT time: ``time = sum_kind coef[kind] * feature[kind]``.
+
+    Attributes:
+        coef: Seconds per MAC of each op kind (``conv``, ``pointwise``, ``depthwise``,
+            ``depthwise_multiplier``), seconds per copied element (``copy``) and seconds per
+            op (``ops``).
+    """
 
     coef: dict[str, float]
 
     def predict(self, features: dict[str, float]) -> float:
+        """Predict the seconds of one arrangement from its op features.
+
+        Args:
+            features: MACs per op kind, copied elements (``copy``) and op count (``ops``).
+
+        Returns:
+            The predicted seconds per call.
+        """
         return float(sum(self.coef.get(k, 0.0) * v for k, v in features.items()))
 
     def time(self, candidates: dict[str, list], input_shape) -> dict[str, float]:
+        """Predict the seconds of candidate arrangements (the ``LiteRTTimer.time`` interface).
+
+        Args:
+            candidates: ``{name: [layers]}``, the arrangements to compare.
+            input_shape: The input shape; the batch axis is replaced by 1.
+
+        Returns:
+            ``{name: predicted seconds per call}``.
+        """
         return {n: self.predict(_op_features(ls, input_shape)) for n, ls in candidates.items()}
 
     @classmethod
     def from_cache(
         cls, cache_path: str | os.PathLike | None = None, min_entries: int = 12
     ) -> CostModel:
-        """Least-squares fit (non-negative coefficients) to the timing cache's entries;
-        ``DEFAULT_COST_MODEL`` when it holds fewer than ``min_entries``."""
+        """Fit a cost model to the entries of the timing cache.
+
+        The fit is least squares with non-negative coefficients, each row weighted by
+        ``1 / time`` (relative error matters).
+
+        Args:
+            cache_path: The JSON cache file; ``default_cache_path()`` when None.
+            min_entries: The fewest usable entries to fit to.
+
+        Returns:
+            The fitted ``CostModel``, or ``DEFAULT_COST_MODEL`` when the cache holds fewer
+            than ``min_entries`` entries.
+        """
         timer = LiteRTTimer(cache_path)
         rows = [
             e for e in timer.entries.values() if "features" in e and math.isfinite(e["seconds"])
@@ -300,11 +370,21 @@ def bench_tflite(
     warmup: int = 3,
     runs_per_round: int = 1,
 ) -> dict[str, dict]:
-    """Latency of ``.tflite`` files (batch 1, random inputs), timed interleaved.
+    """Measure the latency of ``.tflite`` files (batch 1, random inputs), interleaved.
 
     Every round invokes each model ``runs_per_round`` times in turn, so machine load hits all
-    alike. Returns per model ``median_ms``, ``mean_ms``, ``p10_ms``, ``p90_ms`` and
-    ``ratio`` (median over the first model's median).
+    alike.
+
+    Args:
+        paths: ``{name: path}``, or a list of paths (each named by itself).
+        num_threads: The interpreter's thread count.
+        rounds: The number of interleaved rounds.
+        warmup: Untimed invocations of each model first.
+        runs_per_round: Invocations of each model per round.
+
+    Returns:
+        Per model name, a dict of ``median_ms``, ``mean_ms``, ``p10_ms``, ``p90_ms``,
+        ``runs`` and ``ratio`` (median over the first model's median).
     """
     if not isinstance(paths, dict):
         paths = {str(p): p for p in paths}

@@ -16,8 +16,23 @@ from .base import check_rank
 
 
 def resolve_modes(total: int, modes, num_modes: int, who: str, what: str) -> tuple[int, ...]:
-    """``modes`` checked against ``total``, or ``balanced_modes(total, num_modes)`` for
-    ``"auto"``."""
+    """Resolve a mode-factorization argument.
+
+    Args:
+        total: the dimension to factor (``C``, ``N``, ``M`` or ``units``).
+        modes: ``"auto"`` or a list of positive ints whose product is ``total``.
+        num_modes: the number of modes for ``"auto"``.
+        who: the name used in error messages.
+        what: the argument's name used in error messages (``"in_modes"``, ``"out_modes"``).
+
+    Returns:
+        ``modes`` as a tuple of ints, or ``balanced_modes(total, num_modes)`` for
+        ``"auto"``.
+
+    Raises:
+        ValueError: when ``modes`` is another string, not a list of ints, or not a
+            factorization of ``total``.
+    """
     if isinstance(modes, str):
         if modes != "auto":
             raise ValueError(f"{who}: {what} must be 'auto' or a list of ints, got {modes!r}.")

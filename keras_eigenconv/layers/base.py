@@ -66,7 +66,19 @@ def _tuple2(value, name: str, layer: str) -> tuple[int, int]:
 
 
 def check_rank(layer: str, rank, max_rank: int | None = None) -> int:
-    """Validate a rank: a positive int, at most ``max_rank`` when known."""
+    """Validate a rank: a positive int, at most ``max_rank`` when known.
+
+    Args:
+        layer: the name used in the error message (e.g. ``"SVDConv2D 'conv1'"``).
+        rank: the value to check.
+        max_rank: the largest valid rank, or ``None`` when unknown.
+
+    Returns:
+        ``rank`` as an int.
+
+    Raises:
+        ValueError: when ``rank`` is not a positive int, or exceeds ``max_rank``.
+    """
     if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)):
         raise ValueError(f"{layer}: rank must be a positive int, got {rank!r}.")
     if rank < 1 or (max_rank is not None and rank > max_rank):
@@ -79,11 +91,20 @@ def check_rank(layer: str, rank, max_rank: int | None = None) -> int:
 
 
 def check_energy(who: str, energy) -> float:
-    """Validate an ``energy`` argument: a number in ``(0, 1]``, the share of the kernel's
-    squared Frobenius norm to keep. Returns it as a float.
+    """Validate an ``energy`` argument.
+
+    ``energy`` is the share of the kernel's squared Frobenius norm to keep.
+
+    Args:
+        who: the name used in the error message.
+        energy: the value to check: a number in ``(0, 1]`` (not a bool).
+
+    Returns:
+        ``energy`` as a float.
 
     Raises:
-        ValueError: naming ``who`` and the accepted range.
+        ValueError: when ``energy`` is not a number in ``(0, 1]`` (the message names ``who``
+            and the accepted range).
     """
     try:
         value = float(energy)
@@ -98,17 +119,37 @@ def check_energy(who: str, energy) -> float:
 
 
 def check_rank_or_energy(who: str, rank, energy) -> None:
-    """Raise a ``ValueError`` when both ``rank`` and ``energy`` are given."""
+    """Check that at most one of ``rank`` and ``energy`` is given.
+
+    Args:
+        who: the name used in the error message.
+        rank: the ``rank`` argument, or ``None``.
+        energy: the ``energy`` argument, or ``None``.
+
+    Raises:
+        ValueError: when both ``rank`` and ``energy`` are given.
+    """
     if rank is not None and energy is not None:
         raise ValueError(f"{who}: pass rank or energy, not both.")
 
 
 def check_source(layer, source_type: type, who: str) -> np.ndarray:
-    """Check that ``layer`` is a built ``source_type`` (``Conv2D``: channels-last, ungrouped)
-    with finite weights; return its kernel as a float64 array.
+    """Check a source layer and return its kernel.
+
+    ``layer`` must be a built ``source_type`` (not a compressed layer) with finite weights;
+    a ``Conv2D`` must also be channels-last and ungrouped.
+
+    Args:
+        layer: the layer to check.
+        source_type: ``keras.layers.Conv2D`` or ``keras.layers.Dense``.
+        who: the name used in error messages (e.g. ``"TTDense.from_dense"``).
+
+    Returns:
+        The layer's kernel as a float64 ``np.ndarray``.
 
     Raises:
-        ValueError: naming the layer and the fix.
+        ValueError: when the layer is of another type, not built, channels-first, grouped,
+            or has non-finite weights (the message names the layer and the fix).
     """
     kind = source_type.__name__
     if not isinstance(layer, source_type) or isinstance(layer, CompressedLayer):
@@ -144,14 +185,39 @@ def check_source(layer, source_type: type, who: str) -> np.ndarray:
 
 
 def check_conv2d(conv, layer: str) -> np.ndarray:
-    """``check_source(conv, Conv2D, f"{layer}.from_conv2d")``: the kernel as float64."""
+    """Check a ``Conv2D`` source: ``check_source(conv, Conv2D, f"{layer}.from_conv2d")``.
+
+    Args:
+        conv: the layer to check (a built, channels-last, ungrouped ``Conv2D``).
+        layer: the name of the calling class, used in error messages.
+
+    Returns:
+        The kernel ``(kh, kw, C, N)`` as a float64 ``np.ndarray``.
+
+    Raises:
+        ValueError: when ``conv`` is not a valid source (see ``check_source``).
+    """
     return check_source(conv, keras.layers.Conv2D, f"{layer}.from_conv2d")
 
 
 def conv_geometry(
     layer, who: str, filters, kernel_size, strides, padding, data_format, dilation_rate
 ) -> None:
-    """Validate ``Conv2D``-style geometry arguments and set them on ``layer``."""
+    """Validate ``Conv2D``-style geometry arguments and set them on ``layer``.
+
+    Args:
+        layer: the layer whose attributes are set.
+        who: the name used in error messages.
+        filters: a positive int.
+        kernel_size: an int or a pair of positive ints.
+        strides: an int or a pair of positive ints.
+        padding: ``"valid"`` or ``"same"`` (case-insensitive).
+        data_format: ``None`` or ``"channels_last"``.
+        dilation_rate: an int or a pair of positive ints.
+
+    Raises:
+        ValueError: when an argument is invalid, or strides and dilation are both above 1.
+    """
     if isinstance(filters, bool) or not isinstance(filters, (int, np.integer)) or filters < 1:
         raise ValueError(f"{who}: filters must be a positive int, got {filters!r}.")
     layer.filters = int(filters)
@@ -190,8 +256,29 @@ def set_weight_args(
     bias_constraint,
     seed,
 ) -> None:
-    """Validate ``implementation`` and set the activation, bias, initializer, regularizer,
-    constraint and seed attributes every layer of the package shares."""
+    """Validate ``implementation`` and set the weight attributes every layer shares.
+
+    Sets the activation, bias, initializer, regularizer, constraint and seed attributes of
+    ``layer`` from the constructor arguments of the same names (resolved by
+    ``keras.activations.get``, ``keras.initializers.get`` and so on).
+
+    Args:
+        layer: the layer whose attributes are set.
+        who: the name used in error messages.
+        implementation: one of ``IMPLEMENTATIONS``.
+        activation: the activation.
+        use_bias: whether the layer has a bias.
+        kernel_initializer: the kernel initializer.
+        bias_initializer: the bias initializer.
+        kernel_regularizer: the kernel regularizer.
+        bias_regularizer: the bias regularizer.
+        kernel_constraint: the kernel constraint.
+        bias_constraint: the bias constraint.
+        seed: the seed (an int or ``None``).
+
+    Raises:
+        ValueError: when ``implementation`` is not one of ``IMPLEMENTATIONS``.
+    """
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(
             f"{who}: implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}."
@@ -209,8 +296,16 @@ def set_weight_args(
 
 
 def copied_layer_args(source, name: str | None = None) -> dict:
-    """Constructor arguments copied from a ``Conv2D`` or ``Dense`` being replaced: activation,
-    bias, initializers, regularizers, constraints, name, dtype policy and trainability."""
+    """Constructor arguments copied from a ``Conv2D`` or ``Dense`` being replaced.
+
+    Args:
+        source: the layer being replaced.
+        name: the new layer's name; ``None`` keeps the source's.
+
+    Returns:
+        A dict of keyword arguments: activation, bias, initializers, regularizers,
+        constraints, name, dtype policy and trainability.
+    """
     config = source.get_config()
     return {
         "activation": config["activation"],
@@ -229,7 +324,15 @@ def copied_layer_args(source, name: str | None = None) -> dict:
 
 
 def geometry_config(layer) -> dict:
-    """The ``Conv2D`` geometry entries of a layer's config."""
+    """The ``Conv2D`` geometry entries of a layer's config.
+
+    Args:
+        layer: a layer set up by ``conv_geometry``.
+
+    Returns:
+        A dict with ``filters``, ``kernel_size``, ``strides``, ``padding``, ``data_format``
+        and ``dilation_rate``.
+    """
     return {
         "filters": layer.filters,
         "kernel_size": layer.kernel_size,
@@ -241,8 +344,15 @@ def geometry_config(layer) -> dict:
 
 
 def weights_config(layer) -> dict:
-    """The activation, bias, implementation, initializer, regularizer, constraint and seed
-    entries of a layer's config (shared by every layer of the package)."""
+    """The weight entries of a layer's config (shared by every layer of the package).
+
+    Args:
+        layer: a layer set up by ``set_weight_args``.
+
+    Returns:
+        A dict with the activation, bias, implementation, initializer, regularizer,
+        constraint and seed entries, serialized.
+    """
     ser = keras.saving.serialize_keras_object
     return {
         "activation": keras.activations.serialize(layer.activation)
@@ -262,8 +372,18 @@ def weights_config(layer) -> dict:
 
 
 def folded_conv2d(layer, kernel: np.ndarray, bias, name: str | None = None):
-    """A built ``keras.layers.Conv2D`` with ``layer``'s geometry, activation, initializers,
-    regularizers and constraints, holding ``kernel`` and ``bias``."""
+    """A built ``keras.layers.Conv2D`` holding a folded kernel and bias.
+
+    Args:
+        layer: the compressed layer whose geometry, activation, initializers, regularizers,
+            constraints and dtype policy the new layer takes.
+        kernel: the kernel ``(kh, kw, C, N)``.
+        bias: the bias ``(N,)``, or ``None`` for no bias.
+        name: the new layer's name; ``None`` keeps ``layer``'s.
+
+    Returns:
+        The built ``Conv2D``.
+    """
     conv = keras.layers.Conv2D(
         filters=layer.filters,
         kernel_size=layer.kernel_size,
@@ -307,6 +427,10 @@ class CompressedLayer(CostedLayer, keras.layers.Layer):
       error proxy for whole-model budgets.
 
     Attributes:
+        source_type: the Keras layer class this layer replaces (a class attribute).
+        rank_selection: ``"spectrum"`` or ``"layer"`` (a class attribute, above).
+        budget_spectrum: whether a ``"layer"`` method's ``spectrum`` is a usable error
+            proxy for whole-model budgets (a class attribute).
         rank: the layer's rank (an int, or the method's own form).
         implementation: ``"auto"``, ``"factorized"`` or ``"dense"`` (what was asked).
     """
@@ -359,16 +483,62 @@ class CompressedLayer(CostedLayer, keras.layers.Layer):
 
     @classmethod
     def from_conv2d(cls, conv, rank=None, energy=None, implementation="auto", name=None, **kw):
-        """``from_source`` for a ``Conv2D`` source (see there)."""
+        """``from_source`` for a ``Conv2D`` source.
+
+        Layers that replace ``Conv2D`` override this; here it only rejects the call.
+
+        Args:
+            conv: a built ``keras.layers.Conv2D`` with trained weights.
+            rank: the rank (the method's form), or ``None``.
+            energy: instead of ``rank``, the share of the kernel's squared Frobenius norm to
+                keep, in ``(0, 1]``.
+            implementation: ``"auto"``, ``"factorized"`` or ``"dense"``.
+            name: the layer's name (default: the source's).
+            **kw: the method's own constructor options.
+
+        Returns:
+            The new, built layer (see ``from_source``).
+
+        Raises:
+            ValueError: when this layer does not replace ``Conv2D`` layers.
+        """
         raise ValueError(f"{cls.__name__} replaces {cls.source_type.__name__} layers, not Conv2D.")
 
     @classmethod
     def from_dense(cls, dense, rank=None, energy=None, implementation="auto", name=None, **kw):
-        """``from_source`` for a ``Dense`` source (see there)."""
+        """``from_source`` for a ``Dense`` source.
+
+        Layers that replace ``Dense`` override this; here it only rejects the call.
+
+        Args:
+            dense: a built ``keras.layers.Dense`` with trained weights.
+            rank: the rank (the method's form), or ``None``.
+            energy: instead of ``rank``, the share of the kernel's squared Frobenius norm to
+                keep, in ``(0, 1]``.
+            implementation: ``"auto"``, ``"factorized"`` or ``"dense"``.
+            name: the layer's name (default: the source's).
+            **kw: the method's own constructor options.
+
+        Returns:
+            The new, built layer (see ``from_source``).
+
+        Raises:
+            ValueError: when this layer does not replace ``Dense`` layers.
+        """
         raise ValueError(f"{cls.__name__} replaces {cls.source_type.__name__} layers, not Dense.")
 
     def to_source(self, name: str | None = None):
-        """The equivalent, built source layer (``to_conv2d`` or ``to_dense``)."""
+        """The equivalent, built source layer (``to_conv2d`` or ``to_dense``).
+
+        Args:
+            name: the new layer's name; ``None`` keeps this layer's.
+
+        Returns:
+            A built ``keras.layers.Conv2D`` or ``keras.layers.Dense`` (``source_type``).
+
+        Raises:
+            ValueError: when the layer is not built.
+        """
         if self.source_type is keras.layers.Dense:
             return self.to_dense(name)
         return self.to_conv2d(name)
@@ -376,8 +546,15 @@ class CompressedLayer(CostedLayer, keras.layers.Layer):
     def to_conv2d(self, name: str | None = None) -> keras.layers.Conv2D:
         """The equivalent, built ``keras.layers.Conv2D`` (the factors folded into one kernel).
 
+        Args:
+            name: the new layer's name; ``None`` keeps this layer's.
+
+        Returns:
+            A built ``keras.layers.Conv2D`` with this layer's geometry, activation, bias,
+            initializers, regularizers and constraints.
+
         Raises:
-            ValueError: the layer is not built.
+            ValueError: when the layer replaces another type or is not built.
         """
         if self.source_type is not keras.layers.Conv2D:
             raise ValueError(f"{self._who} replaces {self.source_type.__name__}; use to_source.")
@@ -387,16 +564,36 @@ class CompressedLayer(CostedLayer, keras.layers.Layer):
         return folded_conv2d(self, kernel, bias, name)
 
     def to_dense(self, name: str | None = None) -> keras.layers.Dense:
-        """The equivalent, built ``keras.layers.Dense`` (``Dense``-replacing layers only)."""
+        """The equivalent, built ``keras.layers.Dense`` (``Dense``-replacing layers only).
+
+        Args:
+            name: the new layer's name; ``None`` keeps this layer's.
+
+        Returns:
+            A built ``keras.layers.Dense``.
+
+        Raises:
+            ValueError: when the layer does not replace ``Dense`` layers (here, always).
+        """
         raise ValueError(f"{self._who} replaces {self.source_type.__name__}; use to_source.")
 
     def folded_kernel_and_bias(self) -> tuple[np.ndarray, np.ndarray | None]:
-        """The equivalent source kernel and bias as NumPy arrays (inference semantics)."""
+        """The equivalent source kernel and bias as NumPy arrays (inference semantics).
+
+        Returns:
+            A tuple ``(kernel, bias)``; ``bias`` is ``None`` without a bias.
+        """
         raise NotImplementedError
 
     def relative_error(self, source) -> float:
-        """Relative Frobenius error ``||W - W_r|| / ||W||`` of this layer's folded kernel
-        against the kernel of ``source``."""
+        """Relative Frobenius error ``||W - W_r|| / ||W||`` of the folded kernel.
+
+        Args:
+            source: the layer with the reference kernel ``W`` (typically the replaced one).
+
+        Returns:
+            The relative error of this layer's folded kernel ``W_r`` as a float.
+        """
         return dec.relative_error(
             ops.convert_to_numpy(source.kernel), self.folded_kernel_and_bias()[0]
         )
@@ -405,28 +602,71 @@ class CompressedLayer(CostedLayer, keras.layers.Layer):
 
     @classmethod
     def method_options(cls, **kwargs) -> dict:
-        """The constructor options (out of ``kwargs``) that change the decomposition."""
+        """The constructor options that change the decomposition.
+
+        Args:
+            **kwargs: constructor keyword arguments.
+
+        Returns:
+            The subset of ``kwargs`` (with defaults filled in) that ``spectrum``,
+            ``rank_for`` and ``decompose`` take; empty for most methods.
+        """
         return {}
 
     @classmethod
     def spectrum(cls, kernel: np.ndarray, **options) -> np.ndarray:
-        """Energies (descending) that each additional rank keeps (``rank_selection ==
-        "spectrum"``, or the error proxy when ``budget_spectrum``)."""
+        """Energies (descending) that each additional rank keeps.
+
+        Defined when ``rank_selection == "spectrum"`` (then
+        ``sum(s[:r]) / sum(s) = 1 - rel_err(r)**2``), or as an error proxy when
+        ``budget_spectrum``.
+
+        Args:
+            kernel: the source kernel (``(kh, kw, C, N)`` for a ``Conv2D``).
+            **options: the method's options (``method_options``).
+
+        Returns:
+            A 1-D array of energies; its length is the full (exact) rank.
+
+        Raises:
+            NotImplementedError: when the method chooses its own ranks (no spectrum).
+        """
         raise NotImplementedError(f"{cls.__name__} chooses its own ranks (no spectrum).")
 
     @classmethod
     def vbmf_matrices(cls, kernel: np.ndarray, **options) -> list[np.ndarray] | None:
-        """The matrices whose empirical-VBMF ranks give ``rank="vbmf"`` (the rounded-up mean
-        of their ranks); ``None``: the method has no VBMF rule of that kind."""
+        """The matrices whose empirical-VBMF ranks give ``rank="vbmf"``.
+
+        The rank is the rounded-up mean of their VBMF ranks.
+
+        Args:
+            kernel: the source kernel.
+            **options: the method's options (``method_options``).
+
+        Returns:
+            A list of 2-D arrays, or ``None`` when the method has no VBMF rule of that kind.
+        """
         return None
 
     @classmethod
     def rank_for(cls, kernel: np.ndarray, rank=None, energy=None, **options):
-        """The rank ``from_source`` uses: ``rank``, or the smallest keeping ``energy`` (by
-        ``spectrum``); with neither, the full (exact) rank.
+        """The rank ``from_source`` uses.
+
+        ``rank`` itself, or the smallest rank keeping ``energy`` (by ``spectrum``); with
+        neither, the full (exact) rank.
+
+        Args:
+            kernel: the source kernel.
+            rank: the rank, or ``None``.
+            energy: the share of the kernel's squared Frobenius norm to keep, in ``(0, 1]``,
+                or ``None``.
+            **options: the method's options (``method_options``).
+
+        Returns:
+            The rank (an int here; the method's form in subclasses).
 
         Raises:
-            ValueError: both given, or an invalid value.
+            ValueError: when both ``rank`` and ``energy`` are given, or either is invalid.
         """
         name = cls.__name__
         check_rank_or_energy(name, rank, energy)
@@ -437,7 +677,14 @@ class CompressedLayer(CostedLayer, keras.layers.Layer):
         return int(len(cls.spectrum(kernel, **options)))
 
     def max_rank(self, in_channels: int):
-        """The largest meaningful rank for ``in_channels`` inputs (the method's form)."""
+        """The largest meaningful rank for ``in_channels`` inputs.
+
+        Args:
+            in_channels: the number of input channels (input features for ``Dense``).
+
+        Returns:
+            The rank bound, in the method's form (an int, a pair or a list).
+        """
         raise NotImplementedError
 
     # ---- running --------------------------------------------------------------------------
@@ -448,9 +695,13 @@ class CompressedLayer(CostedLayer, keras.layers.Layer):
         return self._resolved_implementation
 
     def inference_layers(self) -> list[keras.layers.Layer] | None:
-        """Equivalent built plain-Keras layers for inference export, or ``None`` when the
-        layer has no such arrangement (the export then runs the layer itself with
-        ``implementation="factorized"``, or its folded source layer)."""
+        """Equivalent built plain-Keras layers for inference export.
+
+        Returns:
+            A list of built layers to run in sequence, or ``None`` when the layer has no
+            such arrangement (the export then runs the layer itself with
+            ``implementation="factorized"``, or its folded source layer).
+        """
         return None
 
 
@@ -458,19 +709,57 @@ class FactorizedConv2D(CompressedLayer):
     """Base class of the factorized ``Conv2D`` replacements (not used directly).
 
     Arguments mirror ``keras.layers.Conv2D`` (channels-last, ``groups=1``) plus ``rank`` and
-    ``implementation``:
-
-    - ``"factorized"`` runs the cheap factor ops;
-    - ``"dense"`` rebuilds the full kernel from the factors and runs one ``conv`` (same
-      result, the dense conv's speed, the factors' parameter count);
-    - ``"auto"`` picks per layer, at build time, from a cost model of the ops on CPU
-      runtimes (``OP_TIME_PER_MAC``).
+    ``implementation``. A subclass keeps only its own maths: ``factor_shapes``,
+    ``kernel_from_factors``, ``factorized_call``, ``op_macs``, ``decompose``, ``max_rank``
+    and ``spectrum``.
 
     ``kernel_initializer`` is the initializer of the equivalent full kernel: ``build`` draws
     a kernel from it and initializes the factors by the layer's own rank-``rank``
     decomposition, rescaled so the rebuilt kernel keeps the drawn kernel's norm (and so its
     variance). ``kernel_regularizer`` and ``kernel_constraint`` apply to every trainable
     factor.
+
+    Args:
+        filters: int, the number ``N`` of output filters.
+        kernel_size: int or pair of ints ``(kh, kw)``.
+        rank: the rank of the factorization (a positive int; some subclasses also take a
+            pair or a list), at most ``max_rank(C)``.
+        strides: int or pair of ints; strides above 1 cannot be combined with a
+            ``dilation_rate`` above 1.
+        padding: ``"valid"`` or ``"same"``.
+        data_format: ``"channels_last"`` or ``None`` (``keras.config.image_data_format()``,
+            which must then be ``"channels_last"``); channels-first is not supported.
+        dilation_rate: int or pair of ints.
+        activation: activation applied after the bias (``None``: linear).
+        use_bias: whether the layer adds a bias of shape ``(filters,)``.
+        implementation: what ``call`` runs:
+
+            - ``"factorized"`` runs the cheap factor ops;
+            - ``"dense"`` rebuilds the full kernel from the factors and runs one ``conv``
+              (same result, the dense conv's speed, the factors' parameter count);
+            - ``"auto"`` picks per layer, at build time, from a cost model of the ops on
+              CPU runtimes (``OP_TIME_PER_MAC``): factorized when its estimated time is
+              below ``AUTO_FACTORIZED_THRESHOLD`` (0.9) of the dense path's.
+        kernel_initializer: initializer of the equivalent full kernel (see above).
+        bias_initializer: initializer of the bias.
+        kernel_regularizer: regularizer of every trainable factor.
+        bias_regularizer: regularizer of the bias.
+        activity_regularizer: regularizer of the layer's output.
+        kernel_constraint: constraint of every trainable factor.
+        bias_constraint: constraint of the bias.
+        seed: int or ``None``, the seed of the layer's ``SeedGenerator`` (random draws of
+            from-scratch factors).
+        **kwargs: base ``keras.layers.Layer`` arguments (``name``, ``dtype``,
+            ``trainable``).
+
+    Input shape:
+        4D tensor ``(batch, H, W, C)``; ``C`` must be known.
+
+    Output shape:
+        4D tensor ``(batch, H_out, W_out, filters)``, as ``keras.layers.Conv2D`` computes it.
+
+    Raises:
+        ValueError: when an argument is invalid (the message names the layer and the fix).
     """
 
     # name of the factor that scales the rebuilt kernel linearly (used to keep its norm)
@@ -524,33 +813,82 @@ class FactorizedConv2D(CompressedLayer):
     # ---- what subclasses provide (besides max_rank and spectrum) -------------------------
 
     def validate_rank(self, rank, in_channels: int | None = None):
-        """Check ``rank`` (against ``max_rank`` once ``in_channels`` is known); return it.
+        """Check ``rank``, against ``max_rank`` once ``in_channels`` is known.
 
         Layers whose rank is not one int (Tucker-2 pairs, TT-rank lists) override this.
+
+        Args:
+            rank: the rank to check.
+            in_channels: the number of input channels, or ``None`` before build.
+
+        Returns:
+            The validated rank.
+
+        Raises:
+            ValueError: when the rank is invalid or above ``max_rank(in_channels)``.
         """
         bound = None if in_channels is None else self.max_rank(in_channels)
         return check_rank(self._who, rank, bound)
 
     def factor_shapes(self, in_channels: int) -> dict[str, tuple[int, ...]]:
-        """Shapes of the trainable factors, by weight name."""
+        """Shapes of the factors, by weight name.
+
+        Args:
+            in_channels: the number ``C`` of input channels.
+
+        Returns:
+            A dict ``{weight name: shape tuple}``, in creation order.
+        """
         raise NotImplementedError
 
     def kernel_from_factors(self, factors: dict[str, Any]):
-        """Rebuild the ``(kh, kw, C, N)`` kernel (``keras.ops``) from the factors."""
+        """Rebuild the ``(kh, kw, C, N)`` kernel from the factors (with ``keras.ops``).
+
+        Args:
+            factors: a dict ``{weight name: tensor}`` (as ``factors()`` returns).
+
+        Returns:
+            The kernel tensor ``(kh, kw, C, N)``.
+        """
         raise NotImplementedError
 
     def factorized_call(self, inputs):
-        """The factorized forward, without bias and activation."""
+        """The factorized forward, without bias and activation.
+
+        ``call`` also passes ``training=``; subclasses accept it (BasisConv's BatchNorm
+        uses it).
+
+        Args:
+            inputs: a tensor ``(batch, H, W, C)``.
+
+        Returns:
+            The tensor ``(batch, H_out, W_out, filters)``.
+        """
         raise NotImplementedError
 
     def op_macs(self, input_shape) -> list[tuple[str, int]]:
-        """MACs of each factor op on ``(batch, H, W, C)`` inputs (batch ignored), as
-        ``(op kind, macs)`` pairs; kinds are keys of ``OP_TIME_PER_MAC``."""
+        """MACs of each factor op for one image.
+
+        Args:
+            input_shape: ``(batch, H, W, C)`` with known spatial dims (batch ignored).
+
+        Returns:
+            A list of ``(op kind, macs)`` pairs; kinds are keys of ``OP_TIME_PER_MAC``.
+        """
         raise NotImplementedError
 
     @classmethod
     def decompose(cls, kernel: np.ndarray, rank: int, **options) -> dict[str, np.ndarray]:
-        """Factors of a trained kernel at ``rank``, by weight name."""
+        """Factors of a trained kernel at ``rank``.
+
+        Args:
+            kernel: the kernel ``(kh, kw, C, N)`` (float64).
+            rank: the rank, in the method's form.
+            **options: the method's options (``method_options``).
+
+        Returns:
+            A dict ``{weight name: np.ndarray}`` with the shapes of ``factor_shapes``.
+        """
         raise NotImplementedError
 
     # ---- Keras plumbing ----------------------------------------------------------------
@@ -619,16 +957,37 @@ class FactorizedConv2D(CompressedLayer):
         self.set_factors(factors)
 
     def initial_factors(self, drawn_kernel: np.ndarray) -> dict[str, np.ndarray]:
-        """From-scratch factors: the rank-``rank`` decomposition of a drawn kernel."""
+        """From-scratch factors: the rank-``rank`` decomposition of a drawn kernel.
+
+        Args:
+            drawn_kernel: a kernel ``(kh, kw, C, N)`` drawn from ``kernel_initializer``.
+
+        Returns:
+            A dict ``{weight name: np.ndarray}``.
+        """
         return self.decompose(drawn_kernel, self.rank, **self.method_options(**self.get_config()))
 
     def out_hw(self, input_shape) -> tuple[int, int]:
-        """Output height and width (known spatial dims required)."""
+        """Output height and width.
+
+        Args:
+            input_shape: ``(batch, H, W, C)`` with known ``H`` and ``W``.
+
+        Returns:
+            ``(H_out, W_out)`` as ints.
+        """
         out = self.compute_output_shape(tuple(input_shape))
         return int(out[1]), int(out[2])
 
     def set_factors(self, factors: dict[str, np.ndarray]) -> None:
-        """Assign factor values (by weight name), checking shapes."""
+        """Assign factor values, checking their shapes.
+
+        Args:
+            factors: a dict ``{weight name: array}``.
+
+        Raises:
+            ValueError: when a value's shape differs from its weight's.
+        """
         for name, value in factors.items():
             var = getattr(self, name)
             value = np.asarray(value)
@@ -639,6 +998,7 @@ class FactorizedConv2D(CompressedLayer):
             var.assign(value.astype(var.dtype))
 
     def factors(self) -> dict[str, Any]:
+        """The factor weights of the built layer, as a dict ``{weight name: variable}``."""
         return {name: getattr(self, name) for name in self._factor_names}
 
     def _resolve_implementation(self, input_shape) -> str:
@@ -651,14 +1011,28 @@ class FactorizedConv2D(CompressedLayer):
         )
 
     def dense_macs(self, input_shape) -> int:
-        """MACs of the equivalent dense ``Conv2D`` on ``input_shape``."""
+        """MACs of the equivalent dense ``Conv2D``.
+
+        Args:
+            input_shape: ``(batch, H, W, C)`` with known spatial dims.
+
+        Returns:
+            ``H_out*W_out*kh*kw*C*N``.
+        """
         out = self.compute_output_shape(input_shape)
         return int(
             out[1] * out[2] * math.prod(self.kernel_size) * int(input_shape[-1]) * self.filters
         )
 
     def rebuild_macs(self, in_channels: int) -> int:
-        """MACs of ``kernel_from_factors`` (paid once per call by ``"dense"``)."""
+        """MACs of ``kernel_from_factors`` (paid once per call by ``"dense"``).
+
+        Args:
+            in_channels: the number ``C`` of input channels.
+
+        Returns:
+            The MACs as an int (``kh*kw*C*N*rank`` unless a subclass counts otherwise).
+        """
         return math.prod(self.kernel_size) * in_channels * self.filters * self.rank
 
     def time_ratio_estimate(self, input_shape) -> float:
@@ -667,6 +1041,12 @@ class FactorizedConv2D(CompressedLayer):
         Factorized: the ops' MACs weighted by ``OP_TIME_PER_MAC``. Dense: the dense conv's
         MACs plus rebuilding the kernel, which is paid per call (per batch), so batch 1 is
         the conservative case for inference.
+
+        Args:
+            input_shape: ``(batch, H, W, C)`` with known spatial dims.
+
+        Returns:
+            The ratio as a float (below 1: the factorized form is estimated faster).
         """
         est = sum(OP_TIME_PER_MAC[kind] * m for kind, m in self.op_macs(input_shape))
         dense = self.dense_macs(input_shape) + self.rebuild_macs(int(input_shape[-1]))
@@ -710,7 +1090,15 @@ class FactorizedConv2D(CompressedLayer):
     # ---- costs -------------------------------------------------------------------------
 
     def param_counts(self, in_channels: int) -> tuple[int, int]:
-        """``(learned, fixed)`` parameter counts for ``in_channels`` inputs."""
+        """Parameter counts for ``in_channels`` inputs.
+
+        Args:
+            in_channels: the number ``C`` of input channels.
+
+        Returns:
+            ``(learned, fixed)``: trainable weights (bias included) and stored,
+            non-trainable ones.
+        """
         learned = sum(
             math.prod(s)
             for n, s in self.factor_shapes(in_channels).items()
@@ -724,10 +1112,19 @@ class FactorizedConv2D(CompressedLayer):
         return learned + (self.filters if self.use_bias else 0), fixed
 
     def cost(self, input_shape) -> Cost:
-        """Parameters and MACs of one call on ``input_shape`` (``(H, W, C)`` or with batch).
+        """Parameters and MACs of one call on ``input_shape``.
 
         MACs are those of the factorized form (the method's arithmetic), whatever
-        ``implementation`` runs; spatial dims must be known.
+        ``implementation`` runs.
+
+        Args:
+            input_shape: ``(H, W, C)`` or ``(batch, H, W, C)``, known spatial dims.
+
+        Returns:
+            The layer's ``Cost`` (learned and fixed parameters, MACs).
+
+        Raises:
+            ValueError: when the spatial dims are unknown.
         """
         shape = tuple(input_shape)
         if len(shape) == 3:
@@ -757,7 +1154,24 @@ class FactorizedConv2D(CompressedLayer):
         ``rank`` fixes the rank; ``energy`` picks the smallest rank keeping that share of
         the kernel's squared Frobenius norm; neither gives the exact, full-rank layer. The
         bias, activation, strides, padding, dilation, regularizers and constraints are
-        copied. Extra ``kwargs`` go to the constructor (method options).
+        copied; ``conv`` is not modified.
+
+        Args:
+            conv: a built, channels-last, ungrouped ``keras.layers.Conv2D``.
+            rank: the rank, or ``None``.
+            energy: the share of the kernel's squared Frobenius norm to keep, in ``(0, 1]``,
+                or ``None``.
+            implementation: ``"auto"``, ``"factorized"`` or ``"dense"``.
+            name: the layer's name (default: the source's).
+            **kwargs: the method's constructor options (e.g. ``decomposition`` for
+                ``SVDConv2D``).
+
+        Returns:
+            The new, built layer.
+
+        Raises:
+            ValueError: when ``conv`` is not a valid source, both ``rank`` and ``energy``
+                are given, or an argument is invalid.
         """
         kernel = check_conv2d(conv, cls.__name__)
         options = cls.method_options(**kwargs)
@@ -781,7 +1195,11 @@ class FactorizedConv2D(CompressedLayer):
         return layer
 
     def folded_kernel_and_bias(self) -> tuple[np.ndarray, np.ndarray | None]:
-        """The equivalent dense kernel and bias as NumPy arrays (inference semantics)."""
+        """The equivalent dense kernel and bias as NumPy arrays (inference semantics).
+
+        Returns:
+            A tuple ``(kernel (kh, kw, C, N), bias (N,) or None)``.
+        """
         kernel = ops.convert_to_numpy(self.full_kernel())
         bias = ops.convert_to_numpy(self.bias) if self.use_bias else None
         return kernel, bias

@@ -20,18 +20,47 @@ __all__ = ["BasisConv2D"]
 
 @keras.saving.register_keras_serializable(package="keras_eigenconv")
 class BasisConv2D(FactorizedConv2D):
-    """``Conv2D`` expressed on ``rank = M`` basis filters.
+    """``Conv2D`` expressed on ``rank = M`` basis filters (BasisConv).
 
-    Args: those of ``keras.layers.Conv2D`` plus ``rank`` (``M``, at most
-    ``min(filters, kh*kw*C)``), ``trainable_basis`` (default ``False``: the basis is fixed and
-    only the 1x1 weights learn, as in the paper; ``True`` follows the author's later code),
-    ``batch_norm`` (a ``BatchNormalization`` between the two stages; then the layer always
-    runs factorized) and ``implementation``.
+    Weights: ``basis (kh, kw, C, M)``, a conv ``C -> M`` that holds the strides, padding and
+    dilation, and ``combination (1, 1, M, N)``, a 1x1 conv ``M -> N`` with the bias.
 
     From scratch the basis is random orthogonal: the QR of a Gaussian matrix drawn from the
-    layer's ``SeedGenerator(seed)``. ``from_conv2d`` uses the SVD of the filter matrix and is
-    exact at ``M = rank(H)`` (with ``batch_norm``, exact in inference mode: the BatchNorm
-    starts as the identity).
+    layer's ``SeedGenerator(seed)``. ``from_conv2d`` uses the SVD of the filter matrix
+    ``H = W.reshape(kh*kw*C, N).T`` and is exact at ``M = rank(H)`` (with ``batch_norm``,
+    exact in inference mode: the BatchNorm starts as the identity).
+
+    Args:
+        filters: int, the number ``N`` of output filters.
+        kernel_size: int or pair of ints ``(kh, kw)``.
+        rank: int, the number ``M`` of basis filters, at most ``min(filters, kh*kw*C)``.
+        trainable_basis: bool; ``False`` (default): the basis is fixed (non-trainable
+            weights) and only the 1x1 weights learn, as in the paper; ``True`` follows the
+            author's later code.
+        batch_norm: bool; ``True`` puts a ``BatchNormalization`` between the two stages, and
+            the layer then always runs factorized (``implementation="dense"`` is refused).
+        **kwargs: the other arguments of ``keras.layers.Conv2D`` and ``FactorizedConv2D``:
+            ``strides``, ``padding``, ``data_format``, ``dilation_rate``, ``activation``,
+            ``use_bias``, ``implementation``, the initializers, regularizers and
+            constraints, ``seed`` and the base-layer arguments.
+
+    Input shape:
+        4D tensor ``(batch, H, W, C)``.
+
+    Output shape:
+        4D tensor ``(batch, H_out, W_out, filters)``.
+
+    Raises:
+        ValueError: when ``batch_norm`` is combined with ``implementation="dense"``, or
+            another argument is invalid.
+
+    Example:
+
+    >>> conv = keras.layers.Conv2D(64, 3, padding="same")
+    >>> conv.build((None, 32, 32, 16))
+    >>> layer = BasisConv2D.from_conv2d(conv, rank=32)
+    >>> layer.cost((32, 32, 16))
+    Cost(params=2112, fixed_params=4608, macs=6815744)
     """
 
     _scale_factor = "combination"
@@ -54,6 +83,7 @@ class BasisConv2D(FactorizedConv2D):
         )
 
     def max_rank(self, in_channels: int) -> int:
+        """``min(filters, kh*kw*in_channels)``."""
         kh, kw = self.kernel_size
         return min(self.filters, kh * kw * in_channels)
 
@@ -111,6 +141,15 @@ class BasisConv2D(FactorizedConv2D):
 
     @classmethod
     def spectrum(cls, kernel, **options):
+        """Squared singular values of the filter matrix (``basis_spectrum``).
+
+        Args:
+            kernel: the kernel ``(kh, kw, C, N)``.
+            **options: ignored.
+
+        Returns:
+            ``min(kh*kw*C, N)`` energies, descending.
+        """
         return dec.basis_spectrum(kernel)
 
     @classmethod
@@ -120,12 +159,40 @@ class BasisConv2D(FactorizedConv2D):
 
     @classmethod
     def vbmf_matrices(cls, kernel, **options):
-        """The filter matrix ``W.reshape(kh*kw*C, N)``."""
+        """The filter matrix ``W.reshape(kh*kw*C, N)``.
+
+        Args:
+            kernel: the kernel ``(kh, kw, C, N)``.
+            **options: ignored.
+
+        Returns:
+            A one-element list.
+        """
         kh, kw, c, n = kernel.shape
         return [kernel.reshape(kh * kw * c, n)]
 
     @classmethod
     def from_conv2d(cls, conv, rank=None, energy=None, implementation="auto", name=None, **kwargs):
+        """Build a ``BasisConv2D`` from a built ``Conv2D`` by the SVD of its filter matrix.
+
+        As ``FactorizedConv2D.from_conv2d``; with ``batch_norm=True`` the BatchNorm is set to
+        the identity in inference mode (``sqrt(moving_variance + epsilon) = 1``).
+
+        Args:
+            conv: a built, channels-last, ungrouped ``keras.layers.Conv2D``.
+            rank: the number ``M`` of basis filters, or ``None``.
+            energy: the share of the kernel's squared Frobenius norm to keep, in ``(0, 1]``,
+                or ``None``.
+            implementation: ``"auto"``, ``"factorized"`` or ``"dense"``.
+            name: the layer's name (default: the source's).
+            **kwargs: ``trainable_basis``, ``batch_norm`` and other constructor arguments.
+
+        Returns:
+            The new, built layer.
+
+        Raises:
+            ValueError: when ``conv`` is not a valid source or an argument is invalid.
+        """
         layer = super().from_conv2d(conv, rank, energy, implementation, name, **kwargs)
         if layer.bn is not None:  # identity in inference: sqrt(var + eps) = 1
             layer.bn.moving_variance.assign(
@@ -134,6 +201,11 @@ class BasisConv2D(FactorizedConv2D):
         return layer
 
     def folded_kernel_and_bias(self):
+        """The equivalent dense kernel and bias, the BatchNorm folded in (inference).
+
+        Returns:
+            A tuple ``(kernel (kh, kw, C, N), bias (N,) or None)`` of float32 arrays.
+        """
         basis = ops.convert_to_numpy(self.basis).astype(np.float64)
         comb = ops.convert_to_numpy(self.combination)[0, 0].astype(np.float64)
         bias = ops.convert_to_numpy(self.bias).astype(np.float64) if self.use_bias else None
@@ -151,9 +223,16 @@ class BasisConv2D(FactorizedConv2D):
         return kernel.astype(np.float32), None if bias is None else np.asarray(bias, np.float32)
 
     def inference_layers(self) -> list[keras.layers.Layer]:
-        """The equivalent built plain-Keras layers (inference): a ``Conv2D`` ``C -> M``
-        (the basis, BatchNorm folded in: ``F * s``, bias ``beta - mean * s`` with
-        ``s = gamma / sqrt(var + eps)``) then a 1x1 ``Conv2D`` ``M -> N`` (bias, activation)."""
+        """The equivalent built plain-Keras layers (inference).
+
+        Returns:
+            ``[Conv2D, Conv2D]``: a ``Conv2D`` ``C -> M`` (the basis, BatchNorm folded in:
+            ``F * s``, bias ``beta - mean * s`` with ``s = gamma / sqrt(var + eps)``) then a
+            1x1 ``Conv2D`` ``M -> N`` (bias, activation).
+
+        Raises:
+            ValueError: when the layer is not built.
+        """
         if not self.built:
             raise ValueError(f"{self._who}.inference_layers: build the layer first.")
         basis = ops.convert_to_numpy(self.basis).astype(np.float64)

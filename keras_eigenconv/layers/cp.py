@@ -29,11 +29,10 @@ __all__ = ["CPConv2D"]
 
 @keras.saving.register_keras_serializable(package="keras_eigenconv")
 class CPConv2D(FactorizedConv2D):
-    """``Conv2D`` as rank-``R`` CP factors ``first (1, 1, C, R)``, ``vertical (kh, 1, R, 1)``,
-    ``horizontal (1, kw, R, 1)``, ``last (1, 1, R, N)``.
+    """``Conv2D`` as rank-``R`` CP factors (Lebedev et al. 2015).
 
-    Args: those of ``keras.layers.Conv2D`` plus ``rank`` (``R <= kh*kw*min(C, N)``, a rank
-    that always suffices) and ``implementation``.
+    Weights: ``first (1, 1, C, R)``, ``vertical (kh, 1, R, 1)`` and
+    ``horizontal (1, kw, R, 1)`` (depthwise kernels), ``last (1, 1, R, N)``.
 
     ``from_conv2d``: CP is not exact in general. Below ``kh*kw*min(C, N)`` the factors come
     from TensorLy's ALS ``parafac`` (SVD init, fixed seed); at that rank (the default,
@@ -43,12 +42,36 @@ class CPConv2D(FactorizedConv2D):
     ``sqrt(1 - e)`` (doubling, then bisection; several ALS runs). From scratch the factors
     are Gaussian (``SeedGenerator(seed)``) rescaled to the norm of a kernel drawn from
     ``kernel_initializer``.
+
+    Args:
+        filters: int, the number ``N`` of output filters.
+        kernel_size: int or pair of ints ``(kh, kw)``.
+        rank: int, the CP rank ``R <= kh*kw*min(C, N)`` (a rank that always suffices).
+        **kwargs: the other arguments of ``keras.layers.Conv2D`` and ``FactorizedConv2D``:
+            ``strides``, ``padding``, ``data_format``, ``dilation_rate``, ``activation``,
+            ``use_bias``, ``implementation``, the initializers, regularizers and
+            constraints, ``seed`` and the base-layer arguments.
+
+    Input shape:
+        4D tensor ``(batch, H, W, C)``.
+
+    Output shape:
+        4D tensor ``(batch, H_out, W_out, filters)``.
+
+    Example:
+
+    >>> conv = keras.layers.Conv2D(16, 3, padding="same")
+    >>> conv.build((None, 32, 32, 8))
+    >>> layer = CPConv2D.from_conv2d(conv)  # the exact rank kh*kw*min(C, N)
+    >>> layer.rank, layer.decomposition_error < 1e-6
+    (72, True)
     """
 
     _scale_factor = "last"
     rank_selection = "layer"
 
     def max_rank(self, in_channels: int) -> int:
+        """``kh*kw*min(C, N)``, a CP rank that always suffices."""
         kh, kw = self.kernel_size
         return kh * kw * min(int(in_channels), self.filters)
 
@@ -107,8 +130,25 @@ class CPConv2D(FactorizedConv2D):
 
     @classmethod
     def rank_for(cls, kernel, rank=None, energy=None, **options):
-        """``rank``; or the smallest rank whose ALS error is ``<= sqrt(1 - energy)``; or the
-        exact rank ``kh*kw*min(C, N)``."""
+        """The CP rank that ``from_conv2d`` uses.
+
+        ``rank`` itself; or the smallest rank whose ALS error is ``<= sqrt(1 - energy)``
+        (doubling, then bisection: several ALS runs); or, with neither, the exact rank
+        ``kh*kw*min(C, N)``.
+
+        Args:
+            kernel: the kernel ``(kh, kw, C, N)``.
+            rank: int or ``None``.
+            energy: the share of the kernel's squared Frobenius norm to keep, in ``(0, 1]``,
+                or ``None``.
+            **options: ignored.
+
+        Returns:
+            The rank as an int.
+
+        Raises:
+            ValueError: when both ``rank`` and ``energy`` are given, or either is invalid.
+        """
         name = cls.__name__
         check_rank_or_energy(name, rank, energy)
         w = np.asarray(kernel, dtype=np.float64)
@@ -135,8 +175,26 @@ class CPConv2D(FactorizedConv2D):
 
     @classmethod
     def from_conv2d(cls, conv, rank=None, energy=None, implementation="auto", name=None, **kw):
-        """As ``FactorizedConv2D.from_conv2d``; sets ``decomposition_error`` (relative
-        Frobenius error of the CP kernel; 0 only where the CP rank suffices)."""
+        """Build a ``CPConv2D`` from a built ``Conv2D`` (as ``FactorizedConv2D.from_conv2d``).
+
+        Also sets ``decomposition_error``, the relative Frobenius error of the CP kernel (0
+        only where the CP rank suffices).
+
+        Args:
+            conv: a built, channels-last, ungrouped ``keras.layers.Conv2D``.
+            rank: the CP rank, or ``None`` (the exact rank ``kh*kw*min(C, N)``).
+            energy: the share of the kernel's squared Frobenius norm to keep, in ``(0, 1]``,
+                or ``None``.
+            implementation: ``"auto"``, ``"factorized"`` or ``"dense"``.
+            name: the layer's name (default: the source's).
+            **kw: other constructor arguments.
+
+        Returns:
+            The new, built layer.
+
+        Raises:
+            ValueError: when ``conv`` is not a valid source or an argument is invalid.
+        """
         layer = super().from_conv2d(
             conv, rank=rank, energy=energy, implementation=implementation, name=name, **kw
         )

@@ -21,23 +21,54 @@ __all__ = ["DeCEFConv2D"]
 
 @keras.saving.register_keras_serializable(package="keras_eigenconv")
 class DeCEFConv2D(FactorizedConv2D):
-    """Low-rank ``Conv2D`` with ``rank`` eigen-filters per input channel.
+    """Low-rank ``Conv2D`` with ``rank`` eigen-filters per input channel (DeCEF).
 
-    Args: those of ``keras.layers.Conv2D`` (channels-last, no groups) plus ``rank`` (``r``,
-    at most ``min(kh*kw, filters)``) and ``implementation``. Depthwise convs with a depth
-    multiplier above 1 run several times slower per MAC than dense convs on CPU runtimes,
-    so ``implementation="auto"`` uses the factorized form only when ``r`` is small enough to
+    Weights: ``eigen_filters (kh, kw, C, r)``, run as a depthwise conv with depth multiplier
+    ``r``, and ``combination (1, 1, C*r, N)``, a 1x1 conv. The paper (Yu et al.) reports
+    about 2/3 of the parameters and FLOPs of the plain net (``k=3, r=6``) at similar or
+    higher accuracy, trained from scratch. Depthwise convs with a depth multiplier above 1
+    run several times slower per MAC than dense convs on CPU runtimes, so
+    ``implementation="auto"`` uses the factorized form only when ``r`` is small enough to
     win anyway and otherwise rebuilds the kernel and runs one conv (same output).
 
     ``from_conv2d``: per-channel SVD of ``W[:, :, c, :].reshape(kh*kw, N)``; exact at full
     rank. ``energy`` is pooled over channels: the share of the whole kernel's squared norm
     kept (the paper does not define its effective-rank rule; this one equals
     ``1 - relative_error**2``).
+
+    Args:
+        filters: int, the number ``N`` of output filters.
+        kernel_size: int or pair of ints ``(kh, kw)``.
+        rank: int, the number ``r`` of eigen-filters per input channel, at most
+            ``min(kh*kw, filters)``.
+        implementation: ``"auto"`` (default), ``"factorized"`` or ``"dense"`` (see above and
+            ``FactorizedConv2D``).
+        **kwargs: the other arguments of ``keras.layers.Conv2D`` (channels-last, no groups):
+            ``strides``, ``padding``, ``data_format``, ``dilation_rate``, ``activation``,
+            ``use_bias``, the initializers, regularizers and constraints, ``seed`` and the
+            base-layer arguments (``FactorizedConv2D``).
+
+    Input shape:
+        4D tensor ``(batch, H, W, C)``.
+
+    Output shape:
+        4D tensor ``(batch, H_out, W_out, filters)``.
+
+    Example:
+
+    >>> conv = keras.layers.Conv2D(64, 3, padding="same")
+    >>> conv.build((None, 32, 32, 16))
+    >>> layer = DeCEFConv2D.from_conv2d(conv, rank=4)
+    >>> layer.cost((32, 32, 16))
+    Cost(params=4736, fixed_params=0, macs=4784128)
+    >>> tuple(layer(np.zeros((2, 32, 32, 16), "float32")).shape)
+    (2, 32, 32, 64)
     """
 
     _scale_factor = "combination"
 
     def max_rank(self, in_channels: int) -> int:
+        """``min(kh*kw, filters)``, whatever ``in_channels``."""
         kh, kw = self.kernel_size
         return min(kh * kw, self.filters)
 
@@ -74,6 +105,15 @@ class DeCEFConv2D(FactorizedConv2D):
 
     @classmethod
     def spectrum(cls, kernel, **options):
+        """Energy kept by each eigen-filter, pooled over channels (``decef_spectrum``).
+
+        Args:
+            kernel: the kernel ``(kh, kw, C, N)``.
+            **options: ignored.
+
+        Returns:
+            ``min(kh*kw, N)`` energies ``sum_c s[c, j]**2``, descending.
+        """
         return dec.decef_spectrum(kernel)
 
     @classmethod
@@ -83,13 +123,28 @@ class DeCEFConv2D(FactorizedConv2D):
 
     @classmethod
     def vbmf_matrices(cls, kernel, **options):
-        """The ``C`` per-channel matrices ``W[:, :, c, :].reshape(kh*kw, N)``."""
+        """The ``C`` per-channel matrices ``W[:, :, c, :].reshape(kh*kw, N)``.
+
+        Args:
+            kernel: the kernel ``(kh, kw, C, N)``.
+            **options: ignored.
+
+        Returns:
+            A list of ``C`` arrays ``(kh*kw, N)``.
+        """
         kh, kw, c, n = kernel.shape
         return list(np.transpose(kernel, (2, 0, 1, 3)).reshape(c, kh * kw, n))
 
     def inference_layers(self) -> list[keras.layers.Layer]:
-        """The equivalent built plain-Keras layers (inference): ``DepthwiseConv2D`` with
-        ``depth_multiplier=r`` (kernel ``E``), then a 1x1 ``Conv2D`` (``A``, bias, activation)."""
+        """The equivalent built plain-Keras layers (inference).
+
+        Returns:
+            ``[DepthwiseConv2D, Conv2D]``: a ``DepthwiseConv2D`` with ``depth_multiplier=r``
+            (kernel ``E``), then a 1x1 ``Conv2D`` (``A``, bias, activation).
+
+        Raises:
+            ValueError: when the layer is not built.
+        """
         if not self.built:
             raise ValueError(f"{self._who}.inference_layers: build the layer first.")
         c = int(self.eigen_filters.shape[2])

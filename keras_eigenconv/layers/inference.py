@@ -16,8 +16,28 @@ __all__ = ["ChannelTile"]
 
 @keras.saving.register_keras_serializable(package="keras_eigenconv")
 class ChannelTile(keras.layers.Layer):
-    """``(B, H, W, C) -> (B, H, W, reps*C)``: the input repeated ``reps`` times along channels
-    (output channel ``j*C + c`` is input channel ``c``); one ``CONCATENATION`` in LiteRT."""
+    """Repeat the input ``reps`` times along the channel axis.
+
+    Output channel ``j*C + c`` is input channel ``c``; one ``CONCATENATION`` in LiteRT.
+
+    Args:
+        reps: positive int, the number of copies.
+        **kwargs: base ``keras.layers.Layer`` arguments (``name``, ``dtype``).
+
+    Input shape:
+        ``(B, H, W, C)`` (any rank; the last axis is the channel axis).
+
+    Output shape:
+        ``(B, H, W, reps*C)``.
+
+    Raises:
+        ValueError: when ``reps`` is not a positive int.
+
+    Example:
+
+    >>> ops.convert_to_numpy(ChannelTile(2)(np.array([[1.0, 2.0]]))).tolist()
+    [[1.0, 2.0, 1.0, 2.0]]
+    """
 
     def __init__(self, reps: int, **kwargs):
         super().__init__(**kwargs)

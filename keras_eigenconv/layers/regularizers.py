@@ -25,12 +25,26 @@ _PKG = "keras_eigenconv"
 
 @keras.saving.register_keras_serializable(package=_PKG)
 class Orthogonality(keras.regularizers.Regularizer):
-    """``strength * ||M^T M - I||_F^2 / R^2`` (+ ``base(x)``).
+    """Orthogonality penalty ``strength * ||M^T M - I||_F^2 / R^2`` (+ ``base(x)``).
 
     ``M`` is the weight with its ``rank_axis`` moved last and reshaped to ``(-1, R)``: for
     ``SVDConv2D`` the left vectors ``(kh, kw, C, R)`` use ``rank_axis=-1`` and the right
-    vectors ``(1, kw, R, N)`` use ``rank_axis=2``. ``base`` is an optional regularizer added
-    to the penalty (the layer's ``kernel_regularizer``).
+    vectors ``(1, kw, R, N)`` use ``rank_axis=2``.
+
+    Args:
+        strength: float ``>= 0``, the penalty's weight.
+        rank_axis: int, the axis of the weight that holds the ``R`` rank components.
+        base: an optional regularizer (or its identifier) added to the penalty (the
+            layer's ``kernel_regularizer``), or ``None``.
+
+    Raises:
+        ValueError: when ``strength`` is negative or not a number.
+
+    Example:
+
+    >>> reg = Orthogonality(1e-2, rank_axis=-1)
+    >>> float(reg(np.eye(4, dtype="float32")))
+    0.0
     """
 
     def __init__(self, strength: float = 1e-2, rank_axis: int = -1, base=None):
@@ -66,7 +80,14 @@ class Orthogonality(keras.regularizers.Regularizer):
 
 @keras.saving.register_keras_serializable(package=_PKG)
 class SingularValueL1(keras.regularizers.Regularizer):
-    """``l1 * sum_i |s_i|``: drives small singular values to zero."""
+    """L1 penalty on singular values, ``l1 * sum_i |s_i|``: drives small ones to zero.
+
+    Args:
+        l1: float ``>= 0``, the penalty's weight.
+
+    Raises:
+        ValueError: when ``l1`` is negative or not a number.
+    """
 
     def __init__(self, l1: float = 1e-4):
         if isinstance(l1, bool) or not float(l1) >= 0.0:
@@ -82,7 +103,18 @@ class SingularValueL1(keras.regularizers.Regularizer):
 
 @keras.saving.register_keras_serializable(package=_PKG)
 class SingularValueHoyer(keras.regularizers.Regularizer):
-    """``strength * ||s||_1 / ||s||_2``: scale-invariant sparsity (between 1 and ``sqrt(R)``)."""
+    """Hoyer penalty on singular values, ``strength * ||s||_1 / ||s||_2``.
+
+    A scale-invariant sparsity measure (the ratio lies between 1 and ``sqrt(R)``) that
+    pushes towards few large values.
+
+    Args:
+        strength: float ``>= 0``, the penalty's weight.
+        epsilon: float added to ``||s||_2^2`` under the square root (no division by zero).
+
+    Raises:
+        ValueError: when ``strength`` is negative or not a number.
+    """
 
     def __init__(self, strength: float = 1e-3, epsilon: float = 1e-12):
         if isinstance(strength, bool) or not float(strength) >= 0.0:

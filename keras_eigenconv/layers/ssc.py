@@ -39,6 +39,8 @@ from .base import (
     CompressedLayer,
     check_conv2d,
     check_energy,
+    check_rank,
+    check_rank_or_energy,
     conv_geometry,
     copied_layer_args,
     geometry_config,
@@ -103,27 +105,76 @@ def _with_seed(initializer, seed):
 class SSConv2D(CompressedLayer):
     """Structured sparse ``Conv2D``: grouped ``kh x kw`` + grouped 1x1 over a fixed pattern.
 
-    Args: those of ``keras.layers.Conv2D`` (channels-last) plus
-
-    - ``groups`` (``G``, divides ``C`` and ``filters``): number of channel/filter groups;
-    - ``kernel_span`` (``a``, default 1): channel groups each filter reaches with full
-      ``kh x kw`` kernels (``rank`` is an alias, for the uniform ``from_conv2d(rank=)`` API);
-    - ``pointwise_span`` (``b``, default 0): the next channel groups, reached with ``1 x 1``
-      kernels (the tap ``((kh-1)//2, (kw-1)//2)``, the centre for odd sizes); ``a + b <= G``;
-    - ``layout``: ``"contiguous"`` (groups are runs of channels, as ``Conv2D(groups=)``) or
-      ``"interleaved"`` (group = index mod ``G``, HetConv's one-channel shift per filter);
-    - ``shift``: cyclic shift of the channel index before grouping, in ``[0, C)``;
-    - ``arrangement``: ``"grouped"``, ``"full_pointwise"`` or ``"auto"`` (module docstring);
-    - ``implementation``: ``"factorized"`` runs the grouped ops (what a LiteRT export runs);
-      ``"dense"`` scatters the weights into the ``(kh, kw, C, N)`` kernel and runs one conv
-      (same output and weights; faster for TensorFlow CPU training, where grouped convs are
-      slow); ``"auto"`` = dense in Keras (TensorFlow's CPU grouped convs are 17-200x slower
-      to train than a dense conv), while ``export_tflite`` still exports the grouped ops.
-
-    Configurations: ``G=1`` dense conv; ``a=1, b=0`` ``Conv2D(groups=G)``; ``G=C=N``
+    Weights: ``kernel (kh, kw, a*Cg, N)`` (absent when ``a = 0``) and
+    ``pointwise_kernel (1, 1, b*Cg, N)`` (absent when ``b = 0``), ``Cg = C/G``, plus the
+    bias. Configurations: ``G=1`` dense conv; ``a=1, b=0`` ``Conv2D(groups=G)``; ``G=C=N``
     depthwise (``G=C, N=M*C``: depth multiplier ``M``); ``a=0`` (grouped) pointwise;
     ``G=P, a=1, b=P-1, layout="interleaved"`` HetConv-``P``. Each part is initialized by
     ``kernel_initializer`` on its compact shape (the fan-in Keras uses for a grouped conv).
+
+    Args:
+        filters: int, the number ``N`` of output filters.
+        kernel_size: int or pair of ints ``(kh, kw)``.
+        groups: ``G``, the number of channel/filter groups; divides ``C`` and ``filters``.
+        kernel_span: ``a`` (default 1): the channel groups each filter reaches with full
+            ``kh x kw`` kernels.
+        pointwise_span: ``b`` (default 0): the next channel groups, reached with ``1 x 1``
+            kernels (the tap ``((kh-1)//2, (kw-1)//2)``, the centre for odd sizes);
+            ``1 <= a + b <= G``.
+        layout: ``"contiguous"`` (groups are runs of channels, as ``Conv2D(groups=)``) or
+            ``"interleaved"`` (group = index mod ``G``, HetConv's one-channel shift per
+            filter).
+        shift: the cyclic shift of the channel index before grouping, in ``[0, C)``.
+        strides: int or pair of ints, as in ``keras.layers.Conv2D``.
+        padding: ``"valid"`` or ``"same"``.
+        data_format: ``"channels_last"`` or ``None`` (channels-first is not supported).
+        dilation_rate: int or pair of ints.
+        activation: activation applied after the bias (``None``: linear).
+        use_bias: whether the layer adds a bias of shape ``(filters,)``.
+        implementation: ``"factorized"`` runs the grouped ops (what a LiteRT export runs);
+            ``"dense"`` scatters the weights into the ``(kh, kw, C, N)`` kernel and runs one
+            conv (same output and weights; faster for TensorFlow CPU training, where grouped
+            convs are slow); ``"auto"`` = dense in Keras (TensorFlow's CPU grouped convs are
+            17-200x slower to train than a dense conv), while ``export_tflite`` still
+            exports the grouped ops.
+        arrangement: how the factorized path lays out the 1x1 part: ``"grouped"`` (a
+            grouped 1x1 over the ``b*C`` gathered channels, ``b*Cg*N`` MACs per pixel),
+            ``"full_pointwise"`` (ONE 1x1 conv over all ``C`` channels with zeros where
+            there is no 1x1 connection, ``C*N`` MACs, no channel moves) or ``"auto"`` (the
+            cheaper by the LiteRT cost model ``LITERT_COST``).
+        kernel_initializer: initializer of each compact weight.
+        bias_initializer: initializer of the bias.
+        kernel_regularizer: regularizer of the compact weights.
+        bias_regularizer: regularizer of the bias.
+        activity_regularizer: regularizer of the layer's output.
+        kernel_constraint: constraint of the compact weights.
+        bias_constraint: constraint of the bias.
+        seed: int or ``None``; seeds ``kernel_initializer`` when it takes a seed and has
+            none.
+        rank: alias of ``kernel_span``, for the uniform ``from_conv2d(rank=)`` API; pass one
+            of them, not both.
+        **kwargs: base ``keras.layers.Layer`` arguments (``name``, ``dtype``,
+            ``trainable``).
+
+    Input shape:
+        4D tensor ``(batch, H, W, C)``; ``C`` must be known (and ``H``, ``W`` too for 1x1
+        connections with strides above 1 on the factorized path).
+
+    Output shape:
+        4D tensor ``(batch, H_out, W_out, filters)``.
+
+    Raises:
+        ValueError: when the pattern or another argument is invalid (the message says what
+            to choose).
+
+    Example:
+
+    >>> layer = SSConv2D(64, 3, groups=4, kernel_span=1, pointwise_span=1, padding="same")
+    >>> layer.build((None, 32, 32, 64))
+    >>> layer.cost((32, 32, 64))
+    Cost(params=10304, fixed_params=0, macs=10485760)
+    >>> round(layer.mac_ratio(), 3)
+    0.278
     """
 
     def __init__(
@@ -193,7 +244,7 @@ class SSConv2D(CompressedLayer):
 
     @property
     def rank(self) -> int:
-        """Alias of ``kernel_span`` (the width of the ``k x k`` block band)."""
+        """Alias of ``kernel_span`` (the width of the ``kh x kw`` block band)."""
         return self.kernel_span
 
     def _pattern_for(self, in_channels: int, shift=None) -> dec.SSCPattern:
@@ -269,7 +320,11 @@ class SSConv2D(CompressedLayer):
         return min(times, key=times.get)
 
     def mac_ratio(self) -> float:
-        """Structural MACs over those of the dense conv: ``(a*kh*kw + b) / (G*kh*kw)``."""
+        """Structural MACs over those of the dense conv.
+
+        Returns:
+            ``(a*kh*kw + b) / (G*kh*kw)`` as a float.
+        """
         kk = math.prod(self.kernel_size)
         return (self.kernel_span * kk + self.pointwise_span) / (self.groups * kk)
 
@@ -320,8 +375,17 @@ class SSConv2D(CompressedLayer):
         return plan
 
     def estimated_time(self, arrangement: str | None = None) -> float:
-        """LiteRT time per output pixel of the factorized path, in dense-conv MACs
-        (``LITERT_COST``-weighted sum of ``_plan``); the dense conv costs ``kh*kw*C*N``."""
+        """LiteRT time per output pixel of the factorized path, in dense-conv MACs.
+
+        The ``LITERT_COST``-weighted sum of the path's conv MACs and channel moves; the dense
+        conv costs ``kh*kw*C*N``. Needs a built layer.
+
+        Args:
+            arrangement: ``"grouped"`` or ``"full_pointwise"``; ``None``: the resolved one.
+
+        Returns:
+            The estimated time as a float.
+        """
         arrangement = arrangement or self._resolved_arrangement
         return float(sum(LITERT_COST[k] * v for k, v in self._plan(arrangement)))
 
@@ -330,6 +394,15 @@ class SSConv2D(CompressedLayer):
 
         ``"dense"``: ``kh*kw*C*N`` per output pixel; ``"factorized"`` with
         ``arrangement="full_pointwise"``: the 1x1 conv runs over all ``C`` channels.
+
+        Args:
+            input_shape: ``(H, W, C)`` or ``(batch, H, W, C)``, known spatial dims.
+
+        Returns:
+            The MACs as an int.
+
+        Raises:
+            ValueError: when the layer is not built.
         """
         if not self.built:
             raise ValueError(f"{self._who}: build the layer first.")
@@ -398,8 +471,17 @@ class SSConv2D(CompressedLayer):
         return ops.conv(x, weight, **conv_args)
 
     def factorized_call(self, inputs):
-        """Grouped ``kh x kw`` conv + the 1x1 part (grouped, or one conv over all channels
-        with zeros when ``arrangement="full_pointwise"``), summed, filters reordered once."""
+        """The factorized forward, without bias and activation.
+
+        Grouped ``kh x kw`` conv + the 1x1 part (grouped, or one conv over all channels with
+        zeros when ``arrangement="full_pointwise"``), summed, filters reordered once.
+
+        Args:
+            inputs: a tensor ``(batch, H, W, C)``.
+
+        Returns:
+            The tensor ``(batch, H_out, W_out, filters)``.
+        """
         p = self.pattern
         full_pw = self._resolved_arrangement == "full_pointwise"
         grouped = (0 < p.kernel_span < p.groups) or (
@@ -480,7 +562,16 @@ class SSConv2D(CompressedLayer):
         """Parameters and MACs of one call, counted from the structure (non-zero connections).
 
         ``params = kh*kw*a*Cg*N + b*Cg*N (+ N bias)``; ``MACs = H_out*W_out*(kh*kw*a*Cg*N +
-        b*Cg*N)``, whatever ``implementation`` runs. ``input_shape``: ``(H, W, C)`` or with batch.
+        b*Cg*N)``, whatever ``implementation`` runs (``executed_macs`` counts those).
+
+        Args:
+            input_shape: ``(H, W, C)`` or ``(batch, H, W, C)``, known spatial dims.
+
+        Returns:
+            The layer's ``Cost``.
+
+        Raises:
+            ValueError: when the spatial dims are unknown or the pattern does not fit ``C``.
         """
         shape = tuple(input_shape)
         if len(shape) == 3:
@@ -503,6 +594,16 @@ class SSConv2D(CompressedLayer):
         ``spectrum[r-1] = kept(r) - kept(r-1)``, ``kept(r)`` the squared norm of the best-shift
         projection with ``kernel_span=r`` (``kept(0) = 0``), ``r`` up to ``groups -
         pointwise_span``. Sums to the kernel's energy when ``pointwise_span=0``.
+
+        Args:
+            kernel: the kernel ``(kh, kw, C, N)``.
+            groups: ``G`` of the pattern.
+            pointwise_span: ``b`` of the pattern.
+            layout: ``"contiguous"`` or ``"interleaved"``.
+            **_: ignored.
+
+        Returns:
+            A 1-D array of ``groups - pointwise_span`` energies.
         """
         kept = [0.0]
         for r in range(1, groups - pointwise_span + 1):
@@ -528,20 +629,40 @@ class SSConv2D(CompressedLayer):
     ) -> SSConv2D:
         """Project a built ``Conv2D``'s kernel onto the pattern (nearest in Frobenius norm).
 
-        ``shift="best"`` (default) picks the cyclic shift whose pattern keeps the most kernel
-        energy (``decompositions.ssc_best_shift``); an int fixes it. ``rank`` is
-        ``kernel_span``; ``energy`` picks the smallest ``kernel_span`` in
-        ``[1, groups - pointwise_span]`` whose projection keeps that share of the kernel's
-        squared Frobenius norm (the largest if none does). With ``groups=1`` the layer is
-        exact. Bias, activation, strides, padding, dilation, regularizers and constraints are
-        copied; ``conv`` is not modified.
+        With ``groups=1`` the layer is exact. Bias, activation, strides, padding, dilation,
+        regularizers and constraints are copied; ``conv`` is not modified.
+
+        Args:
+            conv: a built, channels-last, ungrouped ``keras.layers.Conv2D``.
+            rank: alias of ``kernel_span``.
+            energy: instead of a span, the smallest ``kernel_span`` in
+                ``[1, groups - pointwise_span]`` whose projection keeps this share of the
+                kernel's squared Frobenius norm (the largest if none does), in ``(0, 1]``.
+            implementation: ``"auto"``, ``"factorized"`` or ``"dense"``.
+            name: the layer's name (default: the source's).
+            groups: ``G`` of the pattern.
+            kernel_span: ``a`` of the pattern (default 1).
+            pointwise_span: ``b`` of the pattern.
+            layout: ``"contiguous"`` or ``"interleaved"``.
+            shift: ``"best"`` (default) picks the cyclic shift whose pattern keeps the most
+                kernel energy (``decompositions.ssc_best_shift``); an int fixes it.
+            **kwargs: other constructor arguments (e.g. ``arrangement``).
+
+        Returns:
+            The new, built ``SSConv2D``.
+
+        Raises:
+            ValueError: when more than one of ``rank``, ``kernel_span`` and ``energy`` is
+                given, ``rank`` is not a positive int, ``conv`` is not a valid source, or
+                the pattern is invalid.
         """
         who = "SSConv2D.from_conv2d"
         w = check_conv2d(conv, "SSConv2D")
+        check_rank_or_energy(who, rank, energy)
         n_set = sum(v is not None for v in (rank, energy, kernel_span))
         if n_set > 1:
             raise ValueError(f"{who}: pass one of rank (= kernel_span), kernel_span or energy.")
-        span = rank if rank is not None else kernel_span
+        span = check_rank(who, rank) if rank is not None else kernel_span
         if energy is not None:
             energy = check_energy(who, energy)
             # validate the pattern arguments before searching
@@ -579,7 +700,17 @@ class SSConv2D(CompressedLayer):
         return layer
 
     def set_compact_weights(self, kernel, pointwise_kernel) -> None:
-        """Assign the compact weights (shapes ``pattern.kernel_shape``/``pointwise_shape``)."""
+        """Assign the compact weights, checking their shapes.
+
+        Args:
+            kernel: the ``kh x kw`` weights, shape ``pattern.kernel_shape`` (ignored when the
+                layer has none).
+            pointwise_kernel: the 1x1 weights, shape ``pattern.pointwise_shape`` (ignored
+                when the layer has none).
+
+        Raises:
+            ValueError: when a value's shape differs from its weight's.
+        """
         for var, value in ((self.kernel, kernel), (self.pointwise_kernel, pointwise_kernel)):
             if var is None:
                 continue
@@ -592,7 +723,15 @@ class SSConv2D(CompressedLayer):
             var.assign(value.astype(var.dtype))
 
     def folded_kernel_and_bias(self) -> tuple[np.ndarray, np.ndarray | None]:
-        """The equivalent dense kernel (zeros where not connected) and bias, as NumPy."""
+        """The equivalent dense kernel and bias, as NumPy arrays.
+
+        Returns:
+            A tuple ``(kernel (kh, kw, C, N), bias (N,) or None)``; the kernel is zero where
+            not connected.
+
+        Raises:
+            ValueError: when the layer is not built.
+        """
         if not self.built:
             raise ValueError(f"{self._who}: build the layer first.")
         p = self.pattern
@@ -624,12 +763,23 @@ class SSConv2D(CompressedLayer):
 
 
 def set_ssc_implementation(model, implementation: str, arrangement: str | None = None) -> int:
-    """Set ``implementation`` (and ``arrangement`` when given) on every ``SSConv2D`` of
-    ``model`` (nested models included).
+    """Set ``implementation`` (and ``arrangement``) on every ``SSConv2D`` of a model.
 
     For example ``"dense"`` before training in TensorFlow, ``"factorized"`` before export;
     the weights are the same. Compile again (or convert) after it: Keras caches traced
-    functions. Returns the number of layers changed.
+    functions.
+
+    Args:
+        model: a ``keras.Model`` (nested models included) or one ``SSConv2D``.
+        implementation: ``"auto"``, ``"factorized"`` or ``"dense"``.
+        arrangement: ``"auto"``, ``"grouped"``, ``"full_pointwise"``, or ``None`` to keep
+            each layer's.
+
+    Returns:
+        The number of layers changed.
+
+    Raises:
+        ValueError: when ``implementation`` or ``arrangement`` is not a valid value.
     """
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(

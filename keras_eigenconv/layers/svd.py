@@ -33,16 +33,50 @@ DECOMPOSITIONS = ("channel", "spatial")
 
 @keras.saving.register_keras_serializable(package="keras_eigenconv")
 class SVDConv2D(FactorizedConv2D):
-    """``Conv2D`` as trainable SVD factors ``left_vectors``, ``singular_values``,
-    ``right_vectors`` of rank ``rank``.
+    """``Conv2D`` as trainable SVD factors of rank ``rank``.
 
-    Args: those of ``keras.layers.Conv2D`` plus ``rank`` (``R``), ``decomposition``
-    (``"channel"`` or ``"spatial"``), ``singular_value_regularizer``, ``orthogonality``
-    (strength of the orthogonality penalty on both singular-vector factors, default 0) and
-    ``implementation``.
+    Weights: ``left_vectors`` ``U``, ``singular_values`` ``s (R,)`` and ``right_vectors``
+    ``V``: ``(kh, kw, C, R)``, ``(R,)``, ``(1, 1, R, N)`` for ``"channel"`` and
+    ``(kh, 1, C, R)``, ``(R,)``, ``(1, kw, R, N)`` for ``"spatial"``.
     ``kernel_regularizer``/``kernel_constraint`` apply to the singular vectors. From scratch
     the factors are the truncated SVD of a kernel drawn from ``kernel_initializer`` (so the
     vectors start orthonormal), rescaled to keep its norm.
+
+    Args:
+        filters: int, the number ``N`` of output filters.
+        kernel_size: int or pair of ints ``(kh, kw)``.
+        rank: int, the rank ``R``: at most ``min(kh*kw*C, filters)`` (``"channel"``) or
+            ``min(kh*C, kw*filters)`` (``"spatial"``).
+        decomposition: ``"channel"`` (a ``kh x kw`` conv ``C -> R``, then a 1x1 conv) or
+            ``"spatial"`` (a ``kh x 1`` conv ``C -> R``, then a ``1 x kw`` conv).
+        singular_value_regularizer: regularizer of ``singular_values`` alone (e.g.
+            ``SingularValueL1`` or ``SingularValueHoyer``), or ``None``.
+        orthogonality: float ``>= 0``, strength of the orthogonality penalty
+            ``||G - I||_F^2 / R^2`` on both singular-vector factors (default 0: none).
+        **kwargs: the other arguments of ``keras.layers.Conv2D`` and ``FactorizedConv2D``:
+            ``strides``, ``padding``, ``data_format``, ``dilation_rate``, ``activation``,
+            ``use_bias``, ``implementation``, the initializers, regularizers and
+            constraints, ``seed`` and the base-layer arguments.
+
+    Input shape:
+        4D tensor ``(batch, H, W, C)``.
+
+    Output shape:
+        4D tensor ``(batch, H_out, W_out, filters)``.
+
+    Raises:
+        ValueError: when ``decomposition`` or ``orthogonality`` is invalid, or another
+            argument is.
+
+    Example:
+
+    >>> conv = keras.layers.Conv2D(64, 3, padding="same")
+    >>> conv.build((None, 32, 32, 16))
+    >>> layer = SVDConv2D.from_conv2d(conv, rank=16, orthogonality=1e-3)
+    >>> [tuple(w.shape) for w in layer.factors().values()]
+    [(3, 3, 16, 16), (16,), (1, 1, 16, 64)]
+    >>> layer.cost((32, 32, 16)).macs
+    3407872
     """
 
     _scale_factor = "singular_values"
@@ -73,6 +107,17 @@ class SVDConv2D(FactorizedConv2D):
 
     @classmethod
     def method_options(cls, **kwargs):
+        """``{"decomposition": ...}`` out of the constructor arguments (default ``"channel"``).
+
+        Args:
+            **kwargs: constructor keyword arguments.
+
+        Returns:
+            A dict with the ``decomposition`` entry.
+
+        Raises:
+            ValueError: when ``decomposition`` is not one of ``DECOMPOSITIONS``.
+        """
         decomposition = kwargs.get("decomposition", "channel")
         if decomposition not in DECOMPOSITIONS:
             raise ValueError(
@@ -81,6 +126,7 @@ class SVDConv2D(FactorizedConv2D):
         return {"decomposition": decomposition}
 
     def max_rank(self, in_channels: int) -> int:
+        """``min(kh*kw*C, N)``, or ``min(kh*C, kw*N)`` for ``"spatial"``."""
         kh, kw = self.kernel_size
         if self.decomposition == "spatial":
             return min(kh * in_channels, kw * self.filters)
@@ -144,6 +190,17 @@ class SVDConv2D(FactorizedConv2D):
 
     @classmethod
     def spectrum(cls, kernel, decomposition="channel", **options):
+        """Squared singular values of the factored matrix.
+
+        Args:
+            kernel: the kernel ``(kh, kw, C, N)``.
+            decomposition: ``"channel"`` (``W.reshape(kh*kw*C, N)``) or ``"spatial"`` (the
+                ``(kh*C) x (kw*N)`` unfolding).
+            **options: ignored.
+
+        Returns:
+            The energies, descending.
+        """
         if decomposition == "spatial":
             return dec.svd_spatial_spectrum(kernel)
         return dec.svd_channel_spectrum(kernel)
@@ -156,16 +213,32 @@ class SVDConv2D(FactorizedConv2D):
 
     @classmethod
     def vbmf_matrices(cls, kernel, decomposition="channel", **options):
-        """The matrix that is factored: ``(kh*kw*C, N)``, or ``(kh*C, kw*N)`` for spatial."""
+        """The matrix that is factored.
+
+        Args:
+            kernel: the kernel ``(kh, kw, C, N)``.
+            decomposition: ``"channel"`` or ``"spatial"``.
+            **options: ignored.
+
+        Returns:
+            A one-element list: ``(kh*kw*C, N)``, or ``(kh*C, kw*N)`` for ``"spatial"``.
+        """
         kh, kw, c, n = kernel.shape
         if decomposition == "spatial":
             return [np.transpose(kernel, (0, 2, 1, 3)).reshape(kh * c, kw * n)]
         return [kernel.reshape(kh * kw * c, n)]
 
     def inference_layers(self) -> list[keras.layers.Layer]:
-        """The equivalent built plain-Keras layers (inference): a ``Conv2D`` ``C -> R``
-        (``U``; ``kh x kw``, or ``kh x 1`` for ``"spatial"``) then a ``Conv2D`` ``R -> N``
-        (``diag(s) V^T``; 1x1, or ``1 x kw``) holding the bias and activation."""
+        """The equivalent built plain-Keras layers (inference).
+
+        Returns:
+            ``[Conv2D, Conv2D]``: a ``Conv2D`` ``C -> R`` (``U``; ``kh x kw``, or ``kh x 1``
+            for ``"spatial"``) then a ``Conv2D`` ``R -> N`` (``diag(s) V^T``; 1x1, or
+            ``1 x kw``) holding the bias and activation.
+
+        Raises:
+            ValueError: when the layer is not built.
+        """
         if not self.built:
             raise ValueError(f"{self._who}.inference_layers: build the layer first.")
         (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.strides, self.dilation_rate

@@ -45,18 +45,10 @@ __all__ = ["NaiveTTConv2D", "TTConv2D"]
 
 @keras.saving.register_keras_serializable(package="keras_eigenconv")
 class TTConv2D(FactorizedConv2D):
-    """``Conv2D`` in the TT-conv format of Garipov et al.: ``spatial (kh, kw, r0)`` and
-    ``core_i (r_{i-1}, c_i, s_i, r_i)``, ``i = 1..d``, ``r_d = 1``.
+    """``Conv2D`` in the TT-conv format of Garipov et al. (2016).
 
-    Args: those of ``keras.layers.Conv2D`` plus
-    - ``rank``: one int (caps every TT-rank ``r_0..r_{d-1}`` at it and at the full rank) or
-      ``d`` ints ``[r_0, ..., r_{d-1}]`` (the paper's ``d+1`` form ending in 1 is accepted);
-    - ``in_modes``/``out_modes``: factorizations of ``C`` and ``filters`` (``"auto"``:
-      ``num_modes`` balanced modes, default 3);
-    - ``implementation``: ``"dense"`` (alias ``"full"``: rebuild the kernel, one conv, the
-      paper's path: fewer parameters, same FLOPs), ``"factorized"`` (shared spatial filters,
-      then core contractions) or ``"auto"``: dense, because the factorized form measured
-      slower than the conv at every benchmarked shape, even at 0.3x its MACs.
+    Weights: ``spatial (kh, kw, r0)`` and ``core_i (r_{i-1}, c_i, s_i, r_i)``, ``i = 1..d``,
+    ``r_d = 1``, with ``W[x, y, c, s] = G0[x, y, :] G_1[:, c1, s1, :] ... G_d[:, cd, sd, :]``.
 
     From scratch the cores are Gaussian (``SeedGenerator(seed)``), each with the same
     ``sigma``, so that the rebuilt kernel has the variance of ``kernel_initializer``
@@ -64,6 +56,47 @@ class TTConv2D(FactorizedConv2D):
     the norm of a kernel drawn from it. ``from_conv2d``: TT-SVD of the trained kernel,
     exact at the full TT-ranks (``rank=None``); ``energy=e`` runs TT-SVD with relative error
     bound ``sqrt(1 - e)``, so at least ``e`` of the squared norm is kept.
+
+    Args:
+        filters: int, the number ``N`` of output filters.
+        kernel_size: int or pair of ints ``(kh, kw)``.
+        rank: one int (caps every TT-rank ``r_0..r_{d-1}`` at it and at the full rank) or
+            ``d`` ints ``[r_0, ..., r_{d-1}]`` (the paper's ``d+1`` form ending in 1 is
+            accepted). Ranks above the full TT-ranks add parameters, not accuracy.
+        in_modes: ``"auto"`` or a factorization ``(c_1, ..., c_d)`` of the input channels
+            ``C`` (C-order, ``c1`` most significant).
+        out_modes: ``"auto"`` or a factorization ``(s_1, ..., s_d)`` of ``filters``.
+        num_modes: int, the number ``d`` of modes for ``"auto"`` (balanced modes,
+            default 3); explicit mode lists set it.
+        implementation: ``"dense"`` (alias ``"full"``: rebuild the kernel, one conv, the
+            paper's path: fewer parameters, same FLOPs), ``"factorized"`` (shared spatial
+            filters, then core contractions) or ``"auto"``: dense, because the factorized
+            form measured slower than the conv at every benchmarked shape, even at 0.3x its
+            MACs.
+        **kwargs: the other arguments of ``keras.layers.Conv2D`` and ``FactorizedConv2D``:
+            ``strides``, ``padding``, ``data_format``, ``dilation_rate``, ``activation``,
+            ``use_bias``, the initializers, regularizers and constraints, ``seed`` and the
+            base-layer arguments.
+
+    Input shape:
+        4D tensor ``(batch, H, W, C)``.
+
+    Output shape:
+        4D tensor ``(batch, H_out, W_out, filters)``.
+
+    Raises:
+        ValueError: when the modes, ``num_modes`` or ``rank`` are invalid, or another
+            argument is.
+
+    Example:
+
+    >>> conv = keras.layers.Conv2D(64, 3, padding="same")
+    >>> conv.build((None, 16, 16, 64))
+    >>> layer = TTConv2D.from_conv2d(conv, rank=8)
+    >>> layer.modes(64), layer.tt_ranks(64)
+    (((4, 4, 4), (4, 4, 4)), (8, 8, 8, 1))
+    >>> layer.cost((16, 16, 64)).params
+    2312
     """
 
     _scale_factor = "spatial"
@@ -94,6 +127,14 @@ class TTConv2D(FactorizedConv2D):
 
     @classmethod
     def method_options(cls, **kwargs):
+        """The mode options out of the constructor arguments.
+
+        Args:
+            **kwargs: constructor keyword arguments.
+
+        Returns:
+            A dict with ``in_modes``, ``out_modes`` and ``num_modes`` (defaults filled in).
+        """
         return {
             "in_modes": kwargs.get("in_modes", "auto"),
             "out_modes": kwargs.get("out_modes", "auto"),
@@ -105,15 +146,30 @@ class TTConv2D(FactorizedConv2D):
         return _rank_arg(self._who, rank, d, pad_ones=1)
 
     def modes(self, in_channels: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
-        """``(in_modes, out_modes)`` for ``in_channels`` inputs."""
+        """The mode factorizations for ``in_channels`` inputs.
+
+        Args:
+            in_channels: the number ``C`` of input channels.
+
+        Returns:
+            ``(in_modes, out_modes)`` as tuples of ints.
+        """
         ins = resolve_modes(in_channels, self.in_modes, self.num_modes, self._who, "in_modes")
         return ins, self.out_modes
 
     def max_rank(self, in_channels: int) -> list[int]:
+        """The full TT-ranks ``[r_0, ..., r_{d-1}]`` (``tt_conv_max_ranks``)."""
         return dec.tt_conv_max_ranks(self.kernel_size, *self.modes(in_channels))
 
     def tt_ranks(self, in_channels: int) -> tuple[int, ...]:
-        """``(r_0, ..., r_{d-1}, 1)``, the form the paper lists."""
+        """The layer's TT-ranks in the form the paper lists.
+
+        Args:
+            in_channels: the number ``C`` of input channels.
+
+        Returns:
+            ``(r_0, ..., r_{d-1}, 1)``.
+        """
         return tuple(_bond_ranks(self.rank, self.max_rank(in_channels))) + (1,)
 
     def factor_shapes(self, in_channels: int) -> dict:
@@ -171,9 +227,21 @@ class TTConv2D(FactorizedConv2D):
         return "dense" if self.implementation == "auto" else self.implementation
 
     def cost(self, input_shape) -> Cost:
-        """Parameters and MACs; the MACs are those of the path that runs (the resolved
-        ``implementation``; before build, the cheaper by MACs): the paper's TT-conv runs the
-        rebuilt dense kernel, whose factorized form often costs more MACs than the conv."""
+        """Parameters and MACs of one call on ``input_shape``.
+
+        The MACs are those of the path that runs (the resolved ``implementation``; before
+        build, the cheaper by MACs): the paper's TT-conv runs the rebuilt dense kernel, whose
+        factorized form often costs more MACs than the conv.
+
+        Args:
+            input_shape: ``(H, W, C)`` or ``(batch, H, W, C)``, known spatial dims.
+
+        Returns:
+            The layer's ``Cost``.
+
+        Raises:
+            ValueError: when the spatial dims are unknown.
+        """
         c = super().cost(input_shape)
         shape = tuple(input_shape) if len(tuple(input_shape)) == 4 else (None, *input_shape)
         dense = self.dense_macs(shape)
@@ -211,14 +279,37 @@ class TTConv2D(FactorizedConv2D):
 
     @classmethod
     def spectrum(cls, kernel, in_modes="auto", out_modes="auto", num_modes=3, **options):
-        """Squared singular values at the bond with the largest full TT-rank (its length is
-        the largest meaningful int ``rank``); ``bond_spectra`` gives every bond's."""
+        """Squared singular values at the bond with the largest full TT-rank.
+
+        Its length is the largest meaningful int ``rank``; ``bond_spectra`` gives every
+        bond's.
+
+        Args:
+            kernel: the kernel ``(kh, kw, C, N)``.
+            in_modes: ``"auto"`` or a factorization of ``C``.
+            out_modes: ``"auto"`` or a factorization of ``N``.
+            num_modes: the number of modes for ``"auto"``.
+            **options: ignored.
+
+        Returns:
+            A 1-D array of energies, descending.
+        """
         spectra = cls.bond_spectra(kernel, in_modes, out_modes, num_modes)
         return max(spectra, key=len)
 
     @classmethod
     def bond_spectra(cls, kernel, in_modes="auto", out_modes="auto", num_modes=3) -> list:
-        """Squared singular values at each TT-SVD bond ``r_0..r_{d-1}``."""
+        """Squared singular values at each TT-SVD bond ``r_0..r_{d-1}``.
+
+        Args:
+            kernel: the kernel ``(kh, kw, C, N)``.
+            in_modes: ``"auto"`` or a factorization of ``C``.
+            out_modes: ``"auto"`` or a factorization of ``N``.
+            num_modes: the number of modes for ``"auto"``.
+
+        Returns:
+            A list of ``d`` 1-D arrays, one per bond.
+        """
         w = np.asarray(kernel, dtype=np.float64)
         ins, outs = cls._kernel_modes(w, in_modes, out_modes, num_modes)
         spatial, cores = dec.tt_conv_factors(w, ins, outs)
@@ -242,8 +333,28 @@ class TTConv2D(FactorizedConv2D):
         num_modes=3,
         **options,
     ):
-        """TT-ranks from ``rank``, or from TT-SVD with error bound ``sqrt(1 - energy)``;
-        with neither, the full ranks."""
+        """The TT-ranks that ``from_conv2d`` uses.
+
+        From ``rank``, or from TT-SVD with relative error bound ``sqrt(1 - energy)``; with
+        neither, the full ranks.
+
+        Args:
+            kernel: the kernel ``(kh, kw, C, N)``.
+            rank: an int, ``d`` ints, or ``None``.
+            energy: the share of the kernel's squared Frobenius norm to keep, in ``(0, 1]``,
+                or ``None``.
+            in_modes: ``"auto"`` or a factorization of ``C``.
+            out_modes: ``"auto"`` or a factorization of ``N``.
+            num_modes: the number of modes for ``"auto"``.
+            **options: ignored.
+
+        Returns:
+            An int (one cap for every bond) or a tuple ``(r_0, ..., r_{d-1})``.
+
+        Raises:
+            ValueError: when both ``rank`` and ``energy`` are given, or an argument is
+                invalid.
+        """
         name = cls.__name__
         check_rank_or_energy(name, rank, energy)
         w = np.asarray(kernel, dtype=np.float64)
@@ -289,14 +400,28 @@ class TTConv2D(FactorizedConv2D):
 
 @keras.saving.register_keras_serializable(package="keras_eigenconv")
 class NaiveTTConv2D(FactorizedConv2D):
-    """The "naive" TT-conv baseline of Garipov et al.: the TT of the 4-D kernel with modes
-    ``(kh, kw, C, N)``, cores ``core_1 (1, kh, r1)``, ``core_2 (r1, kw, r2)``,
-    ``core_3 (r2, C, r3)``, ``core_4 (r3, N, 1)``.
+    """The "naive" TT-conv baseline of Garipov et al.: the TT of the 4-D kernel.
 
-    ``rank``: one int (caps ``r1, r2, r3``) or three ints. It saves parameters only: the
-    forward always rebuilds the kernel and runs one conv (``implementation`` is accepted
-    for API symmetry; ``"factorized"`` runs the same dense path). ``from_conv2d``: TT-SVD,
-    exact at full ranks; ``energy`` as in ``TTConv2D``.
+    The modes are ``(kh, kw, C, N)``, with cores ``core_1 (1, kh, r1)``,
+    ``core_2 (r1, kw, r2)``, ``core_3 (r2, C, r3)``, ``core_4 (r3, N, 1)``. It saves
+    parameters only: the forward always rebuilds the kernel and runs one conv
+    (``implementation`` is accepted for API symmetry; ``"factorized"`` runs the same dense
+    path). ``from_conv2d``: TT-SVD, exact at full ranks; ``energy`` as in ``TTConv2D``.
+
+    Args:
+        filters: int, the number ``N`` of output filters.
+        kernel_size: int or pair of ints ``(kh, kw)``.
+        rank: one int (caps ``r1, r2, r3``) or three ints.
+        **kwargs: the other arguments of ``keras.layers.Conv2D`` and ``FactorizedConv2D``:
+            ``strides``, ``padding``, ``data_format``, ``dilation_rate``, ``activation``,
+            ``use_bias``, ``implementation``, the initializers, regularizers and
+            constraints, ``seed`` and the base-layer arguments.
+
+    Input shape:
+        4D tensor ``(batch, H, W, C)``.
+
+    Output shape:
+        4D tensor ``(batch, H_out, W_out, filters)``.
     """
 
     _scale_factor = "core_4"
@@ -306,10 +431,18 @@ class NaiveTTConv2D(FactorizedConv2D):
         return _rank_arg(self._who, rank, 3, pad_ones=1)
 
     def max_rank(self, in_channels: int) -> list[int]:
+        """The full TT-ranks ``[r1, r2, r3]`` of the ``(kh, kw, C, N)`` kernel."""
         return dec.tt_max_ranks((*self.kernel_size, int(in_channels), self.filters))
 
     def tt_ranks(self, in_channels: int) -> tuple[int, ...]:
-        """``(1, r1, r2, r3, 1)``."""
+        """The layer's TT-ranks.
+
+        Args:
+            in_channels: the number ``C`` of input channels.
+
+        Returns:
+            ``(1, r1, r2, r3, 1)``.
+        """
         return (1, *_bond_ranks(self.rank, self.max_rank(in_channels)), 1)
 
     def factor_shapes(self, in_channels: int) -> dict:
@@ -344,6 +477,15 @@ class NaiveTTConv2D(FactorizedConv2D):
 
     @classmethod
     def spectrum(cls, kernel, **options):
+        """Squared singular values at each of the three bonds of the 4-D kernel.
+
+        Args:
+            kernel: the kernel ``(kh, kw, C, N)``.
+            **options: ignored.
+
+        Returns:
+            A list of three 1-D arrays (unfoldings after ``kh``, ``kh*kw``, ``kh*kw*C``).
+        """
         w = np.asarray(kernel, dtype=np.float64)
         return [
             np.linalg.svd(w.reshape(math.prod(w.shape[: i + 1]), -1), compute_uv=False) ** 2
@@ -352,6 +494,21 @@ class NaiveTTConv2D(FactorizedConv2D):
 
     @classmethod
     def rank_for(cls, kernel, rank=None, energy=None, **options):
+        """The TT-ranks that ``from_conv2d`` uses (as ``TTConv2D.rank_for``).
+
+        Args:
+            kernel: the kernel ``(kh, kw, C, N)``.
+            rank: an int, three ints, or ``None`` (the full ranks).
+            energy: the share of the kernel's squared Frobenius norm to keep, in ``(0, 1]``
+                (TT-SVD error bound ``sqrt(1 - energy)``), or ``None``.
+            **options: ignored.
+
+        Returns:
+            An int (one cap for every bond) or a tuple ``(r1, r2, r3)``.
+
+        Raises:
+            ValueError: when both ``rank`` and ``energy`` are given, or either is invalid.
+        """
         name = cls.__name__
         check_rank_or_energy(name, rank, energy)
         w = np.asarray(kernel, dtype=np.float64)

@@ -46,21 +46,62 @@ __all__ = ["TTDense"]
 
 @keras.saving.register_keras_serializable(package="keras_eigenconv")
 class TTDense(CompressedLayer):
-    """``Dense`` whose ``(M, N)`` kernel is a TT-matrix (Novikov et al. 2015): cores
-    ``core_i (r_{i-1}, m_i, n_i, r_i)``, ``r_0 = r_d = 1``.
+    """``Dense`` whose ``(M, N)`` kernel is a TT-matrix (Novikov et al. 2015).
 
-    Args: those of ``keras.layers.Dense`` plus ``rank`` (one int capping every inner
-    TT-rank, or ``d-1`` ints; the paper's ``[1, r, ..., r, 1]`` form is accepted),
-    ``in_modes``/``out_modes`` (``"auto"``: ``num_modes`` balanced modes of ``M`` and
-    ``units``), ``implementation`` (``"factorized"``: core contractions,
-    ``sum_i (prod_{j<i} n_j) r_{i-1} m_i n_i r_i (prod_{j>i} m_j)`` MACs per row;
-    ``"dense"``: rebuild ``W`` and one matmul; ``"auto"``: the fewer MACs, factorized
-    only below 0.9 of ``M*N``) and ``seed``.
+    Weights: cores ``core_i (r_{i-1}, m_i, n_i, r_i)``, ``r_0 = r_d = 1``, with
+    ``W[(i1..id), (j1..jd)] = G_1[:, i1, j1, :] ... G_d[:, id, jd, :]``, and the bias.
 
     From scratch the cores are Gaussian with one ``sigma`` chosen so that the rebuilt
     kernel has the variance of ``kernel_initializer`` (Glorot: ``2 / (M + N)``).
     ``from_dense``: TT-SVD, exact at the full TT-ranks; ``energy=e`` bounds the relative
     error by ``sqrt(1 - e)``.
+
+    Args:
+        units: positive int, the number ``N`` of outputs.
+        rank: one int capping every inner TT-rank, or ``d-1`` ints (the paper's
+            ``[1, r, ..., r, 1]`` form is accepted).
+        in_modes: ``"auto"`` or a factorization ``(m_1, ..., m_d)`` of the input features
+            ``M`` (C-order, ``i1`` most significant).
+        out_modes: ``"auto"`` or a factorization ``(n_1, ..., n_d)`` of ``units``.
+        num_modes: int, the number ``d`` of modes for ``"auto"`` (balanced modes, default
+            3); explicit mode lists set it.
+        activation: activation applied after the bias (``None``: linear).
+        use_bias: whether the layer adds a bias of shape ``(units,)``.
+        implementation: ``"factorized"`` (core contractions,
+            ``sum_i (prod_{j<i} n_j) r_{i-1} m_i n_i r_i (prod_{j>i} m_j)`` MACs per row),
+            ``"dense"`` (rebuild ``W`` and one matmul) or ``"auto"`` (the fewer MACs:
+            factorized only below 0.9 of ``M*N``).
+        kernel_initializer: initializer of the equivalent ``(M, N)`` kernel; the cores get
+            its variance.
+        bias_initializer: initializer of the bias.
+        kernel_regularizer: regularizer of every core.
+        bias_regularizer: regularizer of the bias.
+        activity_regularizer: regularizer of the layer's output.
+        kernel_constraint: constraint of every core.
+        bias_constraint: constraint of the bias.
+        seed: int or ``None``, the seed of the cores' Gaussian draws.
+        **kwargs: base ``keras.layers.Layer`` arguments (``name``, ``dtype``,
+            ``trainable``).
+
+    Input shape:
+        N-D tensor ``(batch, ..., M)``, ``M`` known.
+
+    Output shape:
+        N-D tensor ``(batch, ..., units)``.
+
+    Raises:
+        ValueError: when ``units``, the modes, ``num_modes``, ``rank`` or
+            ``implementation`` are invalid.
+
+    Example:
+
+    >>> dense = keras.layers.Dense(256)
+    >>> dense.build((None, 512))
+    >>> layer = TTDense.from_dense(dense, rank=8)
+    >>> layer.modes(512), layer.tt_ranks(512)
+    (((8, 8, 8), (8, 8, 4)), (1, 8, 8, 1))
+    >>> layer.cost((None, 512)).params
+    5120
     """
 
     source_type = keras.layers.Dense
@@ -117,17 +158,34 @@ class TTDense(CompressedLayer):
         self._resolved_implementation = None
 
     def modes(self, in_features: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """The mode factorizations for ``in_features`` inputs.
+
+        Args:
+            in_features: the number ``M`` of input features.
+
+        Returns:
+            ``(in_modes, out_modes)`` as tuples of ints.
+        """
         ins = resolve_modes(in_features, self.in_modes, self.num_modes, self._who, "in_modes")
         return ins, self.out_modes
 
     def max_rank(self, in_features: int) -> list[int]:
+        """The full inner TT-ranks ``[r_1, ..., r_{d-1}]`` (``tt_matrix_max_ranks``)."""
         return dec.tt_matrix_max_ranks(*self.modes(in_features))
 
     def tt_ranks(self, in_features: int) -> tuple[int, ...]:
-        """``(1, r_1, ..., r_{d-1}, 1)``."""
+        """The layer's TT-ranks.
+
+        Args:
+            in_features: the number ``M`` of input features.
+
+        Returns:
+            ``(1, r_1, ..., r_{d-1}, 1)``.
+        """
         return (1, *_bond_ranks(self.rank, self.max_rank(in_features)), 1)
 
     def core_shapes(self, in_features: int) -> list[tuple[int, int, int, int]]:
+        """The shapes ``(r_{i-1}, m_i, n_i, r_i)`` of the cores, in order."""
         r = self.tt_ranks(in_features)
         ins, outs = self.modes(in_features)
         return [(r[i], m, n, r[i + 1]) for i, (m, n) in enumerate(zip(ins, outs))]
@@ -173,6 +231,14 @@ class TTDense(CompressedLayer):
         )
 
     def set_cores(self, values) -> None:
+        """Assign the cores' values, checking their shapes.
+
+        Args:
+            values: a list of arrays, one per core, shapes ``core_shapes(M)``.
+
+        Raises:
+            ValueError: when a value's shape differs from its core's.
+        """
         for var, v in zip(self.cores, values):
             v = np.asarray(v)
             if tuple(v.shape) != tuple(var.shape):
@@ -180,6 +246,7 @@ class TTDense(CompressedLayer):
             var.assign(v.astype(var.dtype))
 
     def factorized_macs(self, in_features: int) -> int:
+        """MACs per input row of the core contractions (the ``"factorized"`` path)."""
         ins, outs = self.modes(in_features)
         return _tt_contract_macs(ins, outs, self.tt_ranks(in_features))
 
@@ -205,8 +272,17 @@ class TTDense(CompressedLayer):
         return (*tuple(input_shape)[:-1], self.units)
 
     def cost(self, input_shape) -> Cost:
-        """Parameters and MACs of one call on ``input_shape``: the core contractions, or
-        ``M*N`` per row where the dense path runs (the resolved ``implementation``)."""
+        """Parameters and MACs of one call on ``input_shape``.
+
+        MACs are those of the core contractions, or ``M*N`` per row where the dense path runs
+        (the resolved ``implementation``; before build, the cheaper by MACs).
+
+        Args:
+            input_shape: ``(batch, ..., M)``; unknown inner axes count as 1.
+
+        Returns:
+            The layer's ``Cost``.
+        """
         shape = tuple(input_shape)
         m = int(shape[-1])
         rows = math.prod(d for d in shape[1:-1] if d is not None) if len(shape) > 2 else 1
@@ -225,8 +301,28 @@ class TTDense(CompressedLayer):
     def rank_for(
         cls, kernel, rank=None, energy=None, in_modes="auto", out_modes="auto", num_modes=3
     ):
-        """Inner TT-ranks from ``rank`` or ``energy`` (TT-SVD error ``sqrt(1 - energy)``);
-        with neither, the full ranks."""
+        """The inner TT-ranks that ``from_dense`` uses.
+
+        From ``rank`` or ``energy`` (TT-SVD relative error bound ``sqrt(1 - energy)``); with
+        neither, the full ranks.
+
+        Args:
+            kernel: the ``Dense`` kernel ``(M, N)``.
+            rank: an int, ``d-1`` ints, or ``None``.
+            energy: the share of the kernel's squared Frobenius norm to keep, in ``(0, 1]``,
+                or ``None``.
+            in_modes: ``"auto"`` or a factorization of ``M``.
+            out_modes: ``"auto"`` or a factorization of ``N``.
+            num_modes: the number of modes for ``"auto"``.
+
+        Returns:
+            An int (one cap for every bond) or a tuple ``(r_1, ..., r_{d-1})`` (1 when
+            ``d = 1``).
+
+        Raises:
+            ValueError: when both ``rank`` and ``energy`` are given, or an argument is
+                invalid.
+        """
         name = cls.__name__
         check_rank_or_energy(name, rank, energy)
         w = np.asarray(kernel, dtype=np.float64)
@@ -255,8 +351,28 @@ class TTDense(CompressedLayer):
         implementation: str = "auto",
         name: str | None = None,
     ):
-        """A ``TTDense`` from a built ``keras.layers.Dense`` by TT-SVD of its kernel (exact at
-        the full TT-ranks, ``rank=None``); bias, activation, regularizers come along."""
+        """Build a ``TTDense`` from a built ``keras.layers.Dense`` by TT-SVD of its kernel.
+
+        Exact at the full TT-ranks (``rank=None``); the bias, activation, initializers,
+        regularizers and constraints come along; ``dense`` is not modified.
+
+        Args:
+            dense: a built ``keras.layers.Dense`` with trained, finite weights.
+            rank: an int, ``d-1`` ints, or ``None`` (the full ranks).
+            energy: the share of the kernel's squared Frobenius norm to keep, in ``(0, 1]``,
+                or ``None``.
+            in_modes: ``"auto"`` or a factorization of the input features ``M``.
+            out_modes: ``"auto"`` or a factorization of ``units``.
+            num_modes: the number of modes for ``"auto"``.
+            implementation: ``"auto"``, ``"factorized"`` or ``"dense"``.
+            name: the layer's name (default: the source's).
+
+        Returns:
+            The new, built ``TTDense``.
+
+        Raises:
+            ValueError: when ``dense`` is not a valid source or an argument is invalid.
+        """
         w = check_source(dense, keras.layers.Dense, f"{cls.__name__}.from_dense")
         r = cls.rank_for(w, rank, energy, in_modes, out_modes, num_modes)
         d = _num_modes(cls.__name__, num_modes, in_modes, out_modes)
@@ -280,13 +396,28 @@ class TTDense(CompressedLayer):
         return layer
 
     def folded_kernel_and_bias(self) -> tuple[np.ndarray, np.ndarray | None]:
-        """The equivalent ``(M, N)`` kernel and the bias as NumPy arrays."""
+        """The equivalent kernel and bias as NumPy arrays.
+
+        Returns:
+            A tuple ``(kernel (M, N), bias (N,) or None)``.
+        """
         kernel = np.asarray(ops.convert_to_numpy(self.full_kernel()))
         bias = ops.convert_to_numpy(self.bias) if self.use_bias else None
         return kernel, bias
 
     def to_dense(self, name: str | None = None) -> keras.layers.Dense:
-        """The equivalent, built ``keras.layers.Dense``."""
+        """The equivalent, built ``keras.layers.Dense`` (the cores folded into one kernel).
+
+        Args:
+            name: the new layer's name; ``None`` keeps this layer's.
+
+        Returns:
+            A built ``keras.layers.Dense`` with this layer's activation, bias, initializers,
+            regularizers and constraints.
+
+        Raises:
+            ValueError: when the layer is not built.
+        """
         if not self.built:
             raise ValueError(f"{self._who}.to_dense: build the layer first.")
         kernel, bias = self.folded_kernel_and_bias()

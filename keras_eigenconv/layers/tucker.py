@@ -34,17 +34,41 @@ def _rank_pair(who: str, rank, bound=None) -> tuple[int, int]:
 
 @keras.saving.register_keras_serializable(package="keras_eigenconv")
 class Tucker2Conv2D(FactorizedConv2D):
-    """``Conv2D`` as Tucker-2 factors ``first (1, 1, C, R1)``, ``core (kh, kw, R1, R2)``,
-    ``last (1, 1, R2, N)``.
+    """``Conv2D`` as Tucker-2 factors (Kim et al. 2016).
 
-    Args: those of ``keras.layers.Conv2D`` plus ``rank``: an int (``R1 = R2``) or a pair
-    ``(R1, R2)`` with ``R1 <= C``, ``R2 <= N``; and ``implementation``.
+    Weights: ``first (1, 1, C, R1)``, ``core (kh, kw, R1, R2)`` (with the strides, padding
+    and dilation) and ``last (1, 1, R2, N)``, run as three convs.
 
     ``from_conv2d(conv, rank=None, energy=None)``: HOSVD of the two channel unfoldings
     (exact at full ranks). ``rank="vbmf"`` picks each rank by empirical VBMF
     (``decompositions.vbmf_rank``) on its unfolding, as Kim et al. do (at least 1);
     ``energy=e`` picks each rank as the smallest keeping ``e`` of its unfolding's squared
     norm (so the kernel's relative error is at most ``sqrt(2 (1 - e))``).
+
+    Args:
+        filters: int, the number ``N`` of output filters.
+        kernel_size: int or pair of ints ``(kh, kw)``.
+        rank: an int (``R1 = R2``) or a pair ``(R1, R2)`` with ``R1 <= C``, ``R2 <= N``.
+        **kwargs: the other arguments of ``keras.layers.Conv2D`` and ``FactorizedConv2D``:
+            ``strides``, ``padding``, ``data_format``, ``dilation_rate``, ``activation``,
+            ``use_bias``, ``implementation``, the initializers, regularizers and
+            constraints, ``seed`` and the base-layer arguments.
+
+    Input shape:
+        4D tensor ``(batch, H, W, C)``.
+
+    Output shape:
+        4D tensor ``(batch, H_out, W_out, filters)``.
+
+    Example:
+
+    >>> conv = keras.layers.Conv2D(64, 3, padding="same")
+    >>> conv.build((None, 32, 32, 32))
+    >>> layer = Tucker2Conv2D.from_conv2d(conv, rank=(16, 32))
+    >>> layer.ranks
+    (16, 32)
+    >>> layer.cost((32, 32, 32))
+    Cost(params=7232, fixed_params=0, macs=7340032)
     """
 
     _scale_factor = "core"
@@ -62,6 +86,7 @@ class Tucker2Conv2D(FactorizedConv2D):
         return _rank_pair(self._who, self.rank)
 
     def max_rank(self, in_channels: int):
+        """``(C, N)``: the bounds of ``(R1, R2)``."""
         return (int(in_channels), self.filters)
 
     def factor_shapes(self, in_channels: int) -> dict:
@@ -101,24 +126,56 @@ class Tucker2Conv2D(FactorizedConv2D):
 
     @classmethod
     def spectra(cls, kernel) -> tuple[np.ndarray, np.ndarray]:
-        """``(input-channel, filter)`` unfolding spectra (squared singular values)."""
+        """The spectra of both channel unfoldings.
+
+        Args:
+            kernel: the kernel ``(kh, kw, C, N)``.
+
+        Returns:
+            ``(s_in, s_out)``: squared singular values of the input-channel unfolding
+            ``(C, kh*kw*N)`` and of the filter unfolding ``(N, kh*kw*C)``.
+        """
         return dec.tucker2_spectra(kernel)
 
     @classmethod
     def spectrum(cls, kernel, **options):
-        """One 1-D spectrum for an int rank (``R1 = R2 = r``): the mean of the two channel
-        unfoldings' energies, cut to the largest such rank ``min(len(s_in), len(s_out))``
-        (see ``spectra`` for both). HOSVD's error obeys
+        """One 1-D spectrum for an int rank (``R1 = R2 = r``), an error proxy for budgets.
+
+        The mean of the two channel unfoldings' energies, cut to the largest such rank
+        ``min(len(s_in), len(s_out))`` (see ``spectra`` for both). HOSVD's error obeys
         ``||W - W_r||^2 <= tail_in(r) + tail_out(r)``, so ``1 - kept(r)`` is half that bound:
         a proxy of the squared relative error (not exact, unlike the matrix methods), used
-        to spread a budget across layers."""
+        to spread a budget across layers.
+
+        Args:
+            kernel: the kernel ``(kh, kw, C, N)``.
+            **options: ignored.
+
+        Returns:
+            ``min(C, N)`` energies ``(s_in[:r] + s_out[:r]) / 2``.
+        """
         s_in, s_out = dec.tucker2_spectra(kernel)
         r = min(len(s_in), len(s_out))
         return 0.5 * (s_in[:r] + s_out[:r])
 
     @classmethod
     def rank_for(cls, kernel, rank=None, energy=None, **options):
-        """``(R1, R2)`` from ``rank`` (int, pair or ``"vbmf"``) or ``energy``; else full."""
+        """The ranks ``(R1, R2)`` that ``from_conv2d`` uses.
+
+        Args:
+            kernel: the kernel ``(kh, kw, C, N)``.
+            rank: an int, a pair ``(R1, R2)``, ``"vbmf"`` (empirical VBMF on each
+                unfolding, at least 1) or ``None``.
+            energy: the share of each channel unfolding's squared norm to keep, in
+                ``(0, 1]``, or ``None``. With neither, the full ranks.
+            **options: ignored.
+
+        Returns:
+            The pair ``(R1, R2)``.
+
+        Raises:
+            ValueError: when both ``rank`` and ``energy`` are given, or either is invalid.
+        """
         name = cls.__name__
         check_rank_or_energy(name, rank, energy)
         s_in, s_out = dec.tucker2_spectra(kernel)
@@ -139,8 +196,15 @@ class Tucker2Conv2D(FactorizedConv2D):
 
     @classmethod
     def vbmf_matrices(cls, kernel, **options):
-        """The input-channel and filter unfoldings ``(C, kh*kw*N)`` and ``(N, kh*kw*C)``:
-        ``rank="vbmf"`` takes one rank from each (Kim et al.)."""
+        """The input-channel and filter unfoldings; ``rank="vbmf"`` takes one rank from each.
+
+        Args:
+            kernel: the kernel ``(kh, kw, C, N)``.
+            **options: ignored.
+
+        Returns:
+            ``[(C, kh*kw*N) unfolding, (N, kh*kw*C) unfolding]`` (Kim et al.).
+        """
         kh, kw, c, n = kernel.shape
         return [
             np.transpose(kernel, (2, 0, 1, 3)).reshape(c, -1),

@@ -43,8 +43,21 @@ _MANUAL = {
 
 
 def preprocess_function(preprocess) -> Callable | None:
-    """A ``keras.applications`` ``preprocess_input`` from its module name, or ``preprocess``
-    itself when callable."""
+    """Resolve a ``preprocess`` argument to a function.
+
+    Args:
+        preprocess: A ``keras.applications`` module name (``"resnet"``, ``"resnet_v2"``,
+            ``"mobilenet_v2"``, ``"efficientnet"``, ``"convnext"``, ...), a callable, or
+            None.
+
+    Returns:
+        That module's ``preprocess_input``, or ``preprocess`` itself when it is callable or
+        None.
+
+    Raises:
+        ValueError: When ``preprocess`` names no ``keras.applications`` module with a
+            ``preprocess_input``.
+    """
     if preprocess is None or callable(preprocess):
         return preprocess
     import keras
@@ -91,10 +104,42 @@ def pipeline(
 ) -> tf.data.Dataset:
     """Batch an unbatched ``(image (H, W, C), label)`` dataset for ``fit``/``evaluate``.
 
-    ``augment`` defaults to ``training``. ``shuffle_buffer`` defaults to 10,000 when
-    ``training`` (0 turns shuffling off). ``rescale`` multiplies after augmentation (default:
-    ``1/255`` for integer images when no ``preprocess`` is given); then ``(x - mean) / std``
-    (per channel) or ``preprocess`` applies. Returns batches ``(B, H', W', C')`` float32.
+    The steps: cast to float32 -> [resize] -> [cache] -> [shuffle] -> [pad-and-crop, flip]
+    -> [rescale] -> [normalize ``(x - mean) / std`` | ``preprocess``] -> batch -> prefetch.
+    The augmentation's randomness is stateless and seeded, so a seeded pipeline repeats
+    exactly.
+
+    Args:
+        ds: An unbatched dataset of ``(image, label)`` pairs (2-D images get a channel axis).
+        batch_size: The batch size.
+        training: Training data: sets the defaults of ``augment`` and ``shuffle_buffer``.
+        augment: Zero-pad by ``pad`` pixels and crop back at a random place, and flip at
+            random (the CIFAR recipe); defaults to ``training``.
+        pad: The padding of the pad-and-crop augmentation, in pixels (0: no crop).
+        flip: Random horizontal flips in the augmentation.
+        image_size: Resize images to it: an int or ``(height, width)``, or None.
+        channels: 3 turns grayscale images RGB, 1 turns RGB images grayscale; None keeps
+            them.
+        rescale: A factor applied after augmentation; default ``1/255`` for integer images
+            when no ``preprocess`` is given.
+        mean: Per-channel mean subtracted after ``rescale``.
+        std: Per-channel standard deviation divided by after ``mean``.
+        preprocess: A ``keras.applications`` module name (``"resnet"``,
+            ``"mobilenet_v2"``, ...) or any callable, applied last; with it, images stay in
+            ``[0, 255]`` (what those functions expect). Not together with ``mean``/``std``.
+        shuffle_buffer: The shuffle buffer; defaults to 10,000 when ``training``, else 0
+            (0 turns shuffling off).
+        cache: Cache the decoded, resized images: True in memory, or a file path.
+        drop_remainder: Drop the last partial batch (static batch shapes, for TPU).
+        seed: The seed of the shuffle and the augmentation.
+
+    Returns:
+        A dataset of float32 batches ``(B, H', W', C')`` with their labels.
+
+    Raises:
+        ValueError: When ``batch_size < 1``, ``pad < 0``, ``preprocess`` comes with
+            ``mean``/``std`` or names no ``keras.applications`` module, ``image_size`` is
+            not an int or ``(height, width)``, or ``channels`` is not None, 1 or 3.
     """
     if int(batch_size) < 1:
         raise ValueError(f"data: batch_size must be >= 1, got {batch_size!r}.")
@@ -166,9 +211,21 @@ def pipeline(
 
 
 def from_arrays(x, y, batch_size: int = 128, training: bool = False, **options) -> tf.data.Dataset:
-    """Pipeline over NumPy arrays ``x (n, H, W[, C])`` and labels ``y (n, ...)``.
+    """Make a pipeline over NumPy arrays of images and labels.
 
-    Options: those of ``pipeline``.
+    Args:
+        x: Images ``(n, H, W[, C])``.
+        y: Labels ``(n, ...)``, one per image.
+        batch_size: The batch size.
+        training: Training data (augmented and shuffled by default).
+        **options: The other arguments of ``pipeline``.
+
+    Returns:
+        The batched dataset (see ``pipeline``).
+
+    Raises:
+        ValueError: When ``x`` is not ``(n, H, W[, C])`` with one label per image, or an
+            option is invalid.
     """
     x, y = np.asarray(x), np.asarray(y)
     if x.ndim not in (3, 4) or len(x) != len(y):
@@ -190,11 +247,26 @@ def from_folder(
     image_size=None,
     **options,
 ) -> tf.data.Dataset:
-    """Pipeline over a folder ``directory/<class name>/<image files>`` (labels are the class
-    indices in sorted class-name order).
+    """Make a pipeline over a folder ``directory/<class name>/<image files>``.
 
-    ``image_size`` is required (files may differ in size); pixels are scaled to ``[0, 1]``
-    unless ``preprocess`` is given. Options: those of ``pipeline``.
+    Labels are the class indices in sorted class-name order. Pixels are scaled to ``[0, 1]``
+    unless ``preprocess`` is given.
+
+    Args:
+        directory: The folder, one subfolder of image files per class.
+        batch_size: The batch size.
+        training: Training data (augmented and shuffled by default).
+        color_mode: ``"rgb"``, ``"grayscale"`` or ``"rgba"``, as
+            ``keras.utils.image_dataset_from_directory`` takes it.
+        image_size: Required (files may differ in size): an int or ``(height, width)``.
+        **options: The other arguments of ``pipeline``.
+
+    Returns:
+        The batched dataset (see ``pipeline``).
+
+    Raises:
+        FileNotFoundError: When ``directory`` is not a folder.
+        ValueError: When ``image_size`` is missing or invalid, or an option is invalid.
     """
     import keras
 
@@ -230,14 +302,31 @@ def from_tfds(
     download: bool = False,
     **options,
 ) -> tf.data.Dataset:
-    """Pipeline over a tensorflow-datasets dataset (``"cifar10"``, ``"cifar100"``,
-    ``"imagenette"``, ``"imagenet2012"``, ...) or a ready ``tfds`` builder object (for example
-    ``tfds.folder_dataset.ImageFolder``), read as ``(image, label)`` pairs.
+    """Make a pipeline over a tensorflow-datasets dataset.
 
-    The data must already be prepared under ``data_dir`` (tfds' default when ``None``);
-    ``download=True`` downloads and prepares it first (needs internet). A missing dataset
-    raises ``FileNotFoundError`` saying how to get it. ``training`` defaults to
-    ``split`` starting with ``"train"``. Options: those of ``pipeline``.
+    The dataset is read as ``(image, label)`` pairs. The data must already be prepared under
+    ``data_dir``; ``download=True`` downloads and prepares it first (needs internet).
+
+    Args:
+        name: A tensorflow-datasets name (``"cifar10"``, ``"cifar100"``, ``"imagenette"``,
+            ``"imagenet2012"``, ...) or a ready ``tfds`` builder object (for example
+            ``tfds.folder_dataset.ImageFolder``).
+        split: The split to read (``"train"``, ``"test"``, ...).
+        batch_size: The batch size.
+        training: Training data (augmented and shuffled by default); defaults to ``split``
+            starting with ``"train"``.
+        data_dir: Where the data is prepared (tfds' default when ``None``).
+        download: Download and prepare the data first when it is not prepared.
+        **options: The other arguments of ``pipeline``.
+
+    Returns:
+        The batched dataset (see ``pipeline``).
+
+    Raises:
+        FileNotFoundError: When the dataset is not prepared and ``download`` is False (the
+            message says how to get it).
+        ValueError: When tensorflow-datasets has no dataset ``name``, the split cannot be
+            read, or an option is invalid.
     """
     import tensorflow_datasets as tfds
 

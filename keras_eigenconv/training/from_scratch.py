@@ -43,11 +43,22 @@ def _is_target_conv(layer) -> bool:
 def effective_ranks(
     model, method=DeCEFConv2D, energy: float = 0.9, **method_options
 ) -> dict[str, int]:
-    """Per ``Conv2D`` (kernel larger than 1x1): the smallest ``method`` rank keeping
-    ``energy`` of its kernel's squared Frobenius norm (``method.rank_for``).
+    """Measure, per ``Conv2D``, the rank that keeps a share of its kernel's energy.
 
-    For DeCEF this is the effective rank of the per-channel eigen-filter spectrum, pooled over
-    input channels (the DeCEF paper leaves its effective-rank rule open; this is our choice).
+    For each built ``Conv2D`` with a kernel larger than 1x1 (no groups, channels last), the
+    rank is the smallest ``method`` rank keeping ``energy`` of its kernel's squared Frobenius
+    norm (``method.rank_for``). For DeCEF this is the effective rank of the per-channel
+    eigen-filter spectrum, pooled over input channels (the DeCEF paper leaves its
+    effective-rank rule open; this is our choice).
+
+    Args:
+        model: A Keras model (nested models included).
+        method: The compressed layer class whose ranks to measure.
+        energy: The share of each kernel's squared Frobenius norm to keep.
+        **method_options: Options of ``method.rank_for``.
+
+    Returns:
+        ``{conv name: rank}``.
     """
     ranks = {}
     for layer in graph.flatten_layers(model):
@@ -78,15 +89,29 @@ def from_scratch(
     implementation: str = "auto",
     **method_options,
 ):
-    """A freshly initialized copy of a Functional/Sequential ``model`` whose ``Conv2D`` layers
-    (kernel larger than 1x1, no groups) are ``method`` layers.
+    """Rebuild a network with freshly initialized factorized layers.
 
-    ``ranks``: an int for every layer, or ``{conv name: rank}`` (layers not listed stay
-    ``Conv2D``); ``None`` needs a built model and uses ``effective_ranks(model, method)``.
-    With ``only_if_smaller`` a layer stays ``Conv2D`` when the factorized one would not have
-    fewer parameters. ``batch_norm_after`` puts a ``BatchNormalization`` between each new
-    layer and its activation (``Sequential([layer, BN, Activation])``), as Garipov et al.
-    train TT networks. No weight is copied: this is for training from scratch.
+    The copy of a Functional/Sequential ``model`` has its ``Conv2D`` layers (kernel larger
+    than 1x1, no groups) as ``method`` layers. No weight is copied: this is for training
+    from scratch.
+
+    Args:
+        model: A Functional or Sequential model.
+        method: The compressed layer class to use (``DeCEFConv2D`` by default).
+        ranks: An int for every layer, or ``{conv name: rank}`` (layers not listed stay
+            ``Conv2D``); ``None`` needs a built model and uses
+            ``effective_ranks(model, method)``.
+        batch_norm_after: Put a ``BatchNormalization`` between each new layer and its
+            activation (``Sequential([layer, BN, Activation])``), as Garipov et al. train
+            TT networks.
+        only_if_smaller: Keep a layer ``Conv2D`` when the factorized one would not have
+            fewer parameters.
+        implementation: The ``implementation`` of every new layer.
+        **method_options: Extra constructor options of ``method`` (also passed to
+            ``effective_ranks`` when ``ranks`` is None).
+
+    Returns:
+        The new, freshly initialized model.
     """
     if ranks is None:
         ranks = effective_ranks(model, method, **method_options)
@@ -143,7 +168,16 @@ def _fresh_optimizer(optimizer):
 
 @dataclass
 class DeCEFRecipeResult:
-    """What ``train_decef_from_scratch`` returns."""
+    """What ``train_decef_from_scratch`` returns.
+
+    Attributes:
+        model: The trained DeCEF model.
+        ranks: The measured ``{conv name: rank}`` (names of the plain model).
+        plain_history: The ``History`` of the plain model's warm-up training.
+        history: The ``History`` of the DeCEF model's training.
+        plain_model: The briefly trained plain model.
+        info: ``{"energy": ..., "replaced": [names of the DeCEFConv2D layers]}``.
+    """
 
     model: Any
     ranks: dict[str, int]
@@ -178,8 +212,29 @@ def train_decef_from_scratch(
        (``from_scratch``; a layer stays ``Conv2D`` if DeCEF would not be smaller), freshly
        initialized, and trained from scratch for ``epochs``.
 
-    ``train_data`` is what ``fit`` takes as ``x`` (a ``tf.data.Dataset`` or ``(x, y)``
-    arrays); ``optimizer`` is a name, config or instance (copied for each model).
+    Args:
+        build_model: A function building a fresh Functional/Sequential model with
+            ``Conv2D`` layers; it must build the same network each call.
+        train_data: What ``fit`` takes as ``x``: a ``tf.data.Dataset``, or an ``(x, y)``
+            tuple of arrays.
+        epochs: The epochs of the DeCEF model's training from scratch.
+        warmup_epochs: The epochs of the plain model's brief training.
+        energy: The share of each kernel's squared norm the ranks keep.
+        validation_data: ``fit``'s ``validation_data``.
+        optimizer: A name, config or instance (copied for each model).
+        loss: The loss both models compile with.
+        metrics: The metrics both models compile with.
+        implementation: The ``implementation`` of the ``DeCEFConv2D`` layers.
+        callbacks: ``fit``'s callbacks, for both trainings.
+        verbose: ``fit``'s verbosity.
+        **fit_kwargs: Other arguments of ``fit``, for both trainings.
+
+    Returns:
+        A ``DeCEFRecipeResult``.
+
+    Raises:
+        ValueError: When ``epochs`` or ``warmup_epochs`` is below 1, or ``build_model()``
+            builds different numbers of ``Conv2D`` layers.
     """
     if warmup_epochs < 1 or epochs < 1:
         raise ValueError("train_decef_from_scratch: epochs and warmup_epochs must be >= 1.")
@@ -236,6 +291,18 @@ def train_decef_from_scratch(
 
 
 def basis_from_scratch(model, ranks: dict[str, int] | int, **kwargs):
-    """``from_scratch(model, BasisConv2D, ranks)``: BasisConv with a fixed random
-    orthogonal basis (QR of a Gaussian matrix), only the 1x1 weights learn."""
+    """Rebuild a network with freshly initialized ``BasisConv2D`` layers.
+
+    This is ``from_scratch(model, BasisConv2D, ranks)``: BasisConv with a fixed random
+    orthogonal basis (QR of a Gaussian matrix), only the 1x1 weights learn.
+
+    Args:
+        model: A Functional or Sequential model.
+        ranks: The number of basis filters: an int for every layer, or
+            ``{conv name: rank}`` (layers not listed stay ``Conv2D``).
+        **kwargs: Other arguments of ``from_scratch``.
+
+    Returns:
+        The new, freshly initialized model.
+    """
     return from_scratch(model, BasisConv2D, ranks=ranks, **kwargs)

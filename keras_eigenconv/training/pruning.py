@@ -63,12 +63,25 @@ def add_svd_regularization(
     l1: float | None = None,
     hoyer: float | None = None,
 ):
-    """A copy of ``model`` whose ``SVDConv2D`` layers carry the given regularizers.
+    """Copy ``model`` with regularizers on its ``SVDConv2D`` layers.
 
-    ``orthogonality`` sets each layer's ``orthogonality`` strength; ``l1`` or ``hoyer`` sets
-    its ``singular_value_regularizer`` (``SingularValueL1`` / ``SingularValueHoyer``). ``None``
-    keeps the layer's own setting. Weights are copied; the input model is not modified. The
-    regularizers live in the layer configs, so they survive ``save``/``load``.
+    Weights are copied; the input model is not modified. The regularizers live in the layer
+    configs, so they survive ``save``/``load``. For each argument, ``None`` keeps the layer's
+    own setting.
+
+    Args:
+        model: A Functional or Sequential model holding ``SVDConv2D`` layers.
+        orthogonality: Each layer's ``orthogonality`` strength.
+        l1: The strength of a ``SingularValueL1`` ``singular_value_regularizer``.
+        hoyer: The strength of a ``SingularValueHoyer`` ``singular_value_regularizer``
+            (not together with ``l1``).
+
+    Returns:
+        The regularized copy of ``model``.
+
+    Raises:
+        ValueError: When both ``l1`` and ``hoyer`` are given, ``model`` has no
+            ``SVDConv2D`` layer, or it cannot be copied (e.g. a subclassed model).
     """
     if l1 is not None and hoyer is not None:
         raise ValueError("add_svd_regularization: pass l1 or hoyer, not both.")
@@ -106,11 +119,19 @@ def pruning_keep(
     threshold: float | None = None,
     min_rank: int = 1,
 ) -> np.ndarray:
-    """Indices of the singular values to keep, largest ``|s|`` first.
+    """Choose the singular values to keep.
 
-    ``energy``: the fewest values with ``sum s_i^2 >= energy * sum s^2``. ``threshold``: drop
-    values with ``|s_i| < threshold * max|s|``. Both: the smaller of the two ranks. Never
-    fewer than ``min_rank``.
+    With both ``energy`` and ``threshold``, the smaller of the two ranks is kept; never
+    fewer than ``min_rank`` values.
+
+    Args:
+        singular_values: The singular values (their absolute values are used).
+        energy: Keep the fewest values with ``sum s_i^2 >= energy * sum s^2``.
+        threshold: Drop values with ``|s_i| < threshold * max|s|``.
+        min_rank: The fewest values to keep.
+
+    Returns:
+        The indices of the values to keep, largest ``|s|`` first.
     """
     a = np.abs(np.asarray(singular_values, dtype=np.float64))
     order = np.argsort(-a, kind="stable")
@@ -124,13 +145,25 @@ def pruning_keep(
 
 
 def set_svd_rank(layer: SVDConv2D, keep) -> dict[str, tuple[int, np.ndarray]]:
-    """Shrink a built ``SVDConv2D`` in place to the rank components ``keep`` (indices).
+    """Shrink a built ``SVDConv2D`` in place to some of its rank components.
 
     The three factor variables are replaced by smaller ones (sliced values, same names and
     order, created under the distribution strategy in force) and ``layer.rank`` becomes
-    ``len(keep)``, so the layer's config, ``.keras`` files and cost follow. Returns, per
-    replaced variable path, ``(axis, keep)`` (what ``RankPruning`` slices optimizer slots
-    with). Compiled functions that captured the old variables must be rebuilt.
+    ``len(keep)``, so the layer's config, ``.keras`` files and cost follow. Compiled
+    functions that captured the old variables must be rebuilt.
+
+    Args:
+        layer: A built ``SVDConv2D``.
+        keep: The indices of the rank components to keep (distinct, in
+            ``[0, layer.rank)``).
+
+    Returns:
+        Per replaced variable path, ``(axis, keep)`` (what ``RankPruning`` slices optimizer
+        slots with).
+
+    Raises:
+        ValueError: When ``layer`` is not a built ``SVDConv2D``, or ``keep`` is empty or
+            does not hold distinct indices in ``[0, layer.rank)``.
     """
     if not isinstance(layer, SVDConv2D) or not layer.built:
         raise ValueError(f"set_svd_rank needs a built SVDConv2D, got '{layer.name}'.")
@@ -221,6 +254,25 @@ class RankPruning(keras.callbacks.Callback):
     is therefore a new object after a pruning step. After ``fit`` the model holds the small
     layers (``rank`` in their configs), so it saves and reloads as is. ``history`` lists, per
     pruning step, the epoch and the rank of each layer.
+
+    Args:
+        energy: Keep the fewest singular values holding this share of ``sum s^2``, in
+            ``(0, 1]`` (e.g. 0.95).
+        threshold: Drop singular values under this share of the largest one, in ``[0, 1)``
+            (e.g. 0.05).
+        rule: A function of the ``|s|`` array returning the indices to keep (at least one);
+            replaces ``energy``/``threshold``/``min_rank``.
+        start_epoch: The first epoch (0-based) at whose end to prune.
+        every: Prune every this many epochs from ``start_epoch``.
+        stop_epoch: The last epoch at whose end to prune, or None.
+        min_rank: The fewest singular values to keep.
+        verbose: Print the ranks after each pruning step.
+
+    Raises:
+        ValueError: When none of ``energy``, ``threshold`` and ``rule`` is given, one is out
+            of range, ``every`` or ``min_rank`` is below 1 or ``start_epoch`` below 0; and,
+            during ``fit``, when the model has no ``SVDConv2D`` layer or ``rule`` keeps
+            nothing.
     """
 
     def __init__(
@@ -292,7 +344,14 @@ class RankPruning(keras.callbacks.Callback):
 
 
 def svd_ranks(model) -> dict[str, int]:
-    """``{layer name: rank}`` of every ``SVDConv2D`` in ``model``."""
+    """List the rank of every ``SVDConv2D`` in ``model``.
+
+    Args:
+        model: A Keras model (nested models included).
+
+    Returns:
+        ``{layer name: rank}``.
+    """
     return {layer.name: layer.rank for layer in _svd_layers(model)}
 
 
@@ -302,9 +361,23 @@ def prune_svd_ranks(
     threshold: float | None = None,
     min_rank: int = 1,
 ):
-    """One-shot pruning: a copy of ``model`` with each ``SVDConv2D`` cut by ``pruning_keep``.
+    """Prune the ranks of ``model``'s ``SVDConv2D`` layers in one shot.
 
-    The input model is not modified. Fine-tune the result afterwards.
+    Each ``SVDConv2D`` of a copy is cut by ``pruning_keep``. The input model is not
+    modified. Fine-tune the result afterwards.
+
+    Args:
+        model: A Functional or Sequential model holding ``SVDConv2D`` layers.
+        energy: Keep the fewest singular values with ``sum s_i^2 >= energy * sum s^2``.
+        threshold: Drop singular values with ``|s_i| < threshold * max|s|``.
+        min_rank: The fewest singular values to keep per layer.
+
+    Returns:
+        The pruned copy of ``model``.
+
+    Raises:
+        ValueError: When neither ``energy`` nor ``threshold`` is given, or the model cannot
+            be copied (e.g. a subclassed model).
     """
     if energy is None and threshold is None:
         raise ValueError("prune_svd_ranks: pass energy=... or threshold=....")
