@@ -20,15 +20,16 @@ ROOT = pathlib.Path(keras_eigenconv.__file__).parent
 ALLOWED = {
     "decompositions": set(),
     "_table": set(),
+    "_io": set(),  # the atomic writer: standard library only, importable from anywhere
     "graph": set(),
     "cost": {"graph", "_table"},
     "layers": {"decompositions", "cost", "graph"},
     "compress": {"layers", "decompositions", "cost", "graph", "_table"},
-    "deploy": {"layers", "decompositions", "cost", "graph", "_table"},
+    "deploy": {"layers", "decompositions", "cost", "graph", "_table", "_io"},
     "training": {"layers", "decompositions", "cost", "graph"},
-    "analysis": {"decompositions", "cost", "graph", "_table"},
+    "analysis": {"decompositions", "cost", "graph", "_table", "_io"},
     "zoo": {"layers"},
-    "demo": {"analysis", "compress", "deploy", "training", "zoo", "cost", "_table"},
+    "demo": {"analysis", "compress", "deploy", "training", "zoo", "cost", "_table", "_io"},
     "cli": {
         "analysis",
         "compress",
@@ -41,6 +42,7 @@ ALLOWED = {
         "graph",
         "decompositions",
         "_table",
+        "_io",
     },
 }
 PRIVATE_KERAS = re.compile(
@@ -143,3 +145,17 @@ def test_stages_use_the_contract_not_hasattr():
         for path in (ROOT / stage).rglob("*.py"):
             text = path.read_text(encoding="utf-8")
             assert "hasattr(" not in text, path
+
+
+def test_the_atomic_writer_uses_the_standard_library_only():
+    import sys
+
+    tree = ast.parse((ROOT / "_io.py").read_text(encoding="utf-8"))
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level:
+            names.add((node.module or "").split(".")[0])
+    names.discard("__future__")
+    assert names <= set(sys.stdlib_module_names), sorted(names - set(sys.stdlib_module_names))
