@@ -39,6 +39,8 @@ __all__ = [
     "check_rank",
     "check_rank_or_energy",
     "check_source",
+    "conv_output_hw",
+    "safe_depthwise_conv",
 ]
 
 IMPLEMENTATIONS = ("auto", "factorized", "dense")
@@ -408,6 +410,106 @@ def folded_conv2d(layer, kernel: np.ndarray, bias, name: str | None = None):
     return conv
 
 
+def _same_pads(length, kernel: int, stride: int, dilation: int):
+    """TensorFlow's ``"same"`` padding of one axis: ``(before, after)``; ``length`` may be a
+    tensor (an unknown static dim)."""
+    effective = (kernel - 1) * dilation + 1
+    out = (length + stride - 1) // stride
+    total = (out - 1) * stride + effective - length
+    total = max(total, 0) if isinstance(total, int) else ops.maximum(total, 0)
+    return total // 2, total - total // 2
+
+
+def safe_depthwise_conv(inputs, kernel, strides, padding: str, dilation_rate=(1, 1)):
+    """``keras.ops.depthwise_conv`` (channels-last) that runs on every backend's kernels.
+
+    TensorFlow's non-oneDNN depthwise kernels (those a GPU build runs; on CPU,
+    ``TF_ENABLE_ONEDNN_OPTS=0``) refuse unequal strides. Equal strides run the op as is.
+    Unequal strides ``(sh, sw)`` (dilation is then 1: Keras forbids strides above 1 with
+    dilation above 1) pad the input as ``"same"`` would for ``(sh, sw)``, run a ``"valid"``
+    depthwise conv at the equal stride ``g = gcd(sh, sw)``, and keep every ``sh/g``-th row
+    and ``sw/g``-th column: the output of the strided conv exactly (pad, depthwise and
+    strided slice are LiteRT built-in ops).
+
+    Args:
+        inputs: a tensor ``(batch, H, W, C)``.
+        kernel: the depthwise kernel ``(kh, kw, C, multiplier)``.
+        strides: a pair of ints ``(sh, sw)``.
+        padding: ``"valid"`` or ``"same"``.
+        dilation_rate: a pair of ints ``(dh, dw)``.
+
+    Returns:
+        The tensor ``(batch, H_out, W_out, C*multiplier)``, as ``Conv2D`` computes
+        ``H_out`` and ``W_out``.
+    """
+    sh, sw = (int(s) for s in strides)
+    dilation_rate = tuple(int(d) for d in dilation_rate)
+    if sh == sw:
+        return ops.depthwise_conv(
+            inputs,
+            kernel,
+            strides=(sh, sw),
+            padding=padding,
+            data_format="channels_last",
+            dilation_rate=dilation_rate,
+        )
+    g = math.gcd(sh, sw)
+    x = inputs
+    if padding == "same":
+        shape = ops.shape(inputs)
+        kh, kw = int(kernel.shape[0]), int(kernel.shape[1])
+        pads = [
+            (0, 0),
+            _same_pads(shape[1], kh, sh, dilation_rate[0]),
+            _same_pads(shape[2], kw, sw, dilation_rate[1]),
+            (0, 0),
+        ]
+        x = ops.pad(x, pads)
+    y = ops.depthwise_conv(
+        x, kernel, strides=(g, g), padding="valid", data_format="channels_last", dilation_rate=1
+    )
+    return y[:, :: sh // g, :: sw // g, :]
+
+
+def conv_output_hw(who: str, input_shape, kernel_size, strides, padding, dilation_rate):
+    """Output height and width of a ``Conv2D`` geometry, raising where ``Conv2D`` raises.
+
+    Args:
+        who: the layer named in the error message.
+        input_shape: ``(batch, H, W, C)``; ``H``/``W`` may be ``None``.
+        kernel_size: ``(kh, kw)``.
+        strides: ``(sh, sw)``.
+        padding: ``"valid"`` or ``"same"``.
+        dilation_rate: ``(dh, dw)``.
+
+    Returns:
+        ``(H_out, W_out)``, each an int or ``None`` where the input's is unknown.
+
+    Raises:
+        ValueError: when a known output size would be zero or negative (a ``"valid"``
+            kernel larger than the input), as ``keras.layers.Conv2D`` raises.
+    """
+    out = tuple(
+        conv_output_length(
+            None if input_shape[1 + i] is None else int(input_shape[1 + i]),
+            kernel_size[i],
+            strides[i],
+            padding,
+            dilation_rate[i],
+        )
+        for i in range(2)
+    )
+    if any(o is not None and o <= 0 for o in out):
+        raise ValueError(
+            f"{who}: computed output size would be zero or negative. Received inputs "
+            f"shape={tuple(input_shape)}, kernel_size={tuple(kernel_size)}, "
+            f"dilation_rate={tuple(dilation_rate)}, strides={tuple(strides)}, "
+            f"padding={padding}: the input is smaller than the (dilated) kernel; use "
+            "padding='same' or a larger input (as keras.layers.Conv2D requires)."
+        )
+    return out
+
+
 class CompressedLayer(CostedLayer, keras.layers.Layer):
     """The contract of every compressed layer: what the rest of the package may rely on.
 
@@ -438,6 +540,14 @@ class CompressedLayer(CostedLayer, keras.layers.Layer):
     source_type: ClassVar[type] = keras.layers.Conv2D
     rank_selection: ClassVar[str] = "spectrum"
     budget_spectrum: ClassVar[bool] = False
+    # Data-aware conversion: the kinds of calibration statistics ``decompose_with_data`` uses
+    # (``()``: the layer cannot use data; it decomposes its kernel). Kinds, all second
+    # moments over the calibration inputs of the source layer:
+    # "response": ``(N, N)`` Gram of the source's responses ``Y = conv(X, W)`` (no bias);
+    # "taps": ``(C, kh*kw, kh*kw)`` per-input-channel patch moments;
+    # "rows": ``(kh*C, kh*C)`` moments of the ``kh x 1`` vertical patches;
+    # "channels": ``(C, C)`` moments of the input pixels.
+    data_statistics: ClassVar[tuple[str, ...]] = ()
 
     @property
     def _who(self) -> str:
@@ -453,11 +563,16 @@ class CompressedLayer(CostedLayer, keras.layers.Layer):
         energy: float | None = None,
         implementation: str = "auto",
         name: str | None = None,
+        statistics=None,
         **options,
     ):
         """Build the layer from a built source layer by decomposing its kernel.
 
-        ``from_conv2d`` or ``from_dense`` by ``source_type``.
+        ``from_conv2d`` or ``from_dense`` by ``source_type``. With ``statistics`` (a
+        mapping of the kinds in ``data_statistics`` to arrays, collected on calibration
+        data), layers that can use them minimize the error of the source's *responses* on
+        that data instead of the kernel's error, and ``energy`` is then the share of the
+        response energy kept; layers with ``data_statistics == ()`` ignore them.
 
         Args:
             source: a built ``keras.layers.Conv2D`` (or ``Dense``) with trained weights.
@@ -467,6 +582,7 @@ class CompressedLayer(CostedLayer, keras.layers.Layer):
                 norm (in ``(0, 1]``).
             implementation: ``"auto"``, ``"factorized"`` or ``"dense"``.
             name: the layer's name (default: the source's).
+            statistics: calibration statistics (see ``data_statistics``), or ``None``.
             **options: the method's own constructor options.
 
         Returns:
@@ -477,6 +593,8 @@ class CompressedLayer(CostedLayer, keras.layers.Layer):
             ValueError: a bad argument or source layer, named with the fix.
         """
         make = cls.from_dense if cls.source_type is keras.layers.Dense else cls.from_conv2d
+        if statistics is not None and cls.data_statistics:
+            options["statistics"] = statistics
         return make(
             source, rank=rank, energy=energy, implementation=implementation, name=name, **options
         )
@@ -649,7 +767,7 @@ class CompressedLayer(CostedLayer, keras.layers.Layer):
         return None
 
     @classmethod
-    def rank_for(cls, kernel: np.ndarray, rank=None, energy=None, **options):
+    def rank_for(cls, kernel: np.ndarray, rank=None, energy=None, statistics=None, **options):
         """The rank ``from_source`` uses.
 
         ``rank`` itself, or the smallest rank keeping ``energy`` (by ``spectrum``); with
@@ -659,7 +777,8 @@ class CompressedLayer(CostedLayer, keras.layers.Layer):
             kernel: the source kernel.
             rank: the rank, or ``None``.
             energy: the share of the kernel's squared Frobenius norm to keep, in ``(0, 1]``,
-                or ``None``.
+                or ``None`` (of the response energy with ``statistics``).
+            statistics: calibration statistics (``data_statistics``), or ``None``.
             **options: the method's options (``method_options``).
 
         Returns:
@@ -670,11 +789,70 @@ class CompressedLayer(CostedLayer, keras.layers.Layer):
         """
         name = cls.__name__
         check_rank_or_energy(name, rank, energy)
-        if energy is not None:
-            return dec.energy_rank(cls.spectrum(kernel, **options), check_energy(name, energy))
         if rank is not None:  # no SVD: build() checks the upper bound (max_rank)
             return check_rank(name, rank)
-        return int(len(cls.spectrum(kernel, **options)))
+        if statistics is not None and cls.needed_statistics(**options):
+            spectrum = cls.data_spectrum(kernel, statistics, **options)
+        else:
+            spectrum = cls.spectrum(kernel, **options)
+        if energy is not None:
+            return dec.energy_rank(spectrum, check_energy(name, energy))
+        return int(len(spectrum))
+
+    @classmethod
+    def needed_statistics(cls, **options) -> tuple[str, ...]:
+        """The kinds of calibration statistics ``decompose_with_data`` needs for these
+        method options (a subset of ``data_statistics``; ``()``: none).
+
+        Args:
+            **options: the method's options.
+
+        Returns:
+            A tuple of kinds.
+        """
+        return cls.data_statistics
+
+    @classmethod
+    def decompose_with_data(cls, kernel: np.ndarray, rank, statistics, **options) -> dict:
+        """Factors of a trained kernel at ``rank`` that minimize the response error on the
+        calibration data summarized by ``statistics`` (layers with ``data_statistics``).
+
+        Args:
+            kernel: the source kernel.
+            rank: the rank (the method's form).
+            statistics: a mapping of the kinds in ``data_statistics`` to arrays.
+            **options: the method's options.
+
+        Returns:
+            The factors by weight name.
+        """
+        raise NotImplementedError(f"{cls.__name__} cannot use calibration statistics.")
+
+    @classmethod
+    def data_spectrum(cls, kernel: np.ndarray, statistics, **options) -> np.ndarray:
+        """Response energies (descending) that each extra rank keeps on the calibration
+        data: ``sum(e[r:]) / sum(e)`` is the squared relative response error at rank ``r``.
+
+        Args:
+            kernel: the source kernel.
+            statistics: a mapping of the kinds in ``data_statistics`` to arrays.
+            **options: the method's options.
+
+        Returns:
+            A 1-D array of energies, descending.
+        """
+        raise NotImplementedError(f"{cls.__name__} cannot use calibration statistics.")
+
+    def set_output_projection(self, kernel: np.ndarray, bias: np.ndarray | None) -> None:
+        """Replace the last linear map of the layer (the kernel and bias of the last layer
+        of ``inference_layers()``), keeping the other factors: the closed-form refit of
+        data-aware conversion. Layers without it raise ``NotImplementedError``.
+
+        Args:
+            kernel: the new kernel, shaped like the last inference layer's.
+            bias: the new bias ``(filters,)``, or ``None`` to keep the bias.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no refittable output map.")
 
     def max_rank(self, in_channels: int):
         """The largest meaningful rank for ``in_channels`` inputs.
@@ -1067,6 +1245,14 @@ class FactorizedConv2D(CompressedLayer):
         )
 
     def call(self, inputs, training=None):
+        conv_output_hw(  # static check: a too-small "valid" input raises as in Conv2D
+            self._who,
+            tuple(inputs.shape),
+            self.kernel_size,
+            self.strides,
+            self.padding,
+            self.dilation_rate,
+        )
         if self._resolved_implementation == "dense":
             outputs = self._conv(inputs, self.full_kernel())
         else:
@@ -1078,14 +1264,15 @@ class FactorizedConv2D(CompressedLayer):
         return outputs
 
     def compute_output_shape(self, input_shape):
-        b, h, w, _ = input_shape
-        (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.strides, self.dilation_rate
-        return (
-            b,
-            conv_output_length(h, kh, sh, self.padding, dh),
-            conv_output_length(w, kw, sw, self.padding, dw),
-            self.filters,
+        h, w = conv_output_hw(
+            self._who,
+            tuple(input_shape),
+            self.kernel_size,
+            self.strides,
+            self.padding,
+            self.dilation_rate,
         )
+        return (input_shape[0], h, w, self.filters)
 
     # ---- costs -------------------------------------------------------------------------
 
@@ -1147,6 +1334,7 @@ class FactorizedConv2D(CompressedLayer):
         energy: float | None = None,
         implementation: str = "auto",
         name: str | None = None,
+        statistics=None,
         **kwargs,
     ):
         """Build this layer from a built ``Conv2D`` by decomposing its kernel.
@@ -1163,6 +1351,8 @@ class FactorizedConv2D(CompressedLayer):
                 or ``None``.
             implementation: ``"auto"``, ``"factorized"`` or ``"dense"``.
             name: the layer's name (default: the source's).
+            statistics: calibration statistics (``data_statistics``): decompose to minimize
+                the response error on that data (``decompose_with_data``), or ``None``.
             **kwargs: the method's constructor options (e.g. ``decomposition`` for
                 ``SVDConv2D``).
 
@@ -1175,7 +1365,9 @@ class FactorizedConv2D(CompressedLayer):
         """
         kernel = check_conv2d(conv, cls.__name__)
         options = cls.method_options(**kwargs)
-        r = cls.rank_for(kernel, rank=rank, energy=energy, **options)
+        if not cls.needed_statistics(**options):
+            statistics = None
+        r = cls.rank_for(kernel, rank=rank, energy=energy, statistics=statistics, **options)
         layer = cls(
             filters=conv.filters,
             kernel_size=conv.kernel_size,
@@ -1189,7 +1381,10 @@ class FactorizedConv2D(CompressedLayer):
         )
         layer._factors_from_kernel = True  # skip the random init: decompose() sets every factor
         layer.build((None, None, None, kernel.shape[2]))
-        layer.set_factors(cls.decompose(kernel, r, **options))
+        if statistics is not None:
+            layer.set_factors(cls.decompose_with_data(kernel, r, statistics, **options))
+        else:
+            layer.set_factors(cls.decompose(kernel, r, **options))
         if conv.use_bias:
             layer.bias.assign(ops.convert_to_numpy(conv.bias))
         return layer

@@ -2,10 +2,14 @@
 CP-decomposition").
 
 ``W[x, y, c, n] = sum_r Kx[x, r] Ky[y, r] Kc[c, r] Kn[n, r]``: a 1x1 conv ``C -> R``
-(``Kc``), a depthwise ``kh x 1`` conv (``Kx``, the vertical strides/dilation/padding), a
-depthwise ``1 x kw`` conv (``Ky``, the horizontal ones), a 1x1 conv ``R -> N`` (``Kn``).
-Weights ``R*(C + kh + kw + N)``; MACs
-``H_in*W_in*C*R + H_out*W_in'*kh*R + H_out*W_out*(kw*R + R*N)``.
+(``Kc``), the spatial part, a 1x1 conv ``R -> N`` (``Kn``). At stride 1 the spatial part is a
+depthwise ``kh x 1`` conv (``Kx``) then a depthwise ``1 x kw`` conv (``Ky``); with strides it
+is one rank-1 ``kh x kw`` depthwise conv (kernel ``Kx[x, r] Ky[y, r]``) with the layer's
+strides (TensorFlow's GPU kernels refuse the unequal ``(s, 1)``/``(1, s)`` depthwise
+strides of the separable form; at stride 2 both forms cost the same for a 3x3 kernel).
+Weights ``R*(C + kh + kw + N)``; MACs ``H_in*W_in*C*R + H_out*W_in*kh*R +
+H_out*W_out*(kw*R + R*N)`` at stride 1, ``H_in*W_in*C*R + H_out*W_out*(kh*kw*R + R*N)``
+with strides.
 """
 
 from __future__ import annotations
@@ -15,13 +19,13 @@ import numpy as np
 from keras import ops
 
 from .. import decompositions as dec
-from ..cost import conv_output_length
 from .base import (
     FactorizedConv2D,
     check_conv2d,
     check_energy,
     check_rank,
     check_rank_or_energy,
+    safe_depthwise_conv,
 )
 
 __all__ = ["CPConv2D"]
@@ -105,26 +109,43 @@ class CPConv2D(FactorizedConv2D):
         )
 
     def factorized_call(self, inputs, training=None):
-        (sh, sw), (dh, dw) = self.strides, self.dilation_rate
+        (dh, dw) = self.dilation_rate
         y = ops.conv(inputs, self.first, padding="valid", data_format="channels_last")
-        y = ops.depthwise_conv(
-            y, self.vertical, strides=(sh, 1), padding=self.padding, dilation_rate=(dh, 1)
-        )
-        y = ops.depthwise_conv(
-            y, self.horizontal, strides=(1, sw), padding=self.padding, dilation_rate=(1, dw)
-        )
+        if self._separable:
+            # stride 1: the kh x 1 and 1 x kw depthwise convs (fewer MACs than kh x kw)
+            y = ops.depthwise_conv(
+                y, self.vertical, strides=1, padding=self.padding, dilation_rate=(dh, 1)
+            )
+            y = ops.depthwise_conv(
+                y, self.horizontal, strides=1, padding=self.padding, dilation_rate=(1, dw)
+            )
+        else:
+            # strided: one rank-1 kh x kw depthwise conv with the layer's own strides (GPU
+            # kernels refuse the (s, 1) / (1, s) depthwise strides of the separable form)
+            spatial = ops.einsum(
+                "xr,yr->xyr", self.vertical[:, 0, :, 0], self.horizontal[0, :, :, 0]
+            )
+            y = safe_depthwise_conv(
+                y, ops.expand_dims(spatial, -1), self.strides, self.padding, self.dilation_rate
+            )
         return ops.conv(y, self.last, padding="valid", data_format="channels_last")
+
+    @property
+    def _separable(self) -> bool:
+        return tuple(self.strides) == (1, 1)
 
     def op_macs(self, input_shape):
         h, w = self.out_hw(input_shape)
         hi, wi, c = int(input_shape[1]), int(input_shape[2]), int(input_shape[3])
         kh, kw = self.kernel_size
         r = self.rank
-        w1 = conv_output_length(wi, 1, 1, self.padding, 1)
+        if self._separable:
+            spatial = [("depthwise", h * wi * kh * r), ("depthwise", h * w * kw * r)]
+        else:
+            spatial = [("depthwise", h * w * kh * kw * r)]
         return [
             ("pointwise", hi * wi * c * r),
-            ("depthwise", h * w1 * kh * r),
-            ("depthwise", h * w * kw * r),
+            *spatial,
             ("pointwise", h * w * r * self.filters),
         ]
 

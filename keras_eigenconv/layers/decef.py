@@ -14,7 +14,7 @@ import numpy as np
 from keras import ops
 
 from .. import decompositions as dec
-from .base import FactorizedConv2D
+from .base import FactorizedConv2D, safe_depthwise_conv
 
 __all__ = ["DeCEFConv2D"]
 
@@ -66,6 +66,7 @@ class DeCEFConv2D(FactorizedConv2D):
     """
 
     _scale_factor = "combination"
+    data_statistics = ("taps",)
 
     def max_rank(self, in_channels: int) -> int:
         """``min(kh*kw, filters)``, whatever ``in_channels``."""
@@ -87,13 +88,8 @@ class DeCEFConv2D(FactorizedConv2D):
         return ops.einsum("hwcj,cjn->hwcn", e, a)
 
     def factorized_call(self, inputs, training=None):
-        y = ops.depthwise_conv(
-            inputs,
-            self.eigen_filters,
-            strides=self.strides,
-            padding=self.padding,
-            data_format="channels_last",
-            dilation_rate=self.dilation_rate,
+        y = safe_depthwise_conv(
+            inputs, self.eigen_filters, self.strides, self.padding, self.dilation_rate
         )
         return ops.conv(y, self.combination, padding="valid", data_format="channels_last")
 
@@ -134,6 +130,48 @@ class DeCEFConv2D(FactorizedConv2D):
         """
         kh, kw, c, n = kernel.shape
         return list(np.transpose(kernel, (2, 0, 1, 3)).reshape(c, kh * kw, n))
+
+    @classmethod
+    def decompose_with_data(cls, kernel, rank, statistics, **options):
+        """Per input channel, eigen-filters whitened by that channel's patch moments
+        (``decompositions.decef_data_factors``).
+
+        Args:
+            kernel: the kernel ``(kh, kw, C, N)``.
+            rank: ``r``.
+            statistics: ``{"taps": (C, kh*kw, kh*kw)}``.
+            **options: ignored.
+
+        Returns:
+            The factors by weight name.
+        """
+        e, a, _ = dec.decef_data_factors(kernel, statistics["taps"], rank)
+        return {"eigen_filters": e, "combination": a}
+
+    @classmethod
+    def data_spectrum(cls, kernel, statistics, **options):
+        """Whitened per-channel energies pooled over channels (descending).
+
+        Args:
+            kernel: the kernel ``(kh, kw, C, N)``.
+            statistics: ``{"taps": (C, kh*kw, kh*kw)}``.
+            **options: ignored.
+
+        Returns:
+            A 1-D array of ``min(kh*kw, N)`` energies.
+        """
+        return dec.decef_data_factors(kernel, statistics["taps"], 1)[2]
+
+    def set_output_projection(self, kernel, bias):
+        """Set the combination weights (``(1, 1, C*r, N)``) and, when given, the bias.
+
+        Args:
+            kernel: the new combination kernel.
+            bias: the new bias ``(filters,)``, or ``None``.
+        """
+        self.set_factors({"combination": np.asarray(kernel)})
+        if bias is not None and self.use_bias:
+            self.bias.assign(np.asarray(bias, np.float32))
 
     def inference_layers(self) -> list[keras.layers.Layer]:
         """The equivalent built plain-Keras layers (inference).

@@ -38,7 +38,7 @@ from ._tt import (
     _tt_rebuild,
     resolve_modes,
 )
-from .base import FactorizedConv2D, check_energy, check_rank_or_energy
+from .base import FactorizedConv2D, check_energy, check_rank_or_energy, safe_depthwise_conv
 
 __all__ = ["NaiveTTConv2D", "TTConv2D"]
 
@@ -195,14 +195,7 @@ class TTConv2D(FactorizedConv2D):
         r0 = int(self.spatial.shape[-1])
         # the r0 shared spatial filters on every channel: output channel c*r0 + a
         kernel = ops.tile(ops.expand_dims(self.spatial, 2), (1, 1, c, 1))
-        y = ops.depthwise_conv(
-            inputs,
-            kernel,
-            strides=self.strides,
-            padding=self.padding,
-            data_format="channels_last",
-            dilation_rate=self.dilation_rate,
-        )
+        y = safe_depthwise_conv(inputs, kernel, self.strides, self.padding, self.dilation_rate)
         shape = ops.shape(y)
         z = _tt_contract(
             ops.reshape(y, (-1, c * r0)), self._cores(self.factors()), self.modes(c)[0]
