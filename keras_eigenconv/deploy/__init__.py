@@ -5,30 +5,37 @@
 - ``litert``: the converter per quantization mode, the interpreter, running ``.tflite``;
 - ``timing``: the interleaved timer, the LiteRT timing cache and the cost model fitted to it,
   ``bench_tflite``;
-- ``export``: ``export_tflite`` (convert, check against Keras) and ``check_tflite``.
+- ``export``: ``export_tflite`` (convert, check against Keras within ``CHECK_TOLERANCE``,
+  write atomically) and ``check_tflite``.
 
 Reaches the layers only through their contract (``layers.CompressedLayer``).
 """
 
-from .export import ExportReport, check_tflite, export_tflite
+from .export import CHECK_TOLERANCE, ExportCheckError, ExportReport, check_tflite, export_tflite
 from .litert import QUANTIZE_MODES, run_tflite, tflite_converter, tflite_ops
 from .rewrite import PrepareReport, candidate_arrangements, fold_batchnorm, prepare_for_inference
 from .timing import (
     DEFAULT_COST_MODEL,
     CostModel,
     LiteRTTimer,
+    TimingCache,
+    TimingCacheWarning,
     bench_tflite,
     default_cache_path,
     time_interleaved,
 )
 
 __all__ = [
+    "CHECK_TOLERANCE",
     "DEFAULT_COST_MODEL",
     "QUANTIZE_MODES",
     "CostModel",
+    "ExportCheckError",
     "ExportReport",
     "LiteRTTimer",
     "PrepareReport",
+    "TimingCache",
+    "TimingCacheWarning",
     "bench_tflite",
     "candidate_arrangements",
     "check_tflite",

@@ -348,13 +348,27 @@ def prepare_for_inference(
         The new model, or ``(model, PrepareReport)`` with ``return_report``.
 
     Raises:
-        ValueError: When ``strategy`` is unknown, ``model`` is not a built functional or
-            Sequential ``keras.Model``, or a compressed layer in it was never called.
+        ValueError: When ``strategy``, ``nominal_hw`` or ``num_threads`` is invalid,
+            ``model`` is not a built functional or Sequential ``keras.Model``, a compressed
+            layer in it was never called, or the model cannot be rebuilt (e.g. a ``Lambda``
+            layer: the message says to export with ``prepare=False``).
         RuntimeError: When ``check`` finds that the rewritten model's outputs differ.
     """
     if strategy not in STRATEGIES:
         raise ValueError(
             f"prepare_for_inference: strategy must be one of {STRATEGIES}, got {strategy!r}."
+        )
+    if (
+        not isinstance(nominal_hw, (tuple, list))
+        or len(nominal_hw) != 2
+        or not all(
+            isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d >= 1
+            for d in nominal_hw
+        )
+    ):
+        raise ValueError(
+            "prepare_for_inference: nominal_hw must be a (height, width) pair of positive "
+            f"ints, got {nominal_hw!r}."
         )
     if not isinstance(model, keras.Model) or not graph.is_graph_model(model):
         raise ValueError(
@@ -438,11 +452,19 @@ def prepare_for_inference(
             return args[0]
         return layer(*args, **kwargs)
 
-    new_model = graph.clone_model(
-        model,
-        replace=replace,
-        call_function=None if isinstance(model, keras.Sequential) else call,
-    )
+    try:
+        new_model = graph.clone_model(
+            model,
+            replace=replace,
+            call_function=None if isinstance(model, keras.Sequential) else call,
+        )
+    except ValueError as err:  # e.g. a Lambda layer that Keras refuses to rebuild
+        raise ValueError(
+            f"prepare_for_inference: cannot rebuild model '{model.name}' for inference: "
+            f"{err} To export the model as it is, without the inference rewrite, pass "
+            "prepare=False to export_tflite (keras-eigenconv export --no-prepare), or "
+            "replace the layer (e.g. a Lambda by a registered custom layer)."
+        ) from err
 
     if check:
         _check_equal(model, new_model, nominal_hw)

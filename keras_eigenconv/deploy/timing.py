@@ -5,6 +5,13 @@
 - ``LiteRTTimer``: times arrangements of layers in LiteRT (each converted alone, batch 1),
   cached in a JSON file keyed by ops, shapes, threads and quantization
   (``$KERAS_EIGENCONV_TIMING_CACHE`` or ``~/.cache/keras_eigenconv/litert_timings.json``);
+- ``TimingCache``: that file, safe to share: every save re-reads the file and merges its
+  entries under a lock (threads and processes: ``_io.file_lock``) and writes atomically
+  (unique temporary file, fsync, rename). A corrupt file (not UTF-8 JSON, or not of the
+  cache's shape) is moved aside to ``<name>.corrupt-<time>`` with a ``TimingCacheWarning``
+  and a new one is started; malformed entries are dropped with a warning. Where the file
+  cannot be written (a directory or a file in the way, no permission, a read-only file,
+  a full disk) a ``TimingCacheWarning`` says so and the timings are kept in memory;
 - ``CostModel``: ``time = sum_op (t_kind * MACs_op + t_op)`` per op kind, least-squares
   fitted to the cache (``CostModel.from_cache``), else ``DEFAULT_COST_MODEL``
   (``cost.OP_TIME["litert_seconds"]``);
@@ -15,9 +22,12 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 import statistics
+import threading
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,15 +35,24 @@ from typing import Any
 import keras
 import numpy as np
 
+from .._io import atomic_write_text, file_lock
 from ..cost import OP_TIME, layer_cost
 from ..layers import ChannelTile
-from .litert import convert_model, make_interpreter, random_representative, tflite_converter
+from .litert import (
+    QUANTIZE_MODES,
+    convert_model,
+    make_interpreter,
+    random_representative,
+    tflite_converter,
+)
 
 __all__ = [
     "CACHE_ENV",
     "DEFAULT_COST_MODEL",
     "CostModel",
     "LiteRTTimer",
+    "TimingCache",
+    "TimingCacheWarning",
     "bench_tflite",
     "default_cache_path",
     "interleaved_samples",
@@ -184,6 +203,184 @@ def time_interleaved(
     return {name: statistics.median(v) for name, v in samples.items()}
 
 
+def positive_int(who: str, name: str, value, minimum: int = 1) -> int:
+    """Check an int argument (numpy ints accepted, bools refused) against a minimum.
+
+    Args:
+        who: The function named in the error message.
+        name: The argument's name.
+        value: The value to check.
+        minimum: The smallest valid value.
+
+    Returns:
+        ``value`` as an int.
+
+    Raises:
+        ValueError: When ``value`` is not an int, or is below ``minimum``.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{who}: {name} must be an int >= {minimum}, got {value!r}.")
+    return int(value)
+
+
+class TimingCacheWarning(UserWarning):
+    """The LiteRT timing cache could not be read or written; timings stay in memory."""
+
+
+def _valid_entry(entry) -> bool:
+    """An entry is ``{"seconds": number >= 0 or inf, "features": {name: number}}``
+    (``features`` optional)."""
+    if not isinstance(entry, dict):
+        return False
+    sec = entry.get("seconds")
+    if isinstance(sec, bool) or not isinstance(sec, numbers.Real) or not sec >= 0:
+        return False
+    feats = entry.get("features", {})
+    return isinstance(feats, dict) and all(
+        isinstance(k, str) and isinstance(v, numbers.Real) and not isinstance(v, bool)
+        for k, v in feats.items()
+    )
+
+
+class TimingCache:
+    """The LiteRT timing cache file, safe under threads and processes.
+
+    The file is JSON ``{"version": 1, "entries": {key: {"seconds": s, "features": {...}}}}``.
+    ``load`` reads and validates it; ``save`` re-reads it, merges, and writes it atomically,
+    both under ``_io.file_lock`` (an in-process lock and ``flock`` on ``<path>.lock``), so
+    concurrent savers never lose each other's entries. Nothing here raises on a bad file:
+
+    - a file that is not UTF-8 JSON of that shape is moved aside to
+      ``<name>.corrupt-<time>`` (a ``TimingCacheWarning`` names both paths) and a new file
+      is started; malformed entries (``null``, no finite ``seconds``) are dropped with a
+      warning;
+    - where the file cannot be read or written (a directory at its path, a file in place of
+      a folder, no permission, a read-only file, a full disk), a ``TimingCacheWarning``
+      says so once and the timings are kept in memory (a read-only file is never
+      replaced).
+
+    Args:
+        path: The JSON file; ``default_cache_path()`` when None.
+
+    Attributes:
+        path: The cache file.
+        writable: False once the file turned out not to be writable (timings then stay in
+            memory).
+    """
+
+    def __init__(self, path: str | os.PathLike | None = None):
+        if path is not None and (
+            isinstance(path, bool) or not isinstance(path, (str, os.PathLike)) or not str(path)
+        ):
+            raise ValueError(f"TimingCache: cache_path must be a file path, got {path!r}.")
+        self.path = Path(path) if path is not None else default_cache_path()
+        self.writable = True
+        self._warned: set[str] = set()
+        self._guard = threading.Lock()
+
+    def _warn(self, kind: str, message: str) -> None:
+        with self._guard:
+            if kind in self._warned:
+                return
+            self._warned.add(kind)
+        warnings.warn(f"LiteRT timing cache {self.path}: {message}", TimingCacheWarning, 3)
+
+    def _no_write(self, reason: str) -> None:
+        self.writable = False
+        self._warn("write", f"{reason}; keeping the timings in memory only.")
+
+    def _read(self) -> dict:
+        """The valid entries of the file (under the lock); moves a corrupt file aside."""
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            return {}
+        except IsADirectoryError:
+            self._no_write("it is a directory, not a file")
+            return {}
+        except OSError as err:  # no permission, a file in place of a folder, ...
+            self._no_write(f"cannot be read ({err.strerror or err})")
+            return {}
+        try:
+            data = json.loads(raw.decode("utf-8"))
+            if not isinstance(data, dict) or not isinstance(data.get("entries", {}), dict):
+                raise ValueError('not {"entries": {...}}')
+        except ValueError as err:  # UnicodeDecodeError and JSONDecodeError included
+            self._move_aside(f"not a timing cache ({type(err).__name__}: {err})")
+            return {}
+        entries = data.get("entries", {})
+        good = {k: v for k, v in entries.items() if _valid_entry(v)}
+        if len(good) < len(entries):
+            self._warn(
+                "entries",
+                f"dropped {len(entries) - len(good)} malformed entr"
+                f"{'y' if len(entries) - len(good) == 1 else 'ies'} (no number 'seconds').",
+            )
+        return good
+
+    def _move_aside(self, reason: str) -> None:
+        aside = self.path.with_name(
+            f"{self.path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+        )
+        try:
+            os.replace(self.path, aside)
+        except OSError as err:
+            self._no_write(f"{reason}, and it cannot be moved aside ({err.strerror or err})")
+            return
+        self._warn("corrupt", f"{reason}; moved it to {aside} and started a new cache.")
+
+    def _read_only(self) -> bool:
+        try:
+            mode = self.path.stat().st_mode
+        except OSError:
+            return False
+        return self.path.is_file() and not mode & 0o222
+
+    def load(self) -> dict:
+        """Read the cache's valid entries (see the class docstring for bad files).
+
+        Returns:
+            ``{key: entry}``; empty when the file is missing or unusable.
+        """
+        with file_lock(self.path):
+            entries = self._read()
+        if self._read_only():
+            self._no_write("the file is read-only (it is not replaced)")
+        return entries
+
+    def save(self, entries: dict) -> dict:
+        """Merge ``entries`` into the file (re-read under the lock) and write it atomically.
+
+        Args:
+            entries: ``{key: entry}`` to add or replace.
+
+        Returns:
+            The merged entries (the file's and ``entries``); just ``entries`` when the file
+            is not writable (after a ``TimingCacheWarning``).
+        """
+        if not self.writable:
+            return dict(entries)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            self._no_write(f"its folder cannot be created ({err.strerror or err})")
+            return dict(entries)
+        with file_lock(self.path):
+            merged = self._read()
+            if not self.writable:
+                return {**merged, **entries}
+            if self._read_only():
+                self._no_write("the file is read-only (it is not replaced)")
+                return {**merged, **entries}
+            merged.update(entries)
+            text = json.dumps({"version": 1, "entries": merged}, indent=1, sort_keys=True)
+            try:
+                atomic_write_text(self.path, text, what="timing cache")
+            except OSError as err:
+                self._no_write(f"cannot be written ({err})")
+        return merged
+
+
 class LiteRTTimer:
     """Times arrangements of layers in LiteRT on this machine, with a JSON cache.
 
@@ -193,12 +390,19 @@ class LiteRTTimer:
     ``CostModel.from_cache``). A candidate that fails to convert (e.g. it needs a
     non-built-in op) times as infinity, so it is never the choice.
 
+    The cache is a ``TimingCache``: shared safely by threads and processes, and a corrupt,
+    unreadable or unwritable file gives a ``TimingCacheWarning``, never an error.
+
     Args:
         cache_path: The JSON cache file; ``default_cache_path()`` when None.
         num_threads: The interpreter's thread count.
         quantize: The quantization mode candidates are converted in: ``None``,
             ``"float16"``, ``"dynamic"`` or ``"int8"``.
         rounds: The number of interleaved timing rounds.
+
+    Raises:
+        ValueError: When ``num_threads`` or ``rounds`` is not a positive int, or
+            ``quantize`` is unknown.
     """
 
     def __init__(
@@ -208,29 +412,20 @@ class LiteRTTimer:
         quantize: str | None = None,
         rounds: int = 7,
     ):
-        self.cache_path = Path(cache_path) if cache_path is not None else default_cache_path()
-        self.num_threads = int(num_threads)
+        self.num_threads = positive_int("LiteRTTimer", "num_threads", num_threads)
+        if quantize not in QUANTIZE_MODES:
+            raise ValueError(
+                f"LiteRTTimer: quantize must be one of {QUANTIZE_MODES}, got {quantize!r}."
+            )
         self.quantize = quantize
-        self.rounds = int(rounds)
+        self.rounds = positive_int("LiteRTTimer", "rounds", rounds)
+        self.cache = TimingCache(cache_path)
+        self.cache_path = self.cache.path
         self.measured = 0  # candidates timed by this object (cache misses)
-        self.entries = self._load()
-
-    def _load(self) -> dict:
-        try:
-            with open(self.cache_path, encoding="utf-8") as f:
-                data = json.load(f)
-            return data.get("entries", {}) if isinstance(data, dict) else {}
-        except (FileNotFoundError, json.JSONDecodeError):
-            return {}
+        self.entries = self.cache.load()
 
     def _save(self) -> None:
-        self.cache_path.parent.mkdir(parents=True, exist_ok=True)
-        merged = self._load()
-        merged.update(self.entries)
-        tmp = self.cache_path.with_suffix(f".tmp{os.getpid()}")
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump({"version": 1, "entries": merged}, f, indent=1, sort_keys=True)
-        os.replace(tmp, self.cache_path)
+        self.entries = self.cache.save(self.entries)
 
     def key(self, layers: list, input_shape) -> str:
         from ai_edge_litert import __version__ as litert_version
@@ -385,10 +580,41 @@ def bench_tflite(
     Returns:
         Per model name, a dict of ``median_ms``, ``mean_ms``, ``p10_ms``, ``p90_ms``,
         ``runs`` and ``ratio`` (median over the first model's median).
+
+    Raises:
+        ValueError: When a count is not a positive int (``warmup`` may be 0), no file is
+            given, or a file is not a loadable ``.tflite`` model.
+        FileNotFoundError: When a file does not exist.
+        IsADirectoryError: When a path is a directory.
     """
+    who = "bench_tflite"
+    num_threads = positive_int(who, "num_threads", num_threads)
+    rounds = positive_int(who, "rounds", rounds)
+    warmup = positive_int(who, "warmup", warmup, minimum=0)
+    runs_per_round = positive_int(who, "runs_per_round", runs_per_round)
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
     if not isinstance(paths, dict):
         paths = {str(p): p for p in paths}
-    its = {name: make_interpreter(Path(p).read_bytes(), num_threads) for name, p in paths.items()}
+    if not paths:
+        raise ValueError(f"{who}: no .tflite files given.")
+    contents = {}
+    for name, p in paths.items():
+        p = Path(p)
+        if p.is_dir():
+            raise IsADirectoryError(f"{who}: {p} is a directory, not a .tflite file.")
+        if not p.exists():
+            raise FileNotFoundError(f"{who}: no such .tflite file: {p}")
+        contents[name] = p.read_bytes()
+    its = {}
+    for name, content in contents.items():
+        try:
+            its[name] = make_interpreter(content, num_threads)
+        except (ValueError, RuntimeError) as err:
+            raise ValueError(
+                f"{who}: {paths[name]} is not a loadable .tflite model "
+                f"({str(err).splitlines()[0] if str(err) else type(err).__name__})."
+            ) from err
     seconds = interleaved_samples(
         {name: it.invoke for name, it in its.items()}, rounds, warmup, runs_per_round
     )
