@@ -16,6 +16,7 @@ import fnmatch
 import math
 import sys
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -128,6 +129,7 @@ def convert(
     require_saving: bool = True,
     implementation: str = "auto",
     options: Mapping | None = None,
+    strict: bool = True,
     progress: bool | str = "auto",
 ) -> tuple[keras.Model, ConversionReport]:
     """Replace the conv (and dense) layers of ``model`` by compressed layers.
@@ -168,6 +170,10 @@ def convert(
             ``layers.base.IMPLEMENTATIONS``, ``"auto"`` by default).
         options: Extra constructor options for the method's layer (e.g.
             ``{"batch_norm": True}``).
+        strict: With a ``budget``: raise when the converted model misses it (e.g. a layer
+            the allocation reduced could not be decomposed); ``False`` returns the model
+            anyway with ``report.budget_met == False`` and a ``UserWarning`` naming the
+            layers that could not be reduced. A budget is never missed silently.
         progress: A progress bar on stderr: ``True``, ``False``, or ``"auto"`` (on a
             terminal, 10+ layers).
 
@@ -179,7 +185,8 @@ def convert(
             when more than one of ``rank``, ``energy`` and ``budget`` is given, or one of
             them, ``round_to``, ``implementation`` or ``method`` is invalid; when a MACs
             budget is given for a model without a fixed input size, or the budget cannot be
-            met; or when the model cannot be cloned.
+            met (with ``strict=True``: also when the converted model misses it); or when
+            the model cannot be cloned.
     """
     t0 = time.perf_counter()
     if not isinstance(model, keras.Model):
@@ -375,6 +382,9 @@ def convert(
         after_total = model_cost(new_model).total
     except ValueError:
         after_total = Cost(*_params(new_model), 0)
+    budget_met, budget_message = _budget_outcome(
+        budget, metric, value, before, after_total, plans, chosen, replacements
+    )
     report = ConversionReport(
         method=method_label,
         selection=selection,
@@ -384,7 +394,45 @@ def convert(
         macs_known=macs_known,
         seconds=time.perf_counter() - t0,
     )
+    report.budget_met = budget_met
+    if budget_met is False:
+        if strict:
+            raise ValueError(
+                f"convert: {budget_message} Fix or exclude those layers (exclude=[...]), "
+                "lower the budget, or pass strict=False to get the model anyway "
+                "(report.budget_met is then False)."
+            )
+        warnings.warn(f"convert: {budget_message}", UserWarning, stacklevel=2)
     return new_model, report
+
+
+def _budget_outcome(budget, metric, value, before, after, plans, chosen, replacements):
+    """``(met, message)``: whether the converted model meets ``budget`` (None without
+    one) and, when it does not, why (the layers the allocation reduced but that could not
+    be replaced, with their reasons)."""
+    if budget is None:
+        return None, ""
+    total = before.total_params if metric == "params" else before.macs
+    goal = value * total if value <= 1 else value
+    achieved = after.total_params if metric == "params" else after.macs
+    if achieved <= goal:
+        return True, ""
+    failed = [
+        f"{row.name} ({row.reason})"
+        for _, layer, _, _, _, row in plans
+        if id(layer) in chosen and id(layer) not in replacements
+    ]
+    unit = "parameters" if metric == "params" else "MACs"
+    why = (
+        f"these layers could not be reduced: {'; '.join(failed)}."
+        if failed
+        else "the built layers cost more than the allocation estimated."
+    )
+    return False, (
+        f"the budget {dict(budget)} was missed: the converted model has {achieved:,} "
+        f"{unit}, {achieved / max(total, 1):.3f} of the original's {total:,} (target "
+        f"{goal:,.0f}), because {why}"
+    )
 
 
 def _describe_selection(rank, energy, budget, round_to) -> str:

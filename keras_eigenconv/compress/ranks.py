@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import heapq
 import math
+import numbers
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -149,14 +150,15 @@ def parse_budget(budget) -> tuple[str, float]:
     ``x <= 1`` is a share of the original model's total; ``x > 1`` an absolute count.
 
     Args:
-        budget: A dict with one key, ``"macs"`` or ``"params"``, and a positive number.
+        budget: A dict with one key, ``"macs"`` or ``"params"``, and a positive, finite
+            number (a Python or NumPy int or float).
 
     Returns:
         The tuple ``(metric, x)``, ``x`` as a float.
 
     Raises:
         ValueError: When ``budget`` is not a one-key dict, its key is not ``"macs"`` or
-            ``"params"``, or its value is not a positive number.
+            ``"params"``, or its value is not a positive, finite number.
     """
     if not isinstance(budget, Mapping) or len(budget) != 1:
         raise ValueError(
@@ -166,8 +168,15 @@ def parse_budget(budget) -> tuple[str, float]:
     ((metric, value),) = budget.items()
     if metric not in ("macs", "params"):
         raise ValueError(f"budget key {metric!r} is not 'macs' or 'params'.")
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"budget[{metric!r}]={value!r} must be a positive number.")
+    if (
+        isinstance(value, (bool, np.bool_))
+        or not isinstance(value, numbers.Real)
+        or not 0 < float(value) < math.inf
+    ):
+        raise ValueError(
+            f"budget[{metric!r}]={value!r} must be a positive, finite number: a share of the "
+            f"model's total (0 < x <= 1, e.g. {{{metric!r}: 0.5}}) or a count (x > 1)."
+        )
     return metric, float(value)
 
 

@@ -69,6 +69,8 @@ class ConversionReport:
         total_after: The ``model_cost`` total of the whole converted model.
         macs_known: Whether the model's input size is fixed, so MACs could be counted.
         seconds: The wall time of the conversion.
+        budget_met: With a budget, whether the converted model meets it (``convert``
+            raises when it does not, unless ``strict=False``); None without a budget.
     """
 
     method: str
@@ -78,6 +80,7 @@ class ConversionReport:
     total_after: Cost = field(default_factory=Cost)
     macs_known: bool = True
     seconds: float = 0.0
+    budget_met: bool | None = None
 
     @property
     def replaced(self) -> list[LayerReport]:
@@ -111,6 +114,7 @@ class ConversionReport:
             "replaced": len(self.replaced),
             "skipped": len(self.skipped),
             "seconds": self.seconds,
+            "budget_met": self.budget_met,
         }
 
     _COLUMNS = (
@@ -158,6 +162,8 @@ class ConversionReport:
             lines.append(f"MACs: {b.macs:,} -> {a.macs:,} (x{self.macs_ratio:.3f})")
         else:
             lines.append("MACs: unknown (the model's input size is not fixed)")
+        if self.budget_met is False:
+            lines.append(f"budget MISSED: {self.selection} (budget_met=False)")
         return lines
 
     def __str__(self) -> str:
