@@ -150,8 +150,8 @@ def atomic_path(
         allow_empty: Accept an empty file (otherwise an empty result is an error: the
             writer failed silently).
 
-    Yields:
-        The temporary path to write to.
+    Returns:
+        A context manager whose value is the temporary path to write to.
 
     Raises:
         OSError: When the target cannot be written (the message names the path), or the
@@ -266,8 +266,8 @@ def file_lock(path: str | os.PathLike, timeout: float = 60.0) -> Iterator[bool]:
         timeout: Seconds to wait for another process before going on without the
             inter-process lock.
 
-    Yields:
-        Whether the inter-process lock is held.
+    Returns:
+        A context manager whose value says whether the inter-process lock is held.
     """
     key = os.path.abspath(os.fspath(path))
     with _THREAD_LOCKS_GUARD:

@@ -123,8 +123,12 @@ class CostedLayer:
     """Mixin of a layer that counts its own cost: ``cost(input_shape) -> Cost``.
 
     Every compressed layer of the package is one (``layers.CompressedLayer``);
-    ``layer_cost`` asks it instead of counting Keras' built-in layers.
+    ``layer_cost`` asks it instead of counting Keras' built-in layers. Model walks
+    (``graph.walk_all``) treat it as one layer, whatever sublayers it holds
+    (``graph_leaf``).
     """
+
+    graph_leaf = True
 
     def cost(self, input_shape) -> Cost:
         """Parameters and MACs of one call on ``input_shape``.
@@ -237,11 +241,18 @@ class ModelCost:
 def model_cost(model, prefix: str = "") -> ModelCost:
     """Count parameters and MACs of every layer of a built model, nested models included.
 
-    A layer called several times (shared) has its weights counted once and its MACs once per
-    call. Layers of nested models are listed as ``outer/inner``.
+    Each layer is costed at the input shapes it sees in ``model`` itself
+    (``graph.layer_input_shapes``: traced from the model's inputs), so a nested model built
+    with ``(None, None, C)`` inside a fixed-size model, or a layer reused in a new graph,
+    counts at the size it actually runs at. A layer called several times (shared) has its
+    weights counted once and its MACs once per call. Nested models (graph or subclassed)
+    and custom blocks holding layers are entered, their layers listed as ``outer/inner``;
+    a block's own weights (not held by a sublayer, e.g. a kernel used through a raw
+    ``ops.conv``) get a row of their own, with no MACs counted.
 
     Args:
-        model: a built ``keras.Model`` with a fixed input size (MACs need known spatial dims).
+        model: a built ``keras.Model`` (Functional, Sequential or subclassed) with a fixed
+            input size (MACs need known spatial dims).
         prefix: prepended to every layer name.
 
     Returns:
@@ -257,20 +268,27 @@ def model_cost(model, prefix: str = "") -> ModelCost:
     >>> model_cost(model).total
     Cost(params=224, fixed_params=0, macs=194400)
     """
+    shapes = graph.layer_input_shapes(model)
     result = ModelCost()
-    for layer in model.layers:
-        name = prefix + layer.name
-        if isinstance(layer, keras.Model):
-            sub = model_cost(layer, prefix=name + "/")
-            result.rows.extend(sub.rows)
-            result.total = result.total + sub.total
+
+    def add(name, layer, total):
+        result.rows.append({"name": name, "type": type(layer).__name__, **total.to_dict()})
+        result.total = result.total + total
+
+    def is_leaf(layer):
+        return isinstance(layer, CostedLayer)
+
+    for path, layer in graph.walk_all(model, prefix, leaf=is_leaf):
+        if graph.is_container(layer) and not is_leaf(layer):
+            own = graph.own_weights(layer)
+            if own:
+                trainable = sum(math.prod(w.shape) for w in own if w.trainable)
+                fixed = sum(math.prod(w.shape) for w in own if not w.trainable)
+                add(path, layer, Cost(int(trainable), int(fixed), 0))
             continue
-        shapes = graph.call_input_shapes(layer)
         total = Cost(*_weight_counts(layer), 0)
-        for i, shape in enumerate(shapes):
+        for i, shape in enumerate(shapes.get(id(layer), [])):
             c = layer_cost(layer, shape)
             total = Cost(c.params, c.fixed_params, total.macs + c.macs) if i else c
-        row = {"name": name, "type": type(layer).__name__, **total.to_dict()}
-        result.rows.append(row)
-        result.total = result.total + total
+        add(path, layer, total)
     return result

@@ -26,15 +26,28 @@ import numpy as np
 from keras import ops
 
 __all__ = [
+    "attribute_layers",
     "call_input_shapes",
     "clone_model",
+    "copy_subclassed",
     "copy_weights",
     "flatten_layers",
+    "get_attribute_layer",
     "input_shape",
+    "is_container",
     "is_graph_model",
+    "is_subclassed",
+    "layer_input_shapes",
+    "model_input_shapes",
+    "own_weights",
+    "raw_kernels",
     "replace_variable",
+    "set_attribute_layer",
     "single_consumer_pairs",
+    "sublayers",
+    "traced_input_shapes",
     "walk",
+    "walk_all",
 ]
 
 
@@ -53,11 +66,15 @@ def is_graph_model(model) -> bool:
 
 
 def walk(model, prefix: str = "", include_models: bool = False) -> Iterator[tuple[str, Any]]:
-    """Iterate over ``(path, layer)`` of every layer of a graph model, each layer once.
+    """Iterate over ``(path, layer)`` of every layer of a model, each layer once.
 
     Nested Functional/Sequential models are entered and their layers listed as
     ``outer/inner``; with ``include_models`` the nested model itself is yielded first.
-    Shared layers (and shared nested models) appear once, at their first path.
+    Shared layers (and shared nested models) appear once, at their first path. In a
+    subclassed model (or a custom block inside one) the layers are those held in its
+    attributes (``attribute_layers``: directly, in lists and in dicts), and nested
+    subclassed models and custom blocks are entered too; in a graph model, custom blocks
+    are leaves (``clone_model`` rebuilds them whole).
 
     Args:
         model: a built ``keras.Model``.
@@ -70,12 +87,14 @@ def walk(model, prefix: str = "", include_models: bool = False) -> Iterator[tupl
     seen: set[int] = set()
 
     def rec(m, pre):
-        for layer in m.layers:
+        graph = is_graph_model(m)
+        children = m.layers if graph else [la for _, la in attribute_layers(m)]
+        for layer in children:
             if id(layer) in seen:
                 continue
             seen.add(id(layer))
             path = pre + layer.name
-            if isinstance(layer, keras.Model) and is_graph_model(layer):
+            if is_graph_model(layer) or (not graph and is_container(layer)):
                 if include_models:
                     yield path, layer
                 yield from rec(layer, path + "/")
@@ -150,6 +169,244 @@ def input_shape(layer) -> tuple | None:
     return shapes[0] if shapes else None
 
 
+# ---- the shapes each layer sees in the model being converted ---------------------------
+
+
+def model_input_shapes(model) -> list[tuple] | None:
+    """The input shapes of ``model``, batch axis included.
+
+    Graph models: the shapes of their ``Input`` tensors. Subclassed models: the shapes
+    their first call built them with (``get_build_config``).
+
+    Args:
+        model: a built ``keras.Model``.
+
+    Returns:
+        A list of shape tuples, one per input; ``None`` when unknown (an unbuilt model, or a
+        subclassed model built with keyword inputs).
+    """
+    if is_graph_model(model):
+        try:
+            inputs = model.inputs
+        except (AttributeError, ValueError):
+            return None
+        return [tuple(x.shape) for x in inputs] if inputs else None
+    config = model.get_build_config()
+    if not config or "input_shape" not in config:
+        return None
+    shape = config["input_shape"]
+    if shape and isinstance(shape[0], (list, tuple)):
+        return [tuple(s) for s in shape]
+    return [tuple(shape)]
+
+
+def _first_tensor_shape(args) -> tuple | None:
+    for t in keras.tree.flatten(args):
+        if isinstance(t, keras.KerasTensor) or ops.is_tensor(t):
+            dims = tuple(t.shape)
+            if dims:
+                return (None, *(None if d is None else int(d) for d in dims[1:]))
+    return None
+
+
+def traced_input_shapes(model, input_shapes: list[tuple] | None = None) -> dict | None:
+    """The input shape of every call of every layer of ``model``, traced from its inputs.
+
+    ``model`` is run symbolically (``compute_output_spec``: shapes only, no data, no new
+    nodes) on inputs of ``input_shapes`` (default ``model_input_shapes(model)``), with each
+    reachable layer's ``call`` wrapped for the trace to record its first input's shape; the
+    wrappers are removed afterwards. So a nested model built with ``(None, None, C)``
+    inside a fixed-size model, a layer reused in a new graph, and the layers of a
+    subclassed model (attributes, lists, dicts, nested blocks) all get the shapes they
+    actually see in ``model``, once per call.
+
+    Args:
+        model: a built ``keras.Model`` (any kind).
+        input_shapes: the input shapes (batch axis included); ``None``: the model's own.
+
+    Returns:
+        ``{id(layer): [shape, ...]}`` (batch axis ``None``), or ``None`` when the input
+        shapes (spatial axes included) are unknown or the symbolic run fails.
+    """
+    from keras.src import backend as keras_backend
+
+    shapes = input_shapes or model_input_shapes(model)
+    if not shapes or any(d is None for s in shapes for d in tuple(s)[1:]):
+        return None
+    if is_graph_model(model):
+        graph_model = model._functional if isinstance(model, keras.Sequential) else model
+        if graph_model is None:
+            return None
+        dtypes = [x.dtype for x in graph_model.inputs]
+        specs = [
+            keras.KerasTensor((1, *s[1:]) if s[0] is None else tuple(s), dtype=dt)
+            for s, dt in zip(shapes, dtypes)
+        ]
+        args = (keras.tree.pack_sequence_as(graph_model._inputs_struct, specs),)
+    else:
+        dtype = keras.backend.floatx()
+        specs = [
+            keras.KerasTensor((1, *s[1:]) if s[0] is None else tuple(s), dtype=dtype)
+            for s in shapes
+        ]
+        args = (specs[0] if len(specs) == 1 else specs,)
+
+    records: dict[int, list[tuple]] = {}
+    patched = []
+
+    def recording(layer, original):
+        def call(*a, **kw):
+            shape = _first_tensor_shape((a, kw))
+            if shape is not None:
+                records.setdefault(id(layer), []).append(shape)
+            return original(*a, **kw)
+
+        return call
+
+    try:
+        for layer in flatten_layers(model):
+            if "call" in vars(layer):  # already wrapped (a layer listed twice)
+                continue
+            object.__setattr__(layer, "call", recording(layer, layer.call))
+            patched.append(layer)
+        keras_backend.compute_output_spec(lambda *a: model(*a), *args)
+    except Exception:  # noqa: BLE001 - any failure of a user's call: fall back to the nodes
+        return None
+    finally:
+        for layer in patched:
+            object.__delattr__(layer, "call")
+    return records
+
+
+def layer_input_shapes(model) -> dict[int, list[tuple]]:
+    """The input shapes of each call of each layer of ``model`` (nested layers included).
+
+    ``traced_input_shapes`` when the model's input size is known; otherwise the shapes
+    recorded in the layers' own call history (``call_input_shapes``), restricted to this
+    model's graph where the layer was called elsewhere too.
+
+    Args:
+        model: a built ``keras.Model``.
+
+    Returns:
+        ``{id(layer): [shape, ...]}``; a layer absent from it was not called.
+    """
+    traced = traced_input_shapes(model)
+    if traced is not None:
+        return traced
+    out: dict[int, list[tuple]] = {}
+    for m in graph_models(model) if is_graph_model(model) else [model]:
+        nodes = _model_nodes(m)
+        for layer in m.layers:
+            own = [n for n in getattr(layer, "_inbound_nodes", []) if n in nodes]
+            calls = [tuple(n.input_tensors[0].shape) for n in own if n.input_tensors]
+            out.setdefault(id(layer), []).extend(calls or call_input_shapes(layer))
+    return out
+
+
+def sublayers(layer) -> list:
+    """The layers directly inside ``layer`` (attributes, lists, dicts; a model's layers).
+
+    Args:
+        layer: a Keras layer or model.
+
+    Returns:
+        A list of layers, each once.
+    """
+    if isinstance(layer, keras.Model):
+        return list(layer.layers)
+    return list(layer._flatten_layers(include_self=False, recursive=False))
+
+
+def is_container(layer) -> bool:
+    """Whether ``layer`` is entered by ``walk_all``: a model, or a layer of a user's class
+    (not one of Keras' own, nor a class with ``graph_leaf = True`` such as this package's
+    layers) that holds other layers.
+
+    Args:
+        layer: a Keras layer.
+
+    Returns:
+        ``True`` for a model or a custom block with sublayers.
+    """
+    if isinstance(layer, keras.Model):
+        return True
+    if type(layer).__module__.split(".")[0] == "keras" or getattr(type(layer), "graph_leaf", False):
+        return False
+    return bool(sublayers(layer))
+
+
+def own_weights(layer) -> list:
+    """The weights of ``layer`` that none of its sublayers holds (a raw ``add_weight``).
+
+    Args:
+        layer: a Keras layer.
+
+    Returns:
+        A list of variables.
+    """
+    inner = {id(w) for sub in sublayers(layer) for w in sub.weights}
+    return [w for w in layer.weights if id(w) not in inner]
+
+
+def raw_kernels(model) -> list[tuple[str, Any, list]]:
+    """Layers whose ``call`` must use a conv kernel directly: no layer to replace.
+
+    Lists ``model`` and every layer of ``walk`` (nested blocks included) that is not one of
+    Keras' own layers nor a ``graph_leaf`` layer and holds 4-D weights of its own (outside
+    any sublayer), such as a kernel from ``add_weight`` run through ``ops.conv`` in
+    ``call``: ``convert`` reports these instead of skipping them silently.
+
+    Args:
+        model: a built ``keras.Model``.
+
+    Returns:
+        A list of ``(path, layer, weights)`` (the model's own path is ``""``).
+    """
+    out = []
+    for path, layer in [("", model), *walk(model, include_models=True)]:
+        if type(layer).__module__.split(".")[0] == "keras" or getattr(
+            type(layer), "graph_leaf", False
+        ):
+            continue
+        kernels = [w for w in own_weights(layer) if len(w.shape) == 4]
+        if kernels:
+            out.append((path, layer, kernels))
+    return out
+
+
+def walk_all(
+    model, prefix: str = "", leaf: Callable[[Any], bool] | None = None
+) -> Iterator[tuple[str, Any]]:
+    """``(path, layer)`` of every layer reachable from ``model``, each once, containers too.
+
+    Graph models, subclassed models and custom blocks holding layers (``is_container``)
+    are yielded and then entered (their layers listed as ``outer/inner``), unless
+    ``leaf(layer)`` says to stop there (e.g. a compressed layer that holds a BatchNorm).
+
+    Args:
+        model: a ``keras.Model`` (any kind) or a layer.
+        prefix: prepended to every path.
+        leaf: ``fn(layer) -> bool``, layers not to enter.
+
+    Returns:
+        An iterator of ``(path, layer)`` pairs, a container before its layers.
+    """
+    seen: set[int] = set()
+
+    def rec(m, pre):
+        for layer in sublayers(m):
+            if id(layer) in seen:
+                continue
+            seen.add(id(layer))
+            path = pre + layer.name
+            yield path, layer
+            if is_container(layer) and not (leaf is not None and leaf(layer)):
+                yield from rec(layer, path + "/")
+
+    yield from rec(model, prefix)
+
+
 def _model_nodes(model) -> set:
     nodes = set()
     for depth_nodes in getattr(model, "_nodes_by_depth", {}).values():
@@ -219,6 +476,273 @@ def copy_weights(source, target) -> None:
         w_new.assign(np.array(ops.convert_to_numpy(w_old)))
 
 
+# ---- subclassed models: layers held in attributes, copied and replaced in place ---------
+
+# Keras' own bookkeeping attributes that hold layers (not the user's structure).
+_INTERNAL_ATTRS = frozenset({"_layers", "_functional", "_operations", "_tracker"})
+_MAX_NESTING = 4  # lists/dicts inside lists/dicts followed this deep
+
+
+def _held(value, path: tuple, depth: int = 0) -> Iterator[tuple[tuple, Any]]:
+    if isinstance(value, keras.layers.Layer):
+        yield path, value
+    elif depth < _MAX_NESTING and isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from _held(item, (*path, i), depth + 1)
+    elif depth < _MAX_NESTING and isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(key, str):
+                yield from _held(item, (*path, key), depth + 1)
+
+
+def attribute_layers(layer) -> list[tuple[tuple, Any]]:
+    """The layers held in ``layer``'s attributes: directly, in lists and in dicts.
+
+    Args:
+        layer: a layer or a subclassed model.
+
+    Returns:
+        A list of ``(key path, sublayer)``: the path is the attribute name followed by list
+        indices and dict keys (``("blocks", 0, "conv")``), what ``set_attribute_layer``
+        takes. Layers held only in tuples or other containers are not listed.
+    """
+    out = []
+    for name, value in vars(layer).items():
+        if name in _INTERNAL_ATTRS or name.startswith("_self_"):
+            continue
+        out.extend(_held(value, (name,)))
+    return out
+
+
+def _holder(root, path: tuple):
+    """``(owner layer, container, key)`` of the value at ``path`` under ``root``."""
+    owner, holder = root, root
+    for key in path[:-1]:
+        if isinstance(holder, (list, dict)):
+            holder = holder[key]
+        else:
+            holder = getattr(holder, key)
+        if isinstance(holder, keras.layers.Layer):
+            owner = holder
+    return owner, holder, path[-1]
+
+
+def get_attribute_layer(root, path) -> Any:
+    """The layer at ``path`` (as ``attribute_layers`` gives it) under ``root``.
+
+    Args:
+        root: a layer or a subclassed model.
+        path: a sequence of attribute names, list indices and dict keys.
+
+    Returns:
+        The layer.
+    """
+    path = tuple(path)
+    _, holder, key = _holder(root, path)
+    return holder[key] if isinstance(holder, (list, dict)) else getattr(holder, key)
+
+
+def set_attribute_layer(root, path, new) -> None:
+    """Put the layer ``new`` at ``path`` under ``root``, in place of the layer there.
+
+    The old layer is untracked by the layer that holds it (its weights leave the model's
+    weights) and ``new`` is tracked in its place, even in a built layer.
+
+    Args:
+        root: a layer or a subclassed model.
+        path: a sequence of attribute names, list indices and dict keys.
+        new: the new layer.
+    """
+    path = tuple(path)
+    owner, holder, key = _holder(root, path)
+    old = holder[key] if isinstance(holder, (list, dict)) else getattr(holder, key)
+    tracker = owner._tracker
+    locked = tracker.locked
+    tracker.unlock()
+    try:
+        tracker.untrack(old)
+        if isinstance(holder, (list, dict)):
+            holder[key] = new
+            tracker.track(new)
+        else:
+            setattr(holder, key, new)
+    finally:
+        if locked:
+            tracker.lock()
+
+
+class _ConvertedModel:
+    """Methods of a converted subclassed model's class (a subclass of the user's class
+    that only adds the replaced layers to its config, so ``.keras`` files load)."""
+
+    def get_config(self):
+        base = type(self)._keras_eigenconv_base
+        return {
+            "base": keras.saving.get_registered_name(base),
+            "base_config": base.get_config(self),
+            "replaced": [
+                [list(path), keras.saving.serialize_keras_object(get_attribute_layer(self, path))]
+                for path in self._keras_eigenconv_replaced
+            ],
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        base = keras.saving.get_registered_object(config["base"])
+        if base is None:
+            raise ValueError(
+                f"Cannot load a converted '{config['base']}' model: its class is not known. "
+                "Register it with @keras.saving.register_keras_serializable() (or pass "
+                "custom_objects) as for the original model."
+            )
+        return _rebuild(base, config["base_config"], config["replaced"])
+
+
+# The name every converted subclassed model is saved under; this stand-in (registered at
+# import) loads them in a fresh process, whatever the user's class.
+keras.saving.register_keras_serializable(package="keras_eigenconv", name="ConvertedModel")(
+    _ConvertedModel
+)
+_CONVERTED_CLASSES: dict[type, type] = {}
+
+
+def _converted_class(base: type) -> type:
+    """The subclass of ``base`` that converted models of class ``base`` get (cached)."""
+    if base not in _CONVERTED_CLASSES:
+        cls = type(
+            base.__name__,
+            (base,),
+            {
+                "get_config": _ConvertedModel.get_config,
+                "from_config": classmethod(_ConvertedModel.from_config.__func__),
+                "_keras_eigenconv_base": base,
+                "__module__": base.__module__,
+                "__qualname__": base.__qualname__,
+                "__doc__": base.__doc__,
+            },
+        )
+        keras.saving.register_keras_serializable(package="keras_eigenconv", name="ConvertedModel")(
+            cls
+        )
+        _CONVERTED_CLASSES[base] = cls
+    return _CONVERTED_CLASSES[base]
+
+
+def _rebuild(base: type, base_config: dict, replaced: list) -> Any:
+    """A new (unbuilt) model of class ``base`` from its config, with the recorded layer
+    replacements applied; its class becomes ``_converted_class(base)`` if any."""
+    model = base.from_config(base_config)
+    paths = []
+    for path, layer_config in replaced:
+        set_attribute_layer(model, path, keras.saving.deserialize_keras_object(layer_config))
+        paths.append(tuple(path))
+    if paths:
+        model.__class__ = _converted_class(base)
+        object.__setattr__(model, "_keras_eigenconv_replaced", paths)
+    return model
+
+
+def is_subclassed(model) -> bool:
+    """Whether ``model`` is a subclassed ``keras.Model`` (not a graph model).
+
+    Args:
+        model: any object.
+
+    Returns:
+        ``True`` for a ``keras.Model`` that is neither Functional nor Sequential.
+    """
+    return isinstance(model, keras.Model) and not is_graph_model(model)
+
+
+def copy_subclassed(model) -> Any:
+    """A copy of a built subclassed ``model`` that owns its weights.
+
+    As Keras copies a subclassed model (``keras.models.clone_model``, pickling): a new
+    instance from ``get_config`` (the user's class; for a model converted before, its
+    replaced layers too), built with the original's build config, then every variable
+    copied (fresh buffers). The user's model is not modified.
+
+    Args:
+        model: a built subclassed ``keras.Model``.
+
+    Returns:
+        The copy, of the same class.
+
+    Raises:
+        ValueError: when the model cannot be rebuilt from its config, or the copy's
+            variables do not match the original's.
+    """
+    cls = type(model)
+    base = getattr(cls, "_keras_eigenconv_base", cls)
+    replaced = [
+        [list(p), keras.saving.serialize_keras_object(get_attribute_layer(model, p))]
+        for p in getattr(model, "_keras_eigenconv_replaced", [])
+    ]
+    build_config = model.get_build_config()
+    try:
+        new = _rebuild(base, base.get_config(model), replaced)
+        if build_config:
+            new.build_from_config(build_config)  # runs call symbolically: builds every layer
+            new.built = True
+    except (NotImplementedError, TypeError, ValueError) as err:
+        raise ValueError(
+            f"The subclassed model '{model.name}' ({base.__name__}) cannot be copied from its "
+            f"config ({type(err).__name__}: {err}). Give the class a get_config() that "
+            "returns its constructor arguments (as .keras saving needs), and build the model "
+            "by calling it once."
+        ) from err
+    old_vars, new_vars = model.variables, new.variables
+    if len(old_vars) != len(new_vars) or any(
+        tuple(a.shape) != tuple(b.shape) for a, b in zip(old_vars, new_vars)
+    ):
+        raise ValueError(
+            f"The copy of the subclassed model '{model.name}' built from its config has "
+            f"{len(new_vars)} variables, the original {len(old_vars)} (or their shapes "
+            "differ): its get_config()/build do not recreate the same layers."
+        )
+    for a, b in zip(old_vars, new_vars):
+        b.assign(np.array(ops.convert_to_numpy(a)))
+    return new
+
+
+def _clone_subclassed(model, replace: Callable[[Any], Any] | None) -> Any:
+    new = copy_subclassed(model)
+    if replace is None:
+        return new
+    # the same walk over the original and the copy pairs each layer with its copy
+    old_walk = list(walk(model, include_models=True))
+    new_walk = list(walk(new, include_models=True))
+    if [type(la) for _, la in old_walk] != [type(la) for _, la in new_walk]:
+        raise ValueError(f"The copy of '{model.name}' does not have the original's layers.")
+    original_of = {id(n): o for (_, o), (_, n) in zip(old_walk, new_walk)}
+
+    def replacement(copy_layer):
+        old = original_of.get(id(copy_layer))
+        return None if old is None else replace(old)
+
+    def rec(container, root_path: tuple):
+        for path, layer in attribute_layers(container):
+            full = (*root_path, *path)
+            new_layer = replacement(layer)
+            if new_layer is not None:
+                set_attribute_layer(new, full, new_layer)
+                new._keras_eigenconv_replaced.append(full)
+            elif is_graph_model(layer):
+                if any(replacement(la) is not None for _, la in walk(layer)):
+                    cloned = clone_model(layer, replace=replacement)
+                    set_attribute_layer(new, full, cloned)
+                    new._keras_eigenconv_replaced.append(full)
+            elif is_container(layer):
+                rec(layer, full)
+
+    if "_keras_eigenconv_replaced" not in vars(new):
+        object.__setattr__(new, "_keras_eigenconv_replaced", [])
+    rec(new, ())
+    if new._keras_eigenconv_replaced and not hasattr(type(new), "_keras_eigenconv_base"):
+        new.__class__ = _converted_class(type(new))
+    return new
+
+
 def clone_model(
     model,
     replace: Callable[[Any], Any] | None = None,
@@ -245,13 +769,15 @@ def clone_model(
         ValueError: when ``model`` is not a graph model, or a layer's config does not
             rebuild it.
     """
+    if is_subclassed(model):
+        if call_function is not None or not copy_weights_:
+            raise ValueError(
+                f"Model '{model.name}' ({type(model).__name__}) is a subclassed keras.Model: "
+                "it is copied whole (call_function and copy_weights_=False need a graph model)."
+            )
+        return _clone_subclassed(model, replace)
     if not is_graph_model(model):
-        raise ValueError(
-            f"Model '{getattr(model, 'name', '?')}' ({type(model).__name__}) is a subclassed "
-            "keras.Model, which keras.models.clone_model cannot rebuild layer by layer. Build "
-            "it with the functional API or as a keras.Sequential (custom layers inside are "
-            "fine), or replace its layers yourself."
-        )
+        raise ValueError(f"clone_model needs a keras.Model, got {type(model).__name__}.")
     pairs = []
 
     def clone_fn(op):

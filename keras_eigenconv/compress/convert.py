@@ -1,7 +1,8 @@
 """Model surgery: replace the ``Conv2D`` (and ``Dense``) layers of a whole model.
 
-``convert(model, method=..., rank=/energy=/budget=...)`` copies a Functional or Sequential
-model with ``graph.clone_model`` (nested models included, shared layers stay shared), swaps
+``convert(model, method=..., rank=/energy=/budget=...)`` copies a Functional, Sequential or
+subclassed model with ``graph.clone_model`` (nested models included, shared layers stay
+shared; a subclassed model's layers are replaced in the attributes of a copy), swaps
 the chosen layers for replacements initialized by decomposing their trained weights
 (``Method.build`` = the layer class's ``from_source``), copies every other layer's weights
 exactly (fresh buffers), and returns the new model with a ``ConversionReport``. The user's
@@ -73,8 +74,8 @@ def _per_layer(value, path: str, layer, what: str):
     return value
 
 
-def _shapes(layer, nominal: bool = False) -> list[tuple]:
-    shapes = graph.call_input_shapes(layer)
+def _shapes(layer, shape_map: dict, nominal: bool = False) -> list[tuple]:
+    shapes = shape_map.get(id(layer), [])
     if nominal:
         shapes = [
             tuple(_NOMINAL_HW if (d is None and 0 < i < len(s) - 1) else d for i, d in enumerate(s))
@@ -147,8 +148,13 @@ def convert(
     params budget).
 
     Args:
-        model: A built Functional or Sequential ``keras.Model`` (custom layers inside are
-            fine; a subclassed model cannot be rebuilt layer by layer).
+        model: A built ``keras.Model``: Functional or Sequential (custom layers inside are
+            rebuilt whole), or subclassed (copied from its config like Keras' own
+            ``clone_model``, then the layers held in its attributes, lists, dicts, nested
+            blocks and nested graph models are replaced in the copy, which keeps the
+            model's class and ``call``; 4-D weights used directly in a ``call`` are
+            reported as not convertible). Each layer is costed at the input shapes it sees
+            in ``model`` (``graph.layer_input_shapes``).
         method: A registered name (``registry.available_methods()``), a ``Method``, a
             mapping ``{layer pattern: method or None}`` (first match; unmatched layers are
             kept), or ``fn(layer) -> method or None``.
@@ -181,7 +187,8 @@ def convert(
         A tuple ``(new_model, report)``: the converted model and its ``ConversionReport``.
 
     Raises:
-        ValueError: When ``model`` is not a ``keras.Model``, is subclassed or is not built;
+        ValueError: When ``model`` is not a ``keras.Model`` or is not built (or, subclassed,
+            cannot be rebuilt from its config);
             when more than one of ``rank``, ``energy`` and ``budget`` is given, or one of
             them, ``round_to``, ``implementation`` or ``method`` is invalid; when a MACs
             budget is given for a model without a fixed input size, or the budget cannot be
@@ -191,14 +198,6 @@ def convert(
     t0 = time.perf_counter()
     if not isinstance(model, keras.Model):
         raise ValueError(f"convert needs a keras.Model, got {type(model).__name__}.")
-    if not graph.is_graph_model(model):
-        raise ValueError(
-            f"convert: model '{model.name}' is a subclassed keras.Model "
-            f"({type(model).__name__}), which keras.models.clone_model cannot rebuild layer by "
-            "layer. Build it with the functional API or as a keras.Sequential (custom layers "
-            "inside are fine), or replace its Conv2D layers yourself with "
-            "DeCEFConv2D.from_conv2d(conv, ...) and friends."
-        )
     if not model.built or (model.layers and not model.weights):
         raise ValueError(
             f"convert: model '{model.name}' is not built, so it has no weights to decompose. "
@@ -239,6 +238,7 @@ def convert(
 
     # -- 1. what each listed layer becomes ----------------------------------------------
     layers = list(graph.walk(model))
+    shape_map = graph.layer_input_shapes(model)  # the shapes each layer sees in `model`
     first_conv = next((id(lay) for _, lay in layers if isinstance(lay, _LISTED_TYPES)), None)
     rows: dict[int, LayerReport] = {}
     plans = []  # (path, layer, Method, opts, shapes, row)
@@ -251,11 +251,11 @@ def convert(
         source_types = _LISTED_TYPES + (m.source_types() if m else ())
         if not isinstance(layer, source_types):
             continue
-        shapes = _shapes(layer)
+        shapes = _shapes(layer, shape_map)
         before_cost = (
             _summed_cost(
                 lambda s, lay=layer: layer_cost(lay, s),
-                shapes if _known(shapes) else _shapes(layer, nominal=True),
+                shapes if _known(shapes) else _shapes(layer, shape_map, nominal=True),
             )
             if shapes
             else Cost(*_params(layer), 0)
@@ -275,6 +275,17 @@ def convert(
             row.reason = reason
             continue
         plans.append((path, layer, m, m.merged_options(options), shapes, row))
+
+    for path, layer, kernels in graph.raw_kernels(model):  # convs without a layer to replace
+        names = ", ".join(f"'{w.name}' {tuple(w.shape)}" for w in kernels)
+        rows[id(layer)] = LayerReport(
+            name=path or model.name,
+            type=type(layer).__name__,
+            params_before=sum(math.prod(w.shape) for w in kernels),
+            params_after=sum(math.prod(w.shape) for w in kernels),
+            reason=f"cannot convert: its call uses the 4-D weight(s) {names} directly (e.g. "
+            "ops.conv), not through a Conv2D layer",
+        )
 
     # -- 2. ranks -------------------------------------------------------------------------
     prog = Progress(
@@ -337,7 +348,7 @@ def convert(
             prog.step(path)
             continue
         r = chosen[id(layer)]
-        check_shapes = shapes if _known(shapes) else _shapes(layer, nominal=True)
+        check_shapes = shapes if _known(shapes) else _shapes(layer, shape_map, nominal=True)
         key = "total_params" if metric == "params" else "macs"
         orig_cost = (
             row.params_before

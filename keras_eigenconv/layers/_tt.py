@@ -90,6 +90,43 @@ def _bond_ranks(rank, max_ranks) -> list[int]:
     return [int(rank)] * len(max_ranks)
 
 
+# Ranks above a bond's full TT-rank add parameters, not accuracy (over-parameterization,
+# as the paper's r0 = 22 for a 3x3 spatial core): accepted while the layer's factors hold at
+# most max(the dense kernel's parameters, TT_PARAM_FLOOR), so a huge rank fails at once
+# instead of allocating gigabytes.
+TT_PARAM_FLOOR = 2**16
+
+
+def check_tt_size(who: str, bond_ranks, full_ranks, factor_params: int, dense_params: int) -> None:
+    """Refuse TT-ranks above what the layer can use.
+
+    Ranks up to each bond's full TT-rank are always accepted. Above it they only add
+    parameters, so they are accepted while the factors hold at most
+    ``max(dense_params, TT_PARAM_FLOOR)`` parameters.
+
+    Args:
+        who: the layer named in the error message.
+        bond_ranks: the requested per-bond ranks.
+        full_ranks: the full (exact) TT-ranks of those bonds.
+        factor_params: the parameter count of the factors at ``bond_ranks``.
+        dense_params: the parameter count of the dense kernel the layer stands for.
+
+    Raises:
+        ValueError: when a rank exceeds its full rank and the factors would be larger than
+            that limit (the message gives the full ranks to pass instead).
+    """
+    over = [i for i, (r, f) in enumerate(zip(bond_ranks, full_ranks)) if r > f]
+    limit = max(int(dense_params), TT_PARAM_FLOOR)
+    if over and factor_params > limit:
+        raise ValueError(
+            f"{who}: TT-ranks {list(bond_ranks)} exceed the full TT-ranks "
+            f"{list(full_ranks)} (the most this layer can use) at bond(s) {over}, and would "
+            f"hold {factor_params:,} parameters, more than the {dense_params:,} of the "
+            f"dense kernel (limit {limit:,}). Pass ranks at most {list(full_ranks)}, or "
+            "energy=... to choose them."
+        )
+
+
 def _pad_cores(cores, ranks) -> list[np.ndarray]:
     """Zero-pad core ``i`` to ``ranks[i]`` on its first axis and ``ranks[i+1]`` on its last
     (TT-SVD stops at the full ranks; larger requested ranks get exact zero slices)."""

@@ -92,6 +92,50 @@ def check_rank(layer: str, rank, max_rank: int | None = None) -> int:
     return int(rank)
 
 
+def _cost_input_shape(who: str, input_shape, spatial: bool = True) -> tuple:
+    """Validate the ``input_shape`` of a layer's ``cost``.
+
+    Args:
+        who: the name used in the error message.
+        input_shape: ``(H, W, C)`` or ``(batch, H, W, C)`` when ``spatial``; else
+            ``(..., M)`` with at least the feature axis.
+        spatial: whether the layer is a 2-D conv (4-D inputs).
+
+    Returns:
+        The shape as a tuple (``(None, H, W, C)`` for a conv), dims as ints or ``None``.
+
+    Raises:
+        ValueError: when ``input_shape`` is not a sequence of positive ints (or ``None``
+            for unknown dims), has the wrong length, or its last axis is unknown.
+    """
+    want = "(H, W, C) or (batch, H, W, C)" if spatial else "(batch, ..., features)"
+    bad = ValueError(
+        f"{who}.cost: input_shape must be {want} of positive ints (None for an unknown "
+        f"batch or spatial size), got {input_shape!r}."
+    )
+    if isinstance(input_shape, (str, bytes)) or not isinstance(input_shape, (tuple, list)):
+        try:
+            input_shape = tuple(input_shape)  # a TensorShape
+        except TypeError:
+            raise bad from None
+    shape = tuple(input_shape)
+    if spatial and len(shape) == 3:
+        shape = (None, *shape)
+    if (spatial and len(shape) != 4) or not shape:
+        raise bad
+    dims = []
+    for d in shape:
+        if d is None:
+            dims.append(None)
+        elif isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d >= 1:
+            dims.append(int(d))
+        else:
+            raise bad
+    if dims[-1] is None:
+        raise bad
+    return tuple(dims)
+
+
 def check_energy(who: str, energy) -> float:
     """Validate an ``energy`` argument.
 
@@ -1311,12 +1355,11 @@ class FactorizedConv2D(CompressedLayer):
             The layer's ``Cost`` (learned and fixed parameters, MACs).
 
         Raises:
-            ValueError: when the spatial dims are unknown.
+            ValueError: when ``input_shape`` is not ``(H, W, C)`` or ``(batch, H, W, C)``
+                of positive ints, or the spatial dims are unknown.
         """
-        shape = tuple(input_shape)
-        if len(shape) == 3:
-            shape = (None, *shape)
-        c = int(shape[-1])
+        shape = _cost_input_shape(self._who, input_shape)
+        c = shape[-1]
         out = self.compute_output_shape(shape)
         if out[1] is None or out[2] is None:
             raise ValueError(f"{self._who}.cost needs known spatial dims, got {shape}.")

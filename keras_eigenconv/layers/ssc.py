@@ -37,6 +37,7 @@ from ..cost import OP_TIME, Cost, conv_output_length
 from .base import (
     IMPLEMENTATIONS,
     CompressedLayer,
+    _cost_input_shape,
     check_conv2d,
     check_energy,
     check_rank,
@@ -571,11 +572,11 @@ class SSConv2D(CompressedLayer):
             The layer's ``Cost``.
 
         Raises:
-            ValueError: when the spatial dims are unknown or the pattern does not fit ``C``.
+            ValueError: when ``input_shape`` is not ``(H, W, C)`` or ``(batch, H, W, C)``
+                of positive ints, the spatial dims are unknown, or the pattern does not fit
+                ``C``.
         """
-        shape = tuple(input_shape)
-        if len(shape) == 3:
-            shape = (None, *shape)
+        shape = _cost_input_shape(self._who, input_shape)
         p = self._pattern_for(shape[-1])
         out = self.compute_output_shape(shape)
         if out[1] is None or out[2] is None:

@@ -36,6 +36,7 @@ from ._tt import (
     _tt_contract,
     _tt_contract_macs,
     _tt_rebuild,
+    check_tt_size,
     resolve_modes,
 )
 from .base import FactorizedConv2D, check_energy, check_rank_or_energy, safe_depthwise_conv
@@ -62,7 +63,9 @@ class TTConv2D(FactorizedConv2D):
         kernel_size: int or pair of ints ``(kh, kw)``.
         rank: one int (caps every TT-rank ``r_0..r_{d-1}`` at it and at the full rank) or
             ``d`` ints ``[r_0, ..., r_{d-1}]`` (the paper's ``d+1`` form ending in 1 is
-            accepted). Ranks above the full TT-ranks add parameters, not accuracy.
+            accepted). Ranks above the full TT-ranks add parameters, not accuracy; they
+            are accepted while the factors hold at most ``max(kh*kw*C*N, 65536)``
+            parameters (``build`` raises otherwise, before allocating anything).
         in_modes: ``"auto"`` or a factorization ``(c_1, ..., c_d)`` of the input channels
             ``C`` (C-order, ``c1`` most significant).
         out_modes: ``"auto"`` or a factorization ``(s_1, ..., s_d)`` of ``filters``.
@@ -143,7 +146,18 @@ class TTConv2D(FactorizedConv2D):
 
     def validate_rank(self, rank, in_channels=None):
         d = getattr(self, "num_modes", None)
-        return _rank_arg(self._who, rank, d, pad_ones=1)
+        rank = _rank_arg(self._who, rank, d, pad_ones=1)
+        if in_channels is not None:
+            full = self.max_rank(in_channels)
+            bonds = _bond_ranks(rank, full)
+            kh, kw = self.kernel_size
+            ins, outs = self.modes(in_channels)
+            params = kh * kw * bonds[0] + sum(
+                a * c * s * b for a, c, s, b in zip(bonds, ins, outs, [*bonds[1:], 1])
+            )
+            dense = kh * kw * int(in_channels) * self.filters
+            check_tt_size(self._who, bonds, full, params, dense)
+        return rank
 
     def modes(self, in_channels: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """The mode factorizations for ``in_channels`` inputs.
@@ -421,7 +435,14 @@ class NaiveTTConv2D(FactorizedConv2D):
     rank_selection = "layer"
 
     def validate_rank(self, rank, in_channels=None):
-        return _rank_arg(self._who, rank, 3, pad_ones=1)
+        rank = _rank_arg(self._who, rank, 3, pad_ones=1)
+        if in_channels is not None:
+            full = self.max_rank(in_channels)
+            r = [1, *_bond_ranks(rank, full), 1]
+            dims = (*self.kernel_size, int(in_channels), self.filters)
+            params = sum(r[i] * dims[i] * r[i + 1] for i in range(4))
+            check_tt_size(self._who, r[1:-1], full, params, math.prod(dims))
+        return rank
 
     def max_rank(self, in_channels: int) -> list[int]:
         """The full TT-ranks ``[r1, r2, r3]`` of the ``(kh, kw, C, N)`` kernel."""

@@ -28,11 +28,13 @@ from ._tt import (
     _tt_contract,
     _tt_contract_macs,
     _tt_rebuild,
+    check_tt_size,
     resolve_modes,
 )
 from .base import (
     AUTO_FACTORIZED_THRESHOLD,
     CompressedLayer,
+    _cost_input_shape,
     check_energy,
     check_rank_or_energy,
     check_source,
@@ -59,7 +61,9 @@ class TTDense(CompressedLayer):
     Args:
         units: positive int, the number ``N`` of outputs.
         rank: one int capping every inner TT-rank, or ``d-1`` ints (the paper's
-            ``[1, r, ..., r, 1]`` form is accepted).
+            ``[1, r, ..., r, 1]`` form is accepted). Ranks above the full TT-ranks are
+            accepted while the cores hold at most ``max(M*N, 65536)`` parameters
+            (``build`` raises otherwise, before allocating anything).
         in_modes: ``"auto"`` or a factorization ``(m_1, ..., m_d)`` of the input features
             ``M`` (C-order, ``i1`` most significant).
         out_modes: ``"auto"`` or a factorization ``(n_1, ..., n_d)`` of ``units``.
@@ -195,6 +199,9 @@ class TTDense(CompressedLayer):
         if m is None:
             raise ValueError(f"{self._who}: the last axis of the input must be known.")
         m = int(m)
+        full = self.max_rank(m)
+        params = sum(math.prod(s) for s in self.core_shapes(m))
+        check_tt_size(self._who, _bond_ranks(self.rank, full), full, params, m * self.units)
         self.input_spec = keras.layers.InputSpec(min_ndim=2, axes={-1: m})
         self.cores = []
         for i, shape in enumerate(self.core_shapes(m)):
@@ -282,9 +289,13 @@ class TTDense(CompressedLayer):
 
         Returns:
             The layer's ``Cost``.
+
+        Raises:
+            ValueError: when ``input_shape`` is not a sequence of positive ints (``None``
+                for unknown axes) ending in a known ``M``.
         """
-        shape = tuple(input_shape)
-        m = int(shape[-1])
+        shape = _cost_input_shape(self._who, input_shape, spatial=False)
+        m = shape[-1]
         rows = math.prod(d for d in shape[1:-1] if d is not None) if len(shape) > 2 else 1
         params = sum(math.prod(s) for s in self.core_shapes(m)) + (
             self.units if self.use_bias else 0
