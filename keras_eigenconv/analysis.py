@@ -16,11 +16,13 @@ the model's depth.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import keras
 import numpy as np
 
 from . import decompositions as dec
+from ._io import atomic_path
 from ._table import markdown_table, text_table
 
 __all__ = ["MEASURES", "RankAnalysis", "analyze", "filter_ranks"]
@@ -141,6 +143,8 @@ class RankAnalysis:
 
         Raises:
             ImportError: When matplotlib is not installed (the ``plot`` extra).
+            OSError: When ``path`` cannot be written (written atomically: an existing
+                file is then unchanged).
         """
         try:
             import matplotlib
@@ -164,8 +168,11 @@ class RankAnalysis:
         ax.legend(fontsize=7, ncol=2)
         ax.grid(alpha=0.3)
         fig.tight_layout()
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
+        try:
+            with atomic_path(path, what="plot") as tmp:  # no half-written PNG, ever
+                fig.savefig(tmp, dpi=120, format=Path(path).suffix[1:].lower() or "png")
+        finally:
+            plt.close(fig)
 
 
 def analyze(model, plot=None, title: str | None = None) -> RankAnalysis:

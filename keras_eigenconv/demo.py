@@ -19,6 +19,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from ._io import atomic_path, atomic_write_text
 from ._table import markdown_table, text_table
 from .cost import model_cost
 
@@ -241,13 +242,14 @@ def run_demo(
         before = accuracy(small, x_te, y_te)
         train(small, x_tr, y_tr, finetune_epochs, 1e-3, seed=seed)
         models[method] = (small, before)
-        (out / f"{method}_conversion.md").write_text(report.to_markdown() + "\n")
+        atomic_write_text(out / f"{method}_conversion.md", report.to_markdown() + "\n")
         say(f"[demo] {method}: converted at {budget:.0%} of the MACs, fine-tuned")
 
     base_macs = model_cost(base).total.macs
     rows, files = [], {}
     for name, (model, before) in models.items():
-        model.save(out / f"{name}.keras")
+        with atomic_path(out / f"{name}.keras", what="model file") as tmp:
+            model.save(tmp)
         path = out / f"{name}_int8.tflite"
         rep = export_tflite(
             model,
@@ -290,8 +292,8 @@ def run_demo(
         "width": width,
         "seconds": time.perf_counter() - t0,
     }
-    (out / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    (out / "results.md").write_text(result.to_markdown() + "\n")
+    atomic_write_text(out / "results.json", json.dumps({"meta": meta, "rows": rows}, indent=1))
+    atomic_write_text(out / "results.md", result.to_markdown() + "\n")
     say("")
     say(str(result))
     say(
@@ -318,5 +320,8 @@ def _plot(rows, path) -> None:
     ax.set_title("keras-eigenconv demo on digits")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    try:
+        with atomic_path(path, what="plot") as tmp:
+            fig.savefig(tmp, dpi=120, format="png")
+    finally:
+        plt.close(fig)

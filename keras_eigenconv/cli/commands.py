@@ -1,22 +1,98 @@
 """Every command of ``keras-eigenconv``: ``convert``, ``export``, ``bench``, ``analyze``,
 ``demo``. Each ``add_*`` function adds its sub-command with ``set_defaults(func=...)``;
 ``func(args)`` returns the exit code. Models load through ``loader.load_model``.
+
+Arguments and output paths are checked before any model is loaded; every file is written
+atomically (``_io``: a temporary file beside the target, checked, synced, renamed), so a
+failed command leaves existing files as they were.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import zipfile
 from pathlib import Path
 
-import numpy as np
-
+from .._io import atomic_path, atomic_write_text, check_writable
 from ..compress import RANK_RULES, available_methods, convert, get_method, registered_methods
 from ..compress import ranks as rk
 from ..layers.base import IMPLEMENTATIONS
 from .loader import load_array, load_model
 
 __all__ = ["COMMANDS"]
+
+
+# ---- argument types and writers ------------------------------------------------------
+
+
+def _int_at_least(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an int") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    parse.__name__ = "int"
+    return parse
+
+
+_positive_int = _int_at_least(1)
+_nonnegative_int = _int_at_least(0)
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive, finite number, got {text}")
+    return value
+
+
+def _check_outputs(**paths) -> None:
+    """Check every given output path before any work (``--json`` and friends)."""
+    for flag, path in paths.items():
+        if path:
+            check_writable(path, f"--{flag.replace('_', '-')}")
+
+
+def _write_json(path, data) -> None:
+    atomic_write_text(path, json.dumps(data, indent=1) + "\n", what="JSON file")
+
+
+def _check_keras_archive(tmp: Path) -> None:
+    """A written ``.keras`` file must be a complete zip archive."""
+    bad = None
+    try:
+        with zipfile.ZipFile(tmp) as z:
+            bad = z.testzip()
+    except zipfile.BadZipFile as err:
+        bad = str(err)
+    if bad:
+        raise OSError(errno.EIO, f"the saved .keras archive is damaged ({bad})")
+
+
+def save_model_atomically(model, path) -> None:
+    """``model.save(path)`` through a temporary file, checked and renamed into place.
+
+    Args:
+        model: The Keras model.
+        path: The ``.keras`` file.
+
+    Raises:
+        ValueError: When ``path`` does not end in ``.keras``.
+        OSError: When it cannot be written (the previous file is then unchanged).
+    """
+    if not str(path).endswith(".keras"):
+        raise ValueError(f"-o {path}: the converted model is saved as .keras; use that suffix.")
+    with atomic_path(path, check=_check_keras_archive, what="model file") as tmp:
+        model.save(tmp)
 
 
 # ---- convert ---------------------------------------------------------------------------
@@ -47,15 +123,23 @@ def _parse_shape(text: str) -> tuple[int, ...]:
 
 
 def _cli_convert(args) -> int:
-    get_method(args.method)  # fail before loading a large model
+    # everything that can be checked before loading a (large) model
+    get_method(args.method)
     if args.energy is not None:
         rk.energy_rank([1.0], args.energy)
-    model = load_model(args.model, args.weights, args.input_shape)
     budget = None
     if args.budget_macs is not None:
         budget = {"macs": args.budget_macs}
     elif args.budget_params is not None:
         budget = {"params": args.budget_params}
+    if budget is not None:
+        rk.parse_budget(budget)
+    if args.output and not args.output.endswith(".keras"):
+        raise ValueError(
+            f"-o {args.output}: the converted model is saved as .keras; use that suffix."
+        )
+    _check_outputs(output=args.output, markdown=args.markdown, json=args.json)
+    model = load_model(args.model, args.weights, args.input_shape)
     new_model, report = convert(
         model,
         method=args.method,
@@ -68,18 +152,17 @@ def _cli_convert(args) -> int:
         skip_first=not args.convert_first,
         require_saving=args.require_saving,
         implementation=args.implementation,
+        strict=not args.no_strict,
         progress=False if args.no_progress else "auto",
     )
     print(report)
     if args.output:
-        new_model.save(args.output)
+        save_model_atomically(new_model, args.output)
         print(f"saved {args.output}")
     if args.markdown:
-        with open(args.markdown, "w", encoding="utf-8") as f:
-            f.write(report.to_markdown())
+        atomic_write_text(args.markdown, report.to_markdown(), what="Markdown file")
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(report.to_dict(), f, indent=2)
+        _write_json(args.json, report.to_dict())
     return 0
 
 
@@ -116,12 +199,16 @@ def add_convert(subparsers) -> None:
     g.add_argument("--energy", type=float, help="keep this share of each kernel's squared norm")
     g.add_argument(
         "--budget-macs",
-        type=float,
+        type=_positive_float,
         metavar="X",
         help="allocate ranks so the model has at most X (share if <= 1) of its MACs",
     )
-    g.add_argument("--budget-params", type=float, metavar="X", help="same for the parameter count")
-    p.add_argument("--round-to", type=int, metavar="M", help="round ranks up to multiples of M")
+    g.add_argument(
+        "--budget-params", type=_positive_float, metavar="X", help="same for the parameter count"
+    )
+    p.add_argument(
+        "--round-to", type=_positive_int, metavar="M", help="round ranks up to multiples of M"
+    )
     p.add_argument(
         "--include",
         action="append",
@@ -158,6 +245,12 @@ def add_convert(subparsers) -> None:
     p.add_argument("--markdown", metavar="PATH", help="also write the report as Markdown")
     p.add_argument("--json", metavar="PATH", help="also write the report as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--no-strict",
+        action="store_true",
+        help="with a budget: keep the model even when it misses the budget (a warning names "
+        "the layers that could not be reduced) instead of failing",
+    )
     p.set_defaults(func=_cli_convert)
 
 
@@ -165,14 +258,21 @@ def add_convert(subparsers) -> None:
 
 
 def _cmd_export(args) -> int:
-    model = load_model(args.model)
+    output = args.output or str(Path(args.model).with_suffix(".tflite"))
+    if Path(output).resolve() == Path(args.model).resolve():
+        raise ValueError(f"-o {output} would overwrite the model file itself.")
+    _check_outputs(output=output, json=args.json)
+    if args.quantize == "int8" and not args.representative_data:
+        raise ValueError(
+            "--quantize int8 needs --representative-data (a .npy of a few hundred typical "
+            "inputs) to calibrate the activation ranges."
+        )
     rep = load_array(args.representative_data)
     check = load_array(args.check_data)
     labels = load_array(args.labels, "y") if args.labels else None
     if labels is None and args.check_data and args.check_data.endswith(".npz"):
-        data = np.load(args.check_data)
-        labels = data["y"] if "y" in data else None
-    output = args.output or str(Path(args.model).with_suffix(".tflite"))
+        labels = load_array(args.check_data, "y", missing_ok=True)
+    model = load_model(args.model)
     from ..deploy import export_tflite
 
     report = export_tflite(
@@ -186,14 +286,18 @@ def _cmd_export(args) -> int:
         prepare=not args.no_prepare,
         strategy=args.strategy,
         num_threads=args.threads,
+        check=False if args.check == "off" else args.check,
     )
     if args.json:
-        Path(args.json).write_text(json.dumps(report.to_dict(), indent=1))
+        _write_json(args.json, report.to_dict())
     return 0
 
 
 def _cmd_bench(args) -> int:
+    _check_outputs(json=args.json)
     for p in args.models:
+        if Path(p).is_dir():
+            raise ValueError(f"{p} is a directory, not a .tflite file.")
         if not Path(p).exists():
             raise FileNotFoundError(f"no such .tflite file: {p}")
     from ..deploy import bench_tflite
@@ -208,7 +312,7 @@ def _cmd_bench(args) -> int:
         )
     print(f"({args.threads} threads, batch 1, {args.runs} interleaved rounds)")
     if args.json:
-        Path(args.json).write_text(json.dumps(res, indent=1))
+        _write_json(args.json, res)
     return 0
 
 
@@ -231,12 +335,23 @@ def add_export(subparsers) -> None:
         "--representative-data",
         help=".npy (or .npz with 'x') of typical inputs; required for --quantize int8",
     )
-    p.add_argument("--calibration-steps", type=int, default=100)
+    p.add_argument(
+        "--calibration-steps",
+        type=_positive_int,
+        default=100,
+        help="representative samples to calibrate int8 on (>= 1, default 100)",
+    )
     p.add_argument("--check-data", help=".npy or .npz ('x', optional 'y') inputs for the check")
     p.add_argument("--labels", help=".npy labels of --check-data (top-1 accuracy)")
     p.add_argument("--no-prepare", action="store_true", help="skip prepare_for_inference")
     p.add_argument("--strategy", choices=["measure", "cost_model"], default="measure")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=_positive_int, default=2)
+    p.add_argument(
+        "--check",
+        choices=["raise", "warn", "off"],
+        default="raise",
+        help="the self-check against Keras: fail (default), warn, or skip it",
+    )
     p.add_argument("--json", help="write the report as JSON here")
     p.set_defaults(func=_cmd_export)
 
@@ -247,9 +362,9 @@ def add_export(subparsers) -> None:
         "interleaved; ratios are against the first file.",
     )
     b.add_argument("models", nargs="+", help=".tflite files")
-    b.add_argument("--threads", type=int, default=2)
-    b.add_argument("--runs", type=int, default=30, help="interleaved rounds")
-    b.add_argument("--warmup", type=int, default=3)
+    b.add_argument("--threads", type=_positive_int, default=2)
+    b.add_argument("--runs", type=_positive_int, default=30, help="interleaved rounds (>= 1)")
+    b.add_argument("--warmup", type=_nonnegative_int, default=3)
     b.add_argument("--json", help="write the timings as JSON here")
     b.set_defaults(func=_cmd_bench)
 
@@ -285,6 +400,7 @@ def add_analyze(subparsers) -> None:
 def _cmd_analyze(args) -> int:
     from ..analysis import analyze
 
+    _check_outputs(plot=args.plot, markdown=args.markdown, json=args.json)
     model = load_model(args.model, weights=args.weights)
     result = analyze(model, plot=args.plot, title=f"{model.name}: effective rank vs depth")
     print(result)
@@ -294,11 +410,9 @@ def _cmd_analyze(args) -> int:
             f"slope against relative depth {result.depth_trend(measure):+.3f}"
         )
     if args.markdown:
-        with open(args.markdown, "w") as f:
-            f.write(result.to_markdown() + "\n")
+        atomic_write_text(args.markdown, result.to_markdown() + "\n", what="Markdown file")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result.to_dict(), f, indent=1)
+        _write_json(args.json, result.to_dict())
     if args.plot:
         print(f"plot written to {args.plot}")
     return 0
@@ -324,8 +438,10 @@ def add_demo(subparsers) -> None:
     p.add_argument("-o", "--out", default=out, help=f"output folder ({out})")
     p.add_argument("--budget", type=float, default=0.5, help="share of MACs to keep (0.5)")
     p.add_argument("--methods", nargs="+", default=["decef", "svd"], help="decef svd ...")
-    p.add_argument("--epochs", type=int, default=8, help="baseline training epochs (8)")
-    p.add_argument("--finetune-epochs", type=int, default=3, help="fine-tuning epochs (3)")
+    p.add_argument("--epochs", type=_positive_int, default=8, help="baseline training epochs (8)")
+    p.add_argument(
+        "--finetune-epochs", type=_nonnegative_int, default=3, help="fine-tuning epochs (3)"
+    )
     p.add_argument("--quick", action="store_true", help="a reduced run (tests use it)")
     p.set_defaults(func=_cmd_demo)
 
@@ -333,6 +449,7 @@ def add_demo(subparsers) -> None:
 def _cmd_demo(args) -> int:
     if not 0.0 < args.budget <= 1.0:
         raise ValueError(f"--budget must be in (0, 1], got {args.budget}")
+    _check_outputs(out=str(Path(args.out) / "results.json"))
     kwargs = dict(
         methods=tuple(args.methods),
         budget=args.budget,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import zipfile
 from collections.abc import Callable
 
 import keras
@@ -40,15 +41,29 @@ def load_model(spec: str, weights: str | None = "imagenet", input_shape=None) ->
     Raises:
         FileNotFoundError: When the model file does not exist.
         ValueError: When ``spec`` is neither a model file nor a ``keras.applications`` name
-            (the message suggests close names), or the model cannot be built (e.g. offline
-            with ``weights="imagenet"``).
+            (the message suggests close names), the file is a directory, corrupt or not a
+            Keras model (the message names the file and the problem), or the model cannot
+            be built (e.g. offline with ``weights="imagenet"``).
     """
     if spec.endswith((".keras", ".h5")) or os.path.sep in spec:
         if not os.path.exists(spec):
             raise FileNotFoundError(f"no such model file: {spec}")
+        if os.path.isdir(spec):
+            raise ValueError(f"{spec} is a directory; give a .keras (or .h5) model file.")
+        if spec.endswith(".keras") and not zipfile.is_zipfile(spec):
+            raise ValueError(
+                f"{spec} is not a valid .keras file (not a zip archive: truncated or "
+                "corrupt?); save the model again with model.save()."
+            )
         import keras_eigenconv  # noqa: F401  (registers the package's layers)
 
-        return keras.saving.load_model(spec)
+        try:
+            return keras.saving.load_model(spec)
+        except Exception as err:  # noqa: BLE001 - h5py/zip/deserialization errors alike
+            first = next((line for line in str(err).splitlines() if line.strip()), "")
+            raise ValueError(
+                f"cannot load the model file {spec}: {first or type(err).__name__}"
+            ) from err
     apps = _applications()
     key = spec.lower().replace("_", "").replace("-", "")
     if key not in apps:
@@ -70,24 +85,43 @@ def load_model(spec: str, weights: str | None = "imagenet", input_shape=None) ->
         ) from None
 
 
-def load_array(path: str | None, key: str = "x"):
+def load_array(path: str | None, key: str = "x", missing_ok: bool = False):
     """Load an array from a ``.npy`` file, or one array of a ``.npz`` file.
 
     Args:
         path: The ``.npy`` or ``.npz`` file, or None.
         key: The name of the array in a ``.npz`` file.
+        missing_ok: Return None when a ``.npz`` file has no array ``key``.
 
     Returns:
         The array, or None when ``path`` is None.
 
     Raises:
-        ValueError: When a ``.npz`` file has no array ``key``.
+        FileNotFoundError: When the file does not exist.
+        ValueError: When the file is a directory or not a readable ``.npy``/``.npz``
+            file, or a ``.npz`` file has no array ``key``.
     """
     if path is None:
         return None
-    data = np.load(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no such array file: {path}")
+    if os.path.isdir(path):
+        raise ValueError(f"{path} is a directory; give a .npy or .npz file.")
+    try:
+        data = np.load(path)
+    except Exception as err:  # noqa: BLE001 - corrupt, pickled or not NumPy at all
+        first = next((line for line in str(err).splitlines() if line.strip()), "")
+        raise ValueError(
+            f"{path} is not a readable .npy/.npz file ({first or type(err).__name__})."
+        ) from err
     if isinstance(data, np.lib.npyio.NpzFile):
-        if key not in data:
-            raise ValueError(f"{path}: no array '{key}' in the .npz (has {list(data.keys())}).")
-        return data[key]
+        with data:
+            if key not in data:
+                if missing_ok:
+                    return None
+                raise ValueError(f"{path}: no array '{key}' in the .npz (has {list(data.keys())}).")
+            try:
+                return data[key]
+            except Exception as err:  # noqa: BLE001 - a damaged member of the archive
+                raise ValueError(f"{path}: cannot read the array '{key}' ({err}).") from err
     return data

@@ -1,4 +1,9 @@
-"""The ``keras-eigenconv`` command line (also ``python -m keras_eigenconv``)."""
+"""The ``keras-eigenconv`` command line (also ``python -m keras_eigenconv``).
+
+Every failure is one line on stderr (``keras-eigenconv COMMAND: error: ...``, naming the
+file and the problem) with a non-zero exit status: 2 for bad arguments, 1 for everything
+else; ``--debug`` shows the full traceback instead.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,31 @@ import os
 import sys
 
 __all__ = ["build_parser", "main"]
+
+_MAX_MESSAGE = 500
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose usage errors are one line on stderr (exit status 2)."""
+
+    def error(self, message):  # noqa: D102 - argparse's hook
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _one_line(err: BaseException) -> str:
+    """The error as one line: its message with whitespace collapsed, the file named."""
+    if isinstance(err, KeyError) and err.args:
+        text = str(err.args[0])
+    else:
+        text = str(err)
+    if isinstance(err, OSError) and err.strerror:  # not "[Errno 20] ..."
+        text = err.strerror
+        if err.filename and str(err.filename) not in text:
+            text = f"{err.filename}: {text}"
+    text = " ".join(text.split()) or type(err).__name__
+    if len(text) > _MAX_MESSAGE:
+        text = text[: _MAX_MESSAGE - 3].rstrip() + "... (--debug for all of it)"
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -17,28 +47,38 @@ def build_parser() -> argparse.ArgumentParser:
     """
     from .commands import COMMANDS
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="keras-eigenconv",
         description="Make Keras CNNs smaller and faster with low-rank and structured layers.",
     )
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in COMMANDS:
         add(sub)
+    for command in sub.choices.values():  # --debug also after the command
+        command.add_argument(
+            "--debug",
+            action="store_true",
+            default=argparse.SUPPRESS,
+            help="show the full traceback of an error",
+        )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run one ``keras-eigenconv`` command.
 
-    A ``ValueError``, ``FileNotFoundError`` or ``KeyError`` of the command is printed as a
-    one-line error on stderr.
+    Any error of the command is printed as one line on stderr, ``keras-eigenconv
+    COMMAND: error: MESSAGE`` (the message names the file and the problem), and gives
+    exit status 1; with ``--debug`` the exception propagates (full traceback). Bad
+    arguments exit with status 2 after a one-line message (argparse's ``SystemExit``).
 
     Args:
         argv: The command-line arguments, ``sys.argv[1:]`` when None.
 
     Returns:
-        The command's exit code: 1 with a one-line error on bad input, 2 (after the help)
-        when no command is given.
+        The command's exit code: 0 on success, 1 after a one-line error, 2 (after the
+        help) when no command is given, 130 when interrupted.
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     parser = build_parser()
@@ -48,8 +88,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, KeyError) as err:
-        print(f"keras-eigenconv {args.command}: error: {err}", file=sys.stderr)
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print(f"keras-eigenconv {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - one line for every failure, unless --debug
+        if args.debug:
+            raise
+        print(f"keras-eigenconv {args.command}: error: {_one_line(err)}", file=sys.stderr)
         return 1
 
 
