@@ -12,7 +12,15 @@ import pytest
 
 from keras_eigenconv import DeCEFConv2D, SVDConv2D
 from keras_eigenconv.cli import main as cli_main
-from keras_eigenconv.deploy import bench_tflite, export_tflite, run_tflite, tflite_ops
+from keras_eigenconv.deploy import (
+    CHECK_TOLERANCE,
+    ExportCheckError,
+    bench_tflite,
+    check_tflite,
+    export_tflite,
+    run_tflite,
+    tflite_ops,
+)
 
 BUILTIN_OK = {
     "CONV_2D",
@@ -127,6 +135,27 @@ def test_quantized_exports(trained, digits, tmp_path, mode):
     if mode == "int8":
         assert it.get_input_details()[0]["dtype"] == np.int8
         assert it.get_output_details()[0]["dtype"] == np.int8
+
+
+def test_the_check_fails_when_the_tflite_is_another_model(trained, digits, tmp_path):
+    """The self-check raises by default when the .tflite disagrees with Keras: here the
+    file of ``trained`` is checked, through the public check, against a model of the same
+    architecture with fresh weights."""
+    x, _ = digits
+    report = export_tflite(
+        trained, tmp_path / "a.tflite", prepare=False, check_data=x[:50], verbose=False
+    )
+    assert report.passed and report.relative_error <= CHECK_TOLERANCE[None]
+    other = keras.Sequential.from_config(trained.get_config())  # same layers, fresh weights
+    with pytest.raises(ExportCheckError, match="disagrees with Keras.*float32 tolerance"):
+        check_tflite(other, report.path, x[:50])
+    with pytest.warns(UserWarning, match="disagrees with Keras"):
+        figures = check_tflite(other, report.path, x[:50], on_mismatch="warn")
+    assert figures["passed"] is False and figures["relative_error"] > figures["tolerance"]
+    figures = check_tflite(trained, report.path, x[:50])
+    assert figures["passed"] and figures["tolerance"] == CHECK_TOLERANCE[None]
+    with pytest.raises(ValueError, match="on_mismatch must be"):
+        check_tflite(trained, report.path, x[:5], on_mismatch="ignore it")
 
 
 def test_int8_needs_representative_data(trained, tmp_path):
