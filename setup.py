@@ -8,6 +8,10 @@ extras = {
     "data": ["tensorflow-datasets>=4.9"],
     "plot": ["matplotlib>=3.7"],
     "tensor": ["tensorly>=0.8"],
+    # KerasHub backbones and task models (converted keeping their class and task API)
+    "hub": ["keras-hub>=0.32"],
+    # the JAX backend (KERAS_BACKEND=jax): layers, convert and model_cost run on it
+    "jax": ["jax>=0.4.30"],
 }
 extras["dev"] = sorted(
     set(
@@ -15,6 +19,8 @@ extras["dev"] = sorted(
         + extras["data"]
         + extras["plot"]
         + extras["tensor"]
+        + extras["hub"]
+        + extras["jax"]
         + [
             "pytest>=7",
             "pytest-xdist>=3",

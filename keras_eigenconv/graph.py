@@ -34,6 +34,7 @@ __all__ = [
     "flatten_layers",
     "get_attribute_layer",
     "input_shape",
+    "is_config_functional",
     "is_container",
     "is_graph_model",
     "is_subclassed",
@@ -571,6 +572,67 @@ def set_attribute_layer(root, path, new) -> None:
             tracker.lock()
 
 
+_NODE = "__node__"  # a replaced-layer path that names a node of a Functional's graph
+
+
+def _replaced_layer(model, path):
+    if path[0] == _NODE:
+        return model.get_layer(path[1])
+    return get_attribute_layer(model, path)
+
+
+def _replaced_configs(model) -> list:
+    return [
+        [list(path), keras.saving.serialize_keras_object(_replaced_layer(model, path))]
+        for path in getattr(model, "_keras_eigenconv_replaced", [])
+    ]
+
+
+def _substitute(model, old, new) -> None:
+    """Run ``new`` in place of the layer ``old`` in the graph of the Functional ``model``
+    (every node of ``old`` there, the model's layer lists and attributes)."""
+    nodes = _model_nodes(model)
+    for node in list(old._inbound_nodes):
+        if node not in nodes:
+            continue
+        node.operation = new
+        new._inbound_nodes.append(node)
+        index = len(new._inbound_nodes) - 1
+        for t in node.outputs:
+            t._keras_history = t._keras_history._replace(operation=new, node_index=index)
+    for seq in [model._operations, model._layers, *model._operations_by_depth.values()]:
+        for i, item in enumerate(seq):
+            if item is old:
+                seq[i] = new
+    ids = model._tracker.stored_ids["layers"]
+    ids.discard(id(old))
+    ids.add(id(new))
+    for path, layer in attribute_layers(model):
+        if layer is old:
+            set_attribute_layer(model, path, new)
+
+
+def is_config_functional(model) -> bool:
+    """Whether ``model`` is a Functional subclass whose class builds its graph from its own
+    constructor arguments (``get_config`` overridden): KerasHub backbones and task models.
+
+    Args:
+        model: any object.
+
+    Returns:
+        ``True`` for such a model; ``clone_model`` copies it from its config and replaces
+        layers in the copy's graph, keeping its class.
+    """
+    from keras.src.models.functional import Functional
+
+    return (
+        isinstance(model, Functional)
+        and type(model) is not Functional
+        and getattr(type(model), "_keras_eigenconv_base", type(model)).get_config
+        is not Functional.get_config
+    )
+
+
 class _ConvertedModel:
     """Methods of a converted subclassed model's class (a subclass of the user's class
     that only adds the replaced layers to its config, so ``.keras`` files load)."""
@@ -580,10 +642,7 @@ class _ConvertedModel:
         return {
             "base": keras.saving.get_registered_name(base),
             "base_config": base.get_config(self),
-            "replaced": [
-                [list(path), keras.saving.serialize_keras_object(get_attribute_layer(self, path))]
-                for path in self._keras_eigenconv_replaced
-            ],
+            "replaced": _replaced_configs(self),
         }
 
     @classmethod
@@ -621,9 +680,11 @@ def _converted_class(base: type) -> type:
                 "__doc__": base.__doc__,
             },
         )
-        keras.saving.register_keras_serializable(package="keras_eigenconv", name="ConvertedModel")(
-            cls
+        register = keras.saving.register_keras_serializable(
+            package="keras_eigenconv", name="ConvertedModel"
         )
+        register(cls)  # the class saves under the shared name ...
+        register(_ConvertedModel)  # ... which keeps loading through the stand-in
         _CONVERTED_CLASSES[base] = cls
     return _CONVERTED_CLASSES[base]
 
@@ -634,7 +695,11 @@ def _rebuild(base: type, base_config: dict, replaced: list) -> Any:
     model = base.from_config(base_config)
     paths = []
     for path, layer_config in replaced:
-        set_attribute_layer(model, path, keras.saving.deserialize_keras_object(layer_config))
+        layer = keras.saving.deserialize_keras_object(layer_config)
+        if path[0] == _NODE:
+            _substitute(model, model.get_layer(path[1]), layer)
+        else:
+            set_attribute_layer(model, path, layer)
         paths.append(tuple(path))
     if paths:
         model.__class__ = _converted_class(base)
@@ -655,7 +720,8 @@ def is_subclassed(model) -> bool:
 
 
 def copy_subclassed(model) -> Any:
-    """A copy of a built subclassed ``model`` that owns its weights.
+    """A copy of a built subclassed (or ``is_config_functional``) ``model`` that owns its
+    weights.
 
     As Keras copies a subclassed model (``keras.models.clone_model``, pickling): a new
     instance from ``get_config`` (the user's class; for a model converted before, its
@@ -663,7 +729,8 @@ def copy_subclassed(model) -> Any:
     copied (fresh buffers). The user's model is not modified.
 
     Args:
-        model: a built subclassed ``keras.Model``.
+        model: a built subclassed ``keras.Model``, or a Functional subclass built from its
+            config.
 
     Returns:
         The copy, of the same class.
@@ -674,14 +741,10 @@ def copy_subclassed(model) -> Any:
     """
     cls = type(model)
     base = getattr(cls, "_keras_eigenconv_base", cls)
-    replaced = [
-        [list(p), keras.saving.serialize_keras_object(get_attribute_layer(model, p))]
-        for p in getattr(model, "_keras_eigenconv_replaced", [])
-    ]
     build_config = model.get_build_config()
     try:
-        new = _rebuild(base, base.get_config(model), replaced)
-        if build_config:
+        new = _rebuild(base, base.get_config(model), _replaced_configs(model))
+        if build_config and not new.built:
             new.build_from_config(build_config)  # runs call symbolically: builds every layer
             new.built = True
     except (NotImplementedError, TypeError, ValueError) as err:
@@ -743,6 +806,44 @@ def _clone_subclassed(model, replace: Callable[[Any], Any] | None) -> Any:
     return new
 
 
+def _clone_config_functional(model, replace: Callable[[Any], Any] | None) -> Any:
+    new = copy_subclassed(model)
+    if replace is None:
+        return new
+    old_walk = list(walk(model, include_models=True))
+    new_walk = list(walk(new, include_models=True))
+    if [type(la) for _, la in old_walk] != [type(la) for _, la in new_walk]:
+        raise ValueError(f"The copy of '{model.name}' does not have the original's layers.")
+    original_of = {id(n): o for (_, o), (_, n) in zip(old_walk, new_walk)}
+
+    def replacement(copy_layer):
+        old = original_of.get(id(copy_layer))
+        return None if old is None else replace(old)
+
+    if "_keras_eigenconv_replaced" not in vars(new):
+        object.__setattr__(new, "_keras_eigenconv_replaced", [])
+    config_keys = set(getattr(type(new), "_keras_eigenconv_base", type(new)).get_config(new))
+    carried = {  # layers the model's own config serializes (e.g. a task's backbone)
+        id(layer)
+        for path, layer in attribute_layers(new)
+        if len(path) == 1 and str(path[0]).lstrip("_") in config_keys
+    }
+    for layer in list(new.layers):
+        new_layer = replacement(layer)
+        if new_layer is None and is_graph_model(layer):
+            if any(replacement(la) is not None for _, la in walk(layer)):
+                new_layer = clone_model(layer, replace=replacement)
+        if new_layer is None:
+            continue
+        record = id(layer) not in carried
+        _substitute(new, layer, new_layer)
+        if record:
+            new._keras_eigenconv_replaced.append((_NODE, new_layer.name))
+    if new._keras_eigenconv_replaced and not hasattr(type(new), "_keras_eigenconv_base"):
+        new.__class__ = _converted_class(type(new))
+    return new
+
+
 def clone_model(
     model,
     replace: Callable[[Any], Any] | None = None,
@@ -769,12 +870,14 @@ def clone_model(
         ValueError: when ``model`` is not a graph model, or a layer's config does not
             rebuild it.
     """
-    if is_subclassed(model):
+    if is_subclassed(model) or is_config_functional(model):
         if call_function is not None or not copy_weights_:
             raise ValueError(
                 f"Model '{model.name}' ({type(model).__name__}) is a subclassed keras.Model: "
                 "it is copied whole (call_function and copy_weights_=False need a graph model)."
             )
+        if is_config_functional(model):
+            return _clone_config_functional(model, replace)
         return _clone_subclassed(model, replace)
     if not is_graph_model(model):
         raise ValueError(f"clone_model needs a keras.Model, got {type(model).__name__}.")

@@ -147,3 +147,66 @@ def test_strided_cp_and_decef_export_with_builtin_ops(strides, padding):
         assert max_rel_err(np.asarray(model(x)), got) < 1e-5
         assert "DEPTHWISE_CONV_2D" in ops
         assert not any("FLEX" in op.upper() or op == "CUSTOM" for op in ops), ops
+
+
+# ---- the JAX backend ----------------------------------------------------------------------
+
+
+def test_importing_the_package_on_jax_leaves_tensorflow_out():
+    # Costing needs no TensorFlow either. (Keras itself imports TensorFlow, when installed,
+    # on any layer's get_config: keras/src/saving/serialization_lib.py checks
+    # `tf.available`; so convert, which copies layer configs, loads it on every backend.)
+    out = _run(
+        """
+        import sys
+        import numpy as np
+        import keras
+        import keras_eigenconv as ke
+        assert "tensorflow" not in sys.modules, "import keras_eigenconv imported TensorFlow"
+        inputs = keras.Input((12, 12, 3))
+        x = keras.layers.Conv2D(8, 3, padding="same")(inputs)
+        x = keras.layers.Conv2D(8, 3, strides=(2, 1), padding="same")(x)
+        model = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(x))
+        assert ke.model_cost(model).total.macs == 12 * 12 * 9 * 3 * 8 + 12 * 6 * 9 * 8 * 8
+        assert "tensorflow" not in sys.modules, "model_cost imported TensorFlow"
+        for method in ("svd", "decef", "cp", "tt"):
+            new, report = ke.convert(model, method=method, rank=2, require_saving=False)
+            assert report.replaced, method
+            assert new(np.zeros((1, 12, 12, 3), "float32")).shape == (1, 8)
+            assert keras.backend.backend() == "jax"
+        ke.data  # the tf.data pipelines: TensorFlow on purpose
+        assert "tensorflow" in sys.modules
+        print("ok")
+        """,
+        KERAS_BACKEND="jax",
+    )
+    assert "ok" in out
+
+
+def test_converted_model_owns_its_weights_on_jax():
+    # JAX donates the trainable buffers to the jitted train step: before, the original model
+    # failed after fit on the converted one ("Buffer has been deleted or donated")
+    out = _run(
+        """
+        import numpy as np
+        import keras
+        import keras_eigenconv as ke
+        keras.utils.set_random_seed(0)
+        inputs = keras.Input((10, 10, 3))
+        x = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(inputs)
+        x = keras.layers.Conv2D(16, 3, strides=2, padding="same")(x)
+        x = keras.layers.BatchNormalization()(x)
+        outputs = keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(x))
+        model = keras.Model(inputs, outputs)
+        data = np.random.default_rng(0).normal(size=(8, 10, 10, 3)).astype("float32")
+        expected = np.asarray(model(data))
+        for method in ("svd", "decef", "cp"):
+            new, _ = ke.convert(model, method=method, rank=2, skip_first=False)
+            new.compile(optimizer="adam", loss="mse", jit_compile=True)
+            new.fit(data, np.ones((8, 2), "float32"), epochs=2, batch_size=4, verbose=0)
+            assert np.array_equal(np.asarray(model(data)), expected), method
+        print("ok")
+        """,
+        KERAS_BACKEND="jax",
+    )
+    assert "ok" in out

@@ -283,6 +283,9 @@ def test_from_scratch_layer_of_the_same_config_trains_a_step(name):
 # ---- export: built-in LiteRT ops, the same numbers --------------------------------------
 
 
+@pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow", reason="LiteRT export needs the TensorFlow backend"
+)
 @pytest.mark.parametrize("name", METHODS)
 def test_exports_with_builtin_ops_only(name):
     m = get_method(name)
