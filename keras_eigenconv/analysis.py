@@ -22,6 +22,7 @@ import keras
 import numpy as np
 
 from . import decompositions as dec
+from . import graph
 from ._io import atomic_path
 from ._table import markdown_table, text_table
 
@@ -36,13 +37,12 @@ MEASURES = (
 )
 
 
-def _convs(model, prefix=""):
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            yield from _convs(layer, prefix + layer.name + "/")
-        elif isinstance(layer, keras.layers.Conv2D) and layer.groups == 1:
-            if layer.built:
-                yield prefix + layer.name, layer
+def _convs(model):
+    # graph.walk: nested models, and in subclassed models the layers held in attributes,
+    # lists, dicts and nested blocks
+    for path, layer in graph.walk(model):
+        if isinstance(layer, keras.layers.Conv2D) and layer.groups == 1 and layer.built:
+            yield path, layer
 
 
 def filter_ranks(kernel) -> dict:
@@ -178,7 +178,8 @@ class RankAnalysis:
 def analyze(model, plot=None, title: str | None = None) -> RankAnalysis:
     """Measure the effective ranks of a model's conv filters against depth.
 
-    Every built, ungrouped ``Conv2D`` of ``model`` (in model order, nested models included)
+    Every built, ungrouped ``Conv2D`` of ``model`` (in model order, nested models included;
+    in a subclassed model, those held in its attributes, lists, dicts and nested blocks)
     gets the measures of ``filter_ranks``.
 
     Args:

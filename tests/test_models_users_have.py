@@ -158,6 +158,7 @@ def test_subclassed_model_with_nested_blocks_and_attribute_lists(tmp_path):
     before = [np.array(ops.convert_to_numpy(w)) for w in model.weights]
     cost = ke.model_cost(model)
     assert cost.total.macs == sum(r["macs"] for r in cost.rows) > 0
+    assert len(ke.analyze(model).rows) == 7  # every Conv2D, in blocks and lists too
     assert {r["name"] for r in cost.rows} >= {"block/" + model.blocks[0].convs[1].name}
 
     new, report = ke.convert(
