@@ -23,7 +23,7 @@ import numpy as np
 
 from . import decompositions as dec
 from . import graph
-from ._io import atomic_path
+from ._io import atomic_path, check_writable
 from ._table import markdown_table, text_table
 
 __all__ = ["MEASURES", "RankAnalysis", "analyze", "filter_ranks"]
@@ -194,7 +194,11 @@ def analyze(model, plot=None, title: str | None = None) -> RankAnalysis:
     Raises:
         ValueError: When ``model`` has no built ``Conv2D`` layer, or a kernel contains NaN
             or Inf.
+        OSError: When ``plot`` cannot be written (checked first; the plot is written
+            atomically).
     """
+    if plot is not None:
+        check_writable(plot, "plot")  # before the work, not after it
     convs = list(_convs(model))
     if not convs:
         raise ValueError(f"analyze: model '{model.name}' has no built Conv2D layer to analyze.")
