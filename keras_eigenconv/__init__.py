@@ -27,6 +27,7 @@ from .compress import (
     available_methods,
     convert,
     get_method,
+    recalibrate_batchnorm,
     register_method,
 )
 from .cost import Cost, ModelCost, layer_cost, model_cost
@@ -91,6 +92,7 @@ __all__ = [
     "layer_cost",
     "model_cost",
     "prepare_for_inference",
+    "recalibrate_batchnorm",
     "register_method",
     "set_ssc_implementation",
     "train_decef_from_scratch",

@@ -203,12 +203,13 @@ def test_prepare_sequential_and_cost_model(_timing_cache):
 
 
 def test_layers_without_inference_layers_run_natively_or_dense():
-    from keras_eigenconv.layers import Tucker2Conv2D
+    from keras_eigenconv.layers import TTConv2D
 
     rng = np.random.default_rng(4)
     conv = keras.layers.Conv2D(32, 3, padding="same")
     conv(np.zeros((1, 14, 14, 32), "float32"))
-    layer = Tucker2Conv2D.from_conv2d(conv, rank=8)
+    layer = TTConv2D.from_conv2d(conv, rank=4)
+    assert layer.inference_layers() is None
     inp = keras.Input((14, 14, 32))
     model = keras.Model(inp, layer(inp))
     x = rng.random((2, 14, 14, 32), dtype=np.float32)

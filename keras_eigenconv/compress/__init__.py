@@ -2,11 +2,13 @@
 
 - ``registry``: ``Method`` records (name, layer class, options) and ``register_method``;
 - ``ranks``: energy / effective / VBMF ranks and whole-model budget allocation;
-- ``convert``: replace the layers of a model; ``report``: what it did.
+- ``convert``: replace the layers of a model; ``report``: what it did;
+- ``calibration``: data-aware conversion (statistics, refit, ``recalibrate_batchnorm``).
 
 Reaches the layers only through their contract (``layers.CompressedLayer``).
 """
 
+from .calibration import recalibrate_batchnorm
 from .convert import RANK_RULES, convert
 from .registry import (
     BUILTIN_METHODS,
@@ -27,6 +29,7 @@ __all__ = [
     "available_methods",
     "convert",
     "get_method",
+    "recalibrate_batchnorm",
     "register_method",
     "registered_methods",
 ]

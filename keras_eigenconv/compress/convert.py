@@ -27,6 +27,7 @@ import numpy as np
 from .. import graph
 from ..cost import Cost, layer_cost, model_cost
 from ..layers.base import IMPLEMENTATIONS
+from . import calibration as cal
 from . import ranks as rk
 from .registry import Method, get_method
 from .report import ConversionReport, LayerReport, Progress
@@ -132,6 +133,11 @@ def convert(
     options: Mapping | None = None,
     strict: bool = True,
     progress: bool | str = "auto",
+    calibration_data=None,
+    calibration_steps: int | None = None,
+    calibration_batch_size: int = 16,
+    refit: bool = True,
+    batchnorm: str | None = "correct",
 ) -> tuple[keras.Model, ConversionReport]:
     """Replace the conv (and dense) layers of ``model`` by compressed layers.
 
@@ -182,6 +188,29 @@ def convert(
             layers that could not be reduced. A budget is never missed silently.
         progress: A progress bar on stderr: ``True``, ``False``, or ``"auto"`` (on a
             terminal, 10+ layers).
+        calibration_data: Unlabeled inputs of the model (an array ``(n, *input_shape)``,
+            a ``tf.data.Dataset`` or an iterable of batches, preprocessed as for the
+            model), a few hundred typical ones. With it, conversion is data-aware
+            (``compress.calibration``): each layer is decomposed to minimize the error of
+            its *responses* on the data (methods whose layer class cannot use data, see
+            ``needed_statistics``, decompose the kernel and say so in the report), ranks
+            and budgets follow the measured response error (``energy`` is then the share of
+            the response energy kept), the converted layers' last linear maps and biases
+            are refitted to the original network's responses (``refit``), BatchNorm
+            statistics follow the change (``batchnorm``), and the report gives
+            each layer's measured output error and the model's output agreement on the last
+            eighth of the batches (held out). Without it, behaviour is data-free.
+        calibration_steps: At most this many batches of ``calibration_data`` (``None``:
+            all of it).
+        calibration_batch_size: Rows per batch for array ``calibration_data``.
+        refit: With calibration data, refit each converted layer's last linear map and
+            bias (asymmetric reconstruction), or correct its bias for the mean shift.
+        batchnorm: With calibration data, what happens to the BatchNorm moving statistics:
+            ``"correct"`` (default) shifts and scales them by the change of their inputs'
+            mean and spread that the conversion caused, measured on the data
+            (``calibration.reconstruct``; nothing changes at full rank); ``"reestimate"``
+            re-estimates them from the data (``recalibrate_batchnorm``; this also changes a
+            model whose statistics did not match the data); ``None`` leaves them.
 
     Returns:
         A tuple ``(new_model, report)``: the converted model and its ``ConversionReport``.
@@ -219,6 +248,15 @@ def convert(
     metric, value = rk.parse_budget(budget) if budget is not None else (None, None)
     if isinstance(method, (str, Method)):
         get_method(method)  # fail early on an unknown or unavailable method
+    if batchnorm not in ("correct", "reestimate", None):
+        raise ValueError(
+            f"convert: batchnorm must be 'correct', 'reestimate' or None, got {batchnorm!r}."
+        )
+    batches = (
+        cal.calibration_batches(calibration_data, model, calibration_steps, calibration_batch_size)
+        if calibration_data is not None
+        else None
+    )
 
     selection = _describe_selection(rank, energy, budget, round_to)
     method_label = (
@@ -276,6 +314,24 @@ def convert(
             continue
         plans.append((path, layer, m, m.merged_options(options), shapes, row))
 
+    # -- 1b. calibration statistics (one pass of the original model) ----------------------
+    statistics: dict[int, dict] = {}
+    timings: dict[str, float] = {}
+    if batches is not None:
+        n_held = max(1, len(batches) // 8) if len(batches) > 1 else 0
+        fit_batches = batches[: len(batches) - n_held] if n_held else batches
+        held_batches = batches[len(batches) - n_held :] if n_held else batches
+        wanted = {
+            id(layer): (layer, m.needed_statistics(opts))
+            for _, layer, m, opts, _, _ in plans
+            if m.needed_statistics(opts)
+        }
+        if wanted:
+            t = time.perf_counter()
+            collected = cal.collect_statistics(model, wanted, fit_batches)
+            statistics = {k: v.moments() for k, v in collected.items()}
+            timings["statistics"] = time.perf_counter() - t
+
     for path, layer, kernels in graph.raw_kernels(model):  # convs without a layer to replace
         names = ", ".join(f"'{w.name}' {tuple(w.shape)}" for w in kernels)
         rows[id(layer)] = LayerReport(
@@ -296,7 +352,12 @@ def convert(
 
     def spectrum(layer, m, opts):
         if id(layer) not in spectra:
-            spectra[id(layer)] = m.spectrum(layer, opts)
+            stats = statistics.get(id(layer))
+            spectra[id(layer)] = (
+                m.data_spectrum(layer, stats, opts)
+                if stats is not None
+                else m.spectrum(layer, opts)
+            )
         return spectra[id(layer)]
 
     chosen: dict[int, Any] = {}  # id -> rank, or ("energy", e) for layer-chosen ranks
@@ -362,10 +423,19 @@ def convert(
                 prog.step(path)
                 continue
         try:
+            stats = statistics.get(id(layer))
             if isinstance(r, tuple) and r and r[0] == "energy":
-                new = m.build(layer, energy=r[1], implementation=implementation, options=opts)
+                new = m.build(
+                    layer,
+                    energy=r[1],
+                    implementation=implementation,
+                    options=opts,
+                    statistics=stats,
+                )
             else:
-                new = m.build(layer, rank=r, implementation=implementation, options=opts)
+                new = m.build(
+                    layer, rank=r, implementation=implementation, options=opts, statistics=stats
+                )
         except ValueError as err:
             row.reason = f"cannot convert: {err}"
             prog.step(path)
@@ -381,7 +451,12 @@ def convert(
         row.params_after = after.total_params
         row.macs_after = after.macs if _known(shapes) else None
         row.implementation = new.resolved_implementation
-        row.relative_error = _relative_error(new, layer, m, spectrum, opts)
+        if id(layer) in statistics:
+            row.objective = "data"
+            row.relative_error = float(new.relative_error(layer))
+        else:
+            row.objective = "kernel"
+            row.relative_error = _relative_error(new, layer, m, spectrum, opts)
         prog.step(path)
 
     # -- 4. clone, swap, copy weights -----------------------------------------------------
@@ -389,6 +464,20 @@ def convert(
         new_model = graph.clone_model(model, replace=lambda layer: replacements.get(id(layer)))
     except ValueError as err:
         raise ValueError(f"convert: {err}") from err
+    calibration = None
+    if batches is not None:
+        calibration = _calibrate(
+            model,
+            new_model,
+            plans,
+            replacements,
+            rows,
+            fit_batches,
+            held_batches,
+            refit,
+            batchnorm,
+            timings,
+        )
     try:
         after_total = model_cost(new_model).total
     except ValueError:
@@ -404,6 +493,7 @@ def convert(
         total_after=after_total,
         macs_known=macs_known,
         seconds=time.perf_counter() - t0,
+        calibration=calibration,
     )
     report.budget_met = budget_met
     if budget_met is False:
@@ -444,6 +534,55 @@ def _budget_outcome(budget, metric, value, before, after, plans, chosen, replace
         f"{unit}, {achieved / max(total, 1):.3f} of the original's {total:,} (target "
         f"{goal:,.0f}), because {why}"
     )
+
+
+def _calibrate(
+    model,
+    new_model,
+    plans,
+    replacements,
+    rows,
+    fit_batches,
+    held_batches,
+    refit,
+    batchnorm,
+    timings,
+) -> dict:
+    """The data-aware steps after the replacements are built: refit and BatchNorm
+    correction (or re-estimation), measurement on the held-out batches. Updates ``rows``."""
+    pairs = {
+        id(layer): (layer, replacements[id(layer)])
+        for _, layer, _, _, _, _ in plans
+        if id(layer) in replacements
+    }
+    t = time.perf_counter()
+    done = cal.reconstruct(
+        model, new_model, pairs, fit_batches, refit=refit, batchnorm=batchnorm == "correct"
+    )
+    timings["reconstruct"] = time.perf_counter() - t
+    n_bn = done.pop("batchnorms")
+    for key, what in done.items():
+        if what != "none":
+            rows[key].objective += "+" + what
+    if batchnorm == "reestimate":
+        t = time.perf_counter()
+        n_bn = cal.recalibrate_in_place(new_model, fit_batches)
+        timings["reestimate_batchnorm"] = time.perf_counter() - t
+    t = time.perf_counter()
+    layer_errors, whole = cal.measure(model, new_model, pairs, held_batches)
+    timings["measure"] = time.perf_counter() - t
+    for key, e in layer_errors.items():
+        rows[key].output_error = e
+    return {
+        "fit_samples": int(sum(len(b) for b in fit_batches)),
+        "heldout_samples": int(sum(len(b) for b in held_batches)),
+        "heldout_is_fit_data": held_batches is fit_batches,
+        "top1_agreement": whole.get("top1_agreement"),
+        "relative_error": whole["relative_error"],
+        "batchnorm": batchnorm,
+        "batchnorms_changed": int(n_bn),
+        "seconds": dict(timings),
+    }
 
 
 def _describe_selection(rank, energy, budget, round_to) -> str:

@@ -172,6 +172,7 @@ class Method:
         energy: float | None = None,
         implementation: str = "auto",
         options: Mapping | None = None,
+        statistics: Mapping | None = None,
     ):
         """Build the replacement of a layer, initialized from its weights.
 
@@ -181,6 +182,8 @@ class Method:
             energy: The share of the kernel's squared norm to keep, instead of ``rank``.
             implementation: The replacement's ``implementation``.
             options: Overrides of the method's default options.
+            statistics: Calibration statistics of the layer (``needed_statistics``): the
+                replacement then minimizes its response error on that data.
 
         Returns:
             The new layer (the layer class's ``from_source``).
@@ -191,8 +194,35 @@ class Method:
             energy=energy,
             implementation=implementation,
             name=layer.name,
+            statistics=statistics,
             **self.merged_options(options),
         )
+
+    def needed_statistics(self, options: Mapping | None = None) -> tuple[str, ...]:
+        """The calibration statistics the layer class uses with these options.
+
+        Args:
+            options: Overrides of the method's default options.
+
+        Returns:
+            The kinds (``()``: the method decomposes the kernel, whatever the data).
+        """
+        return tuple(self.layer.needed_statistics(**self.merged_options(options)))
+
+    def data_spectrum(self, layer, statistics: Mapping, options: Mapping | None = None):
+        """Response energies (descending) of the layer on the calibration data.
+
+        Args:
+            layer: The built source layer.
+            statistics: Its calibration statistics.
+            options: Overrides of the method's default options.
+
+        Returns:
+            A 1-D float64 array: ``sum(e[r:]) / sum(e)`` is the squared relative response
+            error at rank ``r``.
+        """
+        s = self.layer.data_spectrum(self.kernel(layer), statistics, **self.merged_options(options))
+        return np.asarray(s, dtype=np.float64).reshape(-1)
 
     def candidate(self, layer, rank, options: Mapping | None = None):
         """Make an unbuilt instance at ``rank`` shaped like ``layer`` (for costing only).

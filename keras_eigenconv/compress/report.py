@@ -35,6 +35,14 @@ class LayerReport:
         replaced: Whether the layer was replaced.
         reason: Why the layer was kept, when it was.
         implementation: The resolved implementation of the replacement.
+        objective: What the replacement was fitted to: ``"kernel"`` (the kernel's error),
+            ``"data"`` (the response error on calibration data), plus ``"+refit"`` (its
+            last linear map and bias refitted to the original network's responses, given
+            the converted network's inputs) or ``"+bias"`` (bias corrected for the mean
+            output shift).
+        output_error: With calibration data: the measured relative L2 error of the layer's
+            output in the converted network against the original network's, on held-out
+            calibration batches.
     """
 
     name: str
@@ -49,6 +57,8 @@ class LayerReport:
     replaced: bool = False
     reason: str = ""
     implementation: str | None = None
+    objective: str | None = None
+    output_error: float | None = None
 
 
 @dataclass
@@ -71,6 +81,10 @@ class ConversionReport:
         seconds: The wall time of the conversion.
         budget_met: With a budget, whether the converted model meets it (``convert``
             raises when it does not, unless ``strict=False``); None without a budget.
+        calibration: With calibration data: the samples used to fit and to measure, the
+            steps done and their seconds, and the whole model's output agreement against
+            the original on the held-out samples (``top1_agreement`` for class outputs,
+            ``relative_error`` of the outputs).
     """
 
     method: str
@@ -81,6 +95,7 @@ class ConversionReport:
     macs_known: bool = True
     seconds: float = 0.0
     budget_met: bool | None = None
+    calibration: dict | None = None
 
     @property
     def replaced(self) -> list[LayerReport]:
@@ -115,6 +130,7 @@ class ConversionReport:
             "skipped": len(self.skipped),
             "seconds": self.seconds,
             "budget_met": self.budget_met,
+            "calibration": self.calibration,
         }
 
     _COLUMNS = (
@@ -127,6 +143,7 @@ class ConversionReport:
         "MACs before",
         "MACs after",
         "rel. error",
+        "output error",
         "note",
     )
 
@@ -144,7 +161,12 @@ class ConversionReport:
                     "MACs before": r.macs_before,
                     "MACs after": r.macs_after,
                     "rel. error": r.relative_error,
-                    "note": (r.implementation or "") if r.replaced else f"kept: {r.reason}",
+                    "output error": r.output_error,
+                    "note": (
+                        " ".join(x for x in (r.implementation, r.objective) if x)
+                        if r.replaced
+                        else f"kept: {r.reason}"
+                    ),
                 }
             )
         return rows
@@ -164,14 +186,23 @@ class ConversionReport:
             lines.append("MACs: unknown (the model's input size is not fixed)")
         if self.budget_met is False:
             lines.append(f"budget MISSED: {self.selection} (budget_met=False)")
+        cal = self.calibration
+        if cal:
+            agree = cal.get("top1_agreement")
+            lines.append(
+                f"calibration: {cal['fit_samples']} samples to fit, {cal['heldout_samples']} "
+                "held out; output vs original on held-out: "
+                + (f"top-1 agreement {agree:.4f}, " if agree is not None else "")
+                + f"relative error {cal['relative_error']:.4f}"
+            )
         return lines
 
     def __str__(self) -> str:
-        fmt = {"rel. error": ".4f"}
+        fmt = {"rel. error": ".4f", "output error": ".4f"}
         return "\n".join([text_table(self._rows(), self._COLUMNS, fmt), "", *self._summary()])
 
     def to_markdown(self) -> str:
-        fmt = {"rel. error": ".4f"}
+        fmt = {"rel. error": ".4f", "output error": ".4f"}
         summary = "\n".join(f"- {line}" for line in self._summary())
         return f"{summary}\n\n{markdown_table(self._rows(), self._COLUMNS, fmt)}\n"
 

@@ -592,6 +592,9 @@ class CompressedLayer(CostedLayer, keras.layers.Layer):
     # "rows": ``(kh*C, kh*C)`` moments of the ``kh x 1`` vertical patches;
     # "channels": ``(C, C)`` moments of the input pixels.
     data_statistics: ClassVar[tuple[str, ...]] = ()
+    # Whether ``set_output_projection`` can replace the last linear map of
+    # ``inference_layers()`` (the closed-form refit of data-aware conversion).
+    refittable_output: ClassVar[bool] = False
 
     @property
     def _who(self) -> str:

@@ -64,6 +64,8 @@ class BasisConv2D(FactorizedConv2D):
     """
 
     _scale_factor = "combination"
+    data_statistics = ("response",)
+    refittable_output = True
 
     def __init__(
         self, filters, kernel_size, rank, trainable_basis=False, batch_norm=False, **kwargs
@@ -221,6 +223,48 @@ class BasisConv2D(FactorizedConv2D):
             bias = (0.0 if bias is None else bias) + shift @ comb
         kernel = np.einsum("hwcm,mn->hwcn", basis, comb)
         return kernel.astype(np.float32), None if bias is None else np.asarray(bias, np.float32)
+
+    @classmethod
+    def decompose_with_data(cls, kernel, rank, statistics, **options):
+        """Basis ``W P`` and combination ``P^T`` with ``P`` the top-``M`` principal
+        directions of the responses (the exact minimizer of the response error).
+
+        Args:
+            kernel: the kernel ``(kh, kw, C, N)``.
+            rank: ``M``.
+            statistics: ``{"response": (N, N)}``.
+            **options: ignored.
+
+        Returns:
+            The factors by weight name.
+        """
+        f, b, _ = dec.basis_data_factors(kernel, statistics["response"], rank)
+        return {"basis": f, "combination": b}
+
+    @classmethod
+    def data_spectrum(cls, kernel, statistics, **options):
+        """The eigenvalues of the response Gram (descending, at most ``min(kh*kw*C, N)``).
+
+        Args:
+            kernel: the kernel ``(kh, kw, C, N)``.
+            statistics: ``{"response": (N, N)}``.
+            **options: ignored.
+
+        Returns:
+            A 1-D array of energies.
+        """
+        return dec.basis_data_factors(kernel, statistics["response"], 1)[2]
+
+    def set_output_projection(self, kernel, bias):
+        """Set the combination weights (``(1, 1, M, N)``) and, when given, the bias.
+
+        Args:
+            kernel: the new combination kernel.
+            bias: the new bias ``(filters,)``, or ``None``.
+        """
+        self.set_factors({"combination": np.asarray(kernel)})
+        if bias is not None and self.use_bias:
+            self.bias.assign(np.asarray(bias, np.float32))
 
     def inference_layers(self) -> list[keras.layers.Layer]:
         """The equivalent built plain-Keras layers (inference).

@@ -67,6 +67,7 @@ class DeCEFConv2D(FactorizedConv2D):
 
     _scale_factor = "combination"
     data_statistics = ("taps",)
+    refittable_output = True
 
     def max_rank(self, in_channels: int) -> int:
         """``min(kh*kw, filters)``, whatever ``in_channels``."""

@@ -80,6 +80,8 @@ class SVDConv2D(FactorizedConv2D):
     """
 
     _scale_factor = "singular_values"
+    data_statistics = ("response", "rows")
+    refittable_output = True
 
     def __init__(
         self,
@@ -227,6 +229,76 @@ class SVDConv2D(FactorizedConv2D):
         if decomposition == "spatial":
             return [np.transpose(kernel, (0, 2, 1, 3)).reshape(kh * c, kw * n)]
         return [kernel.reshape(kh * kw * c, n)]
+
+    @classmethod
+    def needed_statistics(cls, decomposition="channel", **options):
+        """``("response",)`` for the channel SVD, ``("rows",)`` for the spatial one.
+
+        Args:
+            decomposition: ``"channel"`` or ``"spatial"``.
+            **options: ignored.
+
+        Returns:
+            A tuple of statistic kinds.
+        """
+        return ("rows",) if decomposition == "spatial" else ("response",)
+
+    @classmethod
+    def decompose_with_data(cls, kernel, rank, statistics, decomposition="channel", **options):
+        """Channel: the projection of the responses on their top-``R`` principal directions
+        (exact minimizer of the response error); spatial: the unfolding whitened by the
+        vertical-patch moments (``decompositions.svd_spatial_data_factors``).
+
+        Args:
+            kernel: the kernel ``(kh, kw, C, N)``.
+            rank: ``R``.
+            statistics: ``{"response": (N, N)}`` or ``{"rows": (kh*C, kh*C)}``.
+            decomposition: ``"channel"`` or ``"spatial"``.
+            **options: ignored.
+
+        Returns:
+            The factors by weight name.
+        """
+        if decomposition == "spatial":
+            u, s, v, _ = dec.svd_spatial_data_factors(kernel, statistics["rows"], rank)
+        else:
+            u, s, v, _ = dec.svd_channel_data_factors(kernel, statistics["response"], rank)
+        return {"left_vectors": u, "singular_values": s, "right_vectors": v}
+
+    @classmethod
+    def data_spectrum(cls, kernel, statistics, decomposition="channel", **options):
+        """The response energies of ``decompose_with_data`` (descending).
+
+        Args:
+            kernel: the kernel ``(kh, kw, C, N)``.
+            statistics: as for ``decompose_with_data``.
+            decomposition: ``"channel"`` or ``"spatial"``.
+            **options: ignored.
+
+        Returns:
+            A 1-D array of energies.
+        """
+        if decomposition == "spatial":
+            return dec.svd_spatial_data_factors(kernel, statistics["rows"], 1)[3]
+        return dec.svd_channel_data_factors(kernel, statistics["response"], 1)[3]
+
+    def set_output_projection(self, kernel, bias):
+        """Set the second factor to ``kernel`` (``(1, 1, R, N)`` or ``(1, kw, R, N)``): its
+        rank components are normalized into ``right_vectors`` and their norms become the
+        ``singular_values``; ``bias`` replaces the bias when given.
+
+        Args:
+            kernel: the new second-factor kernel.
+            bias: the new bias ``(filters,)``, or ``None``.
+        """
+        k = np.asarray(kernel, np.float64)
+        norms = np.sqrt((k**2).sum(axis=(0, 1, 3)))
+        norms = np.where(norms > 0, norms, 1.0)
+        self.set_factors(
+            {"right_vectors": k / norms.reshape(1, 1, -1, 1), "singular_values": norms}
+        )
+        if bias is not None and self.use_bias:
+            self.bias.assign(np.asarray(bias, np.float32))
 
     def inference_layers(self) -> list[keras.layers.Layer]:
         """The equivalent built plain-Keras layers (inference).

@@ -74,6 +74,8 @@ class Tucker2Conv2D(FactorizedConv2D):
     _scale_factor = "core"
     rank_selection = "layer"
     budget_spectrum = True
+    data_statistics = ("channels", "response")
+    refittable_output = True
 
     def validate_rank(self, rank, in_channels=None):
         bound = None if in_channels is None else self.max_rank(in_channels)
@@ -159,7 +161,7 @@ class Tucker2Conv2D(FactorizedConv2D):
         return 0.5 * (s_in[:r] + s_out[:r])
 
     @classmethod
-    def rank_for(cls, kernel, rank=None, energy=None, **options):
+    def rank_for(cls, kernel, rank=None, energy=None, statistics=None, **options):
         """The ranks ``(R1, R2)`` that ``from_conv2d`` uses.
 
         Args:
@@ -167,7 +169,10 @@ class Tucker2Conv2D(FactorizedConv2D):
             rank: an int, a pair ``(R1, R2)``, ``"vbmf"`` (empirical VBMF on each
                 unfolding, at least 1) or ``None``.
             energy: the share of each channel unfolding's squared norm to keep, in
-                ``(0, 1]``, or ``None``. With neither, the full ranks.
+                ``(0, 1]``, or ``None``. With neither, the full ranks. With
+                ``statistics``, the share of the whitened input-channel energy (``R1``)
+                and of the response energy (``R2``).
+            statistics: calibration statistics (``data_statistics``), or ``None``.
             **options: ignored.
 
         Returns:
@@ -179,6 +184,8 @@ class Tucker2Conv2D(FactorizedConv2D):
         name = cls.__name__
         check_rank_or_energy(name, rank, energy)
         s_in, s_out = dec.tucker2_spectra(kernel)
+        if energy is not None and statistics is not None:
+            s_in, s_out = cls._data_spectra(kernel, statistics)
         if energy is not None:
             e = check_energy(name, energy)  # kept of each channel unfolding's squared norm
             return (dec.energy_rank(s_in, e), dec.energy_rank(s_out, e))
@@ -210,6 +217,107 @@ class Tucker2Conv2D(FactorizedConv2D):
             np.transpose(kernel, (2, 0, 1, 3)).reshape(c, -1),
             np.transpose(kernel, (3, 0, 1, 2)).reshape(n, -1),
         ]
+
+    @classmethod
+    def _data_spectra(cls, kernel, statistics):
+        w = np.asarray(kernel, np.float64)
+        kh, kw, c, n = w.shape
+        w_c = np.transpose(w, (2, 0, 1, 3)).reshape(c, kh * kw * n)
+        e_in = dec.whitened_low_rank(w_c, statistics["channels"], 1)[2]
+        g = np.asarray(statistics["response"], np.float64)
+        e_out = np.sort(np.maximum(np.linalg.eigvalsh(0.5 * (g + g.T)), 0.0))[::-1]
+        return e_in, e_out[: min(n, kh * kw * c)]
+
+    @classmethod
+    def decompose_with_data(cls, kernel, rank, statistics, **options):
+        """Tucker-2 factors fitted to data: input channels whitened by their pixel moments,
+        output channels projected on the responses' principal directions
+        (``decompositions.tucker2_data_factors``).
+
+        Args:
+            kernel: the kernel ``(kh, kw, C, N)``.
+            rank: ``(R1, R2)`` or an int.
+            statistics: ``{"channels": (C, C), "response": (N, N)}``.
+            **options: ignored.
+
+        Returns:
+            The factors by weight name.
+        """
+        pair = _rank_pair(cls.__name__, rank)
+        first, core, last, _ = dec.tucker2_data_factors(
+            kernel, statistics["channels"], statistics["response"], pair
+        )
+        return {"first": first, "core": core, "last": last}
+
+    @classmethod
+    def data_spectrum(cls, kernel, statistics, **options):
+        """An error proxy for one int rank, as ``spectrum`` but on data: the whitened
+        input-channel energies and the response energies, each normalized, averaged.
+
+        Args:
+            kernel: the kernel ``(kh, kw, C, N)``.
+            statistics: ``{"channels": (C, C), "response": (N, N)}``.
+            **options: ignored.
+
+        Returns:
+            A 1-D array of ``min(C, N)`` energies.
+        """
+        return dec.tucker2_data_factors(
+            kernel, statistics["channels"], statistics["response"], 1
+        )[3]
+
+    def inference_layers(self) -> list[keras.layers.Layer]:
+        """The equivalent built plain-Keras layers: 1x1 ``Conv2D`` ``C -> R1``, the
+        ``kh x kw`` ``Conv2D`` ``R1 -> R2`` (strides, padding, dilation), 1x1 ``Conv2D``
+        ``R2 -> N`` (bias, activation).
+
+        Returns:
+            The three built layers, weights set.
+        """
+        if not self.built:
+            raise ValueError(f"{self._who}.inference_layers: build the layer first.")
+        r1, r2 = self.ranks
+        c = int(self.first.shape[2])
+        common = dict(dtype=self.dtype_policy)
+        first = keras.layers.Conv2D(r1, 1, use_bias=False, name=f"{self.name}_first", **common)
+        first.build((None, None, None, c))
+        first.kernel.assign(ops.convert_to_numpy(self.first))
+        core = keras.layers.Conv2D(
+            r2,
+            self.kernel_size,
+            strides=self.strides,
+            padding=self.padding,
+            dilation_rate=self.dilation_rate,
+            use_bias=False,
+            name=f"{self.name}_core",
+            **common,
+        )
+        core.build((None, None, None, r1))
+        core.kernel.assign(ops.convert_to_numpy(self.core))
+        last = keras.layers.Conv2D(
+            self.filters,
+            1,
+            activation=self.activation,
+            use_bias=self.use_bias,
+            name=f"{self.name}_last",
+            **common,
+        )
+        last.build((None, None, None, r2))
+        last.kernel.assign(ops.convert_to_numpy(self.last))
+        if self.use_bias:
+            last.bias.assign(ops.convert_to_numpy(self.bias))
+        return [first, core, last]
+
+    def set_output_projection(self, kernel, bias):
+        """Set the last factor (``(1, 1, R2, N)``) and, when given, the bias.
+
+        Args:
+            kernel: the new last-factor kernel.
+            bias: the new bias ``(filters,)``, or ``None``.
+        """
+        self.set_factors({"last": np.asarray(kernel)})
+        if bias is not None and self.use_bias:
+            self.bias.assign(np.asarray(bias, np.float32))
 
     @classmethod
     def decompose(cls, kernel, rank, **options):
