@@ -55,7 +55,7 @@ from .layers import (
     Tucker2Conv2D,
     set_ssc_implementation,
 )
-from .training import RankPruning, add_svd_regularization, train_decef_from_scratch
+from .training import RankPruning, add_svd_regularization, distill, train_decef_from_scratch
 
 __version__ = "0.2.0"
 
@@ -87,6 +87,7 @@ __all__ = [
     "bench_tflite",
     "check_tflite",
     "convert",
+    "distill",
     "export_tflite",
     "get_method",
     "layer_cost",

@@ -161,3 +161,27 @@ def test_calibration_batches_accept_datasets_and_iterables(trained):
     assert len(cal.calibration_batches(iter([x[:5], x[5:9]]), model, steps=1)) == 1
     with pytest.raises(ValueError, match="calibration_steps"):
         cal.calibration_batches(x, model, steps=0)
+
+
+def test_distill_recovers_the_teacher_on_unlabeled_data(trained):
+    model, x, xt, _ = trained
+    student, _ = ke.convert(model, method="svd", budget={"macs": 0.35})
+    before = _output_error(model, student, xt)
+    hist = ke.distill(student, model, x[:512], epochs=3, learning_rate=1e-3, batch_size=64)
+    assert hist.history["loss"][-1] < hist.history["loss"][0]
+    assert _output_error(model, student, xt) < 0.8 * before
+    with pytest.raises(ValueError, match="shape"):
+        ke.distill(student, model, np.zeros((4, 8, 8, 1), "float32"))
+    with pytest.raises(ValueError, match="NaN"):
+        ke.distill(student, model, np.full((4, 16, 16, 1), np.nan, "float32"))
+
+
+def test_distillation_losses_are_zero_at_the_teacher():
+    from keras_eigenconv.training import distillation_loss
+
+    logits = np.random.default_rng(0).normal(size=(5, 10)).astype("float32")
+    probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    for kind, y in (("logits", logits), ("probabilities", probs), ("mse", logits)):
+        loss = distillation_loss(kind, temperature=2.0)
+        assert float(np.max(np.asarray(loss(y, y)))) < 1e-5
+        assert float(np.min(np.asarray(loss(y, np.roll(y, 1, axis=0))))) > 1e-3

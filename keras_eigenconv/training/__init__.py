@@ -4,13 +4,16 @@
 - ``pruning``: ``RankPruning``, ``set_svd_rank``, ``prune_svd_ranks``,
   ``add_svd_regularization`` (regularizers in ``layers.regularizers``);
 - ``from_scratch``: ``effective_ranks``, ``from_scratch``, ``train_decef_from_scratch``,
-  ``basis_from_scratch``.
+  ``basis_from_scratch``;
+- ``distill``: a short recovery step on unlabeled data (the student reproduces the
+  teacher's outputs).
 
 Reaches the layers only through their public classes and contract. ``data`` imports
 TensorFlow; it is loaded when first used (``keras_eigenconv.training.data``).
 """
 
 from ..layers import Orthogonality, SingularValueHoyer, SingularValueL1
+from .distill import distill, distillation_loss
 from .from_scratch import (
     DeCEFRecipeResult,
     basis_from_scratch,
@@ -34,6 +37,8 @@ __all__ = [
     "SingularValueHoyer",
     "SingularValueL1",
     "add_svd_regularization",
+    "distill",
+    "distillation_loss",
     "basis_from_scratch",
     "effective_ranks",
     "from_scratch",
