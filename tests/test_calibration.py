@@ -185,3 +185,45 @@ def test_distillation_losses_are_zero_at_the_teacher():
         loss = distillation_loss(kind, temperature=2.0)
         assert float(np.max(np.asarray(loss(y, y)))) < 1e-5
         assert float(np.min(np.asarray(loss(y, np.roll(y, 1, axis=0))))) > 1e-3
+
+
+def test_cli_convert_with_calibration_images(trained, tmp_path):
+    from PIL import Image
+
+    from keras_eigenconv.cli import main
+
+    model, x, _, _ = trained
+    path = tmp_path / "model.keras"
+    model.save(path)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(24):  # real digits, written as 8-bit grayscale images
+        Image.fromarray((x[i, ..., 0] * 255).astype("uint8")).save(folder / f"{i:03d}.png")
+    out = tmp_path / "small.keras"
+    js = tmp_path / "report.json"
+    code = main(
+        [
+            "convert",
+            str(path),
+            "--method",
+            "svd",
+            "--budget-macs",
+            "0.5",
+            "--calibration-data",
+            str(folder),
+            "--calibration-scale",
+            str(1 / 255),
+            "-o",
+            str(out),
+            "--json",
+            str(js),
+            "--no-progress",
+        ]
+    )
+    assert code == 0
+    import json
+
+    report = json.loads(js.read_text())
+    assert report["calibration"]["fit_samples"] + report["calibration"]["heldout_samples"] == 24
+    assert all(r["objective"].startswith("data") for r in report["layers"] if r["replaced"])
+    assert main(["convert", str(path), "--calibration-data", str(tmp_path / "nope")]) == 1

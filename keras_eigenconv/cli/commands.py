@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import os
 import zipfile
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from .._io import atomic_path, atomic_write_text, check_writable
 from ..compress import RANK_RULES, available_methods, convert, get_method, registered_methods
 from ..compress import ranks as rk
 from ..layers.base import IMPLEMENTATIONS
-from .loader import load_array, load_model
+from .loader import load_array, load_inputs, load_model
 
 __all__ = ["COMMANDS"]
 
@@ -139,7 +140,17 @@ def _cli_convert(args) -> int:
             f"-o {args.output}: the converted model is saved as .keras; use that suffix."
         )
     _check_outputs(output=args.output, markdown=args.markdown, json=args.json)
+    if args.calibration_data is not None and not os.path.exists(args.calibration_data):
+        raise FileNotFoundError(f"no such file or folder: {args.calibration_data}")
     model = load_model(args.model, args.weights, args.input_shape)
+    calibration = None
+    if args.calibration_data is not None:
+        calibration = load_inputs(
+            args.calibration_data,
+            tuple(model.inputs[0].shape[1:]),
+            scale=args.calibration_scale,
+            limit=args.calibration_samples,
+        )
     new_model, report = convert(
         model,
         method=args.method,
@@ -154,6 +165,7 @@ def _cli_convert(args) -> int:
         implementation=args.implementation,
         strict=not args.no_strict,
         progress=False if args.no_progress else "auto",
+        calibration_data=calibration,
     )
     print(report)
     if args.output:
@@ -245,6 +257,26 @@ def add_convert(subparsers) -> None:
     p.add_argument("--markdown", metavar="PATH", help="also write the report as Markdown")
     p.add_argument("--json", metavar="PATH", help="also write the report as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--calibration-data",
+        metavar="FILE|DIR",
+        help="unlabeled inputs for data-aware conversion: a .npy (or .npz with 'x') of "
+        "preprocessed inputs, or a folder of images read at the model's input size",
+    )
+    p.add_argument(
+        "--calibration-scale",
+        type=float,
+        default=1.0,
+        metavar="S",
+        help="multiply images from a folder by S (e.g. 0.00392 for [0, 1]; default 1: [0, 255])",
+    )
+    p.add_argument(
+        "--calibration-samples",
+        type=int,
+        default=512,
+        metavar="N",
+        help="use at most N calibration samples (default 512)",
+    )
     p.add_argument(
         "--no-strict",
         action="store_true",

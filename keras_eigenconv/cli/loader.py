@@ -11,7 +11,9 @@ from collections.abc import Callable
 import keras
 import numpy as np
 
-__all__ = ["load_array", "load_model"]
+__all__ = ["IMAGE_SUFFIXES", "load_array", "load_images", "load_inputs", "load_model"]
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 
 
 def _applications() -> dict[str, Callable]:
@@ -125,3 +127,67 @@ def load_array(path: str | None, key: str = "x", missing_ok: bool = False):
             except Exception as err:  # noqa: BLE001 - a damaged member of the archive
                 raise ValueError(f"{path}: cannot read the array '{key}' ({err}).") from err
     return data
+
+
+def load_images(folder: str, input_shape, limit: int | None = None) -> np.ndarray:
+    """Read the images of a folder (sorted by name, not recursive) at a model's input size.
+
+    Args:
+        folder: the folder.
+        input_shape: the model input ``(H, W, C)`` (``C`` 1: grayscale, 3: RGB).
+        limit: at most this many images.
+
+    Returns:
+        A float32 array ``(n, H, W, C)`` of pixel values in ``[0, 255]`` (apply the model's
+        own preprocessing afterwards).
+
+    Raises:
+        ValueError: when the folder holds no image or the model input is not an image.
+    """
+    import keras
+
+    shape = tuple(input_shape)
+    if len(shape) != 3 or shape[-1] not in (1, 3) or None in shape[:2]:
+        raise ValueError(
+            f"{folder}: images need a model input (H, W, 1 or 3) of fixed size, the model "
+            f"takes {shape}; pass a .npy file of preprocessed inputs instead."
+        )
+    names = sorted(n for n in os.listdir(folder) if n.lower().endswith(IMAGE_SUFFIXES))
+    if limit is not None:
+        names = names[:limit]
+    if not names:
+        raise ValueError(f"{folder}: no image files ({', '.join(IMAGE_SUFFIXES)}).")
+    mode = "grayscale" if shape[-1] == 1 else "rgb"
+    out = []
+    for n in names:
+        path = os.path.join(folder, n)
+        try:
+            img = keras.utils.load_img(path, color_mode=mode, target_size=shape[:2])
+        except Exception as err:  # noqa: BLE001 - not an image PIL can read
+            raise ValueError(f"{path} is not a readable image ({err}).") from err
+        out.append(np.asarray(keras.utils.img_to_array(img), np.float32))
+    return np.stack(out)
+
+
+def load_inputs(path: str, input_shape, scale: float = 1.0, limit: int | None = None):
+    """Calibration inputs from a ``.npy``/``.npz`` (``x``) file or a folder of images.
+
+    Args:
+        path: the file or folder.
+        input_shape: the model input ``(H, W, C)`` (for images).
+        scale: images are multiplied by it (e.g. ``1/255``); arrays are used as they are.
+        limit: at most this many samples.
+
+    Returns:
+        The inputs, an array.
+
+    Raises:
+        FileNotFoundError: when ``path`` does not exist.
+        ValueError: when it holds no usable inputs.
+    """
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no such file or folder: {path}")
+    if os.path.isdir(path):
+        return load_images(path, input_shape, limit) * np.float32(scale)
+    x = load_array(path)
+    return x if limit is None else x[:limit]
