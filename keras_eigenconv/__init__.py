@@ -15,6 +15,9 @@ Architecture (each stage a subpackage; dependencies point one way, down this lis
 - ``compress`` (registry, ranks, ``convert``, report), ``deploy`` (inference rewrite, LiteRT,
   timing, export) and ``training`` (data, rank pruning, from-scratch recipes): each reaches
   the layers through the contract, and none imports another of the three;
+- ``latency``: ``convert`` to a latency budget on a target runtime (``Target``): joins
+  ``compress`` (the plan, the build) and ``deploy`` (LiteRT timing), so neither imports the
+  other; the package's ``convert`` is this one (other budgets go to ``compress.convert``);
 - ``analysis``, ``zoo`` (reference networks), ``demo``: built on the stages above;
 - ``cli``: the command line; nothing imports it.
 """
@@ -25,7 +28,6 @@ from .compress import (
     ConversionReport,
     Method,
     available_methods,
-    convert,
     get_method,
     recalibrate_batchnorm,
     register_method,
@@ -39,6 +41,7 @@ from .deploy import (
     export_tflite,
     prepare_for_inference,
 )
+from .latency import LatencyPlan, Target, convert
 from .layers import (
     BasisConv2D,
     CompressedLayer,
@@ -67,6 +70,7 @@ __all__ = [
     "Cost",
     "DeCEFConv2D",
     "ExportReport",
+    "LatencyPlan",
     "Method",
     "ModelCost",
     "NaiveTTConv2D",
@@ -80,6 +84,7 @@ __all__ = [
     "SingularValueL1",
     "TTConv2D",
     "TTDense",
+    "Target",
     "Tucker2Conv2D",
     "add_svd_regularization",
     "analyze",

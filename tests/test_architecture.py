@@ -28,9 +28,13 @@ ALLOWED = {
     "deploy": {"layers", "decompositions", "cost", "graph", "_table", "_io"},
     "training": {"layers", "decompositions", "cost", "graph"},
     "analysis": {"decompositions", "cost", "graph", "_table", "_io"},
+    # latency budgets join compress (plan, build) and deploy (LiteRT timing), which never
+    # import each other: the joining lives above both
+    "latency": {"compress", "deploy", "graph", "_table"},
     "zoo": {"layers"},
     "demo": {"analysis", "compress", "deploy", "training", "zoo", "cost", "_table", "_io"},
     "cli": {
+        "latency",
         "analysis",
         "compress",
         "deploy",

@@ -512,7 +512,11 @@ class CostModel:
 
     @classmethod
     def from_cache(
-        cls, cache_path: str | os.PathLike | None = None, min_entries: int = 12
+        cls,
+        cache_path: str | os.PathLike | None = None,
+        min_entries: int = 12,
+        quantize: str | None = "any",
+        num_threads: int | None = None,
     ) -> CostModel:
         """Fit a cost model to the entries of the timing cache.
 
@@ -522,14 +526,31 @@ class CostModel:
         Args:
             cache_path: The JSON cache file; ``default_cache_path()`` when None.
             min_entries: The fewest usable entries to fit to.
+            quantize: Fit only to entries timed in this quantization mode (``None`` is
+                float32); ``"any"`` (default) fits to all of them.
+            num_threads: Fit only to entries timed with this thread count (None: all).
 
         Returns:
             The fitted ``CostModel``, or ``DEFAULT_COST_MODEL`` when the cache holds fewer
-            than ``min_entries`` entries.
+            than ``min_entries`` such entries.
         """
         timer = LiteRTTimer(cache_path)
+
+        def wanted(key: str) -> bool:
+            if quantize == "any" and num_threads is None:
+                return True
+            try:
+                k = json.loads(key)
+            except ValueError:
+                return False
+            return (quantize == "any" or k.get("quantize") == quantize) and (
+                num_threads is None or k.get("threads") == num_threads
+            )
+
         rows = [
-            e for e in timer.entries.values() if "features" in e and math.isfinite(e["seconds"])
+            e
+            for key, e in timer.entries.items()
+            if "features" in e and math.isfinite(e["seconds"]) and wanted(key)
         ]
         if len(rows) < min_entries:
             return DEFAULT_COST_MODEL

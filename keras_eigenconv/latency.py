@@ -1,0 +1,685 @@
+"""Compress to a latency on a target runtime, not to a MAC count.
+
+``convert(model, method=..., budget={"latency": x}, target="litert-int8")`` plans, per
+layer, a (method, rank) pair or "keep the original" so that the model's latency on the
+target is at most ``x`` times the original's, with the least error; then it builds the
+plan with ``compress.convert`` (a per-layer method and rank). Any other budget goes
+straight to ``compress.convert``.
+
+This module sits above ``compress`` (which plans by MACs and never times anything) and
+``deploy`` (which owns LiteRT and its timing cache): the rule that those two never import
+each other stays, and the planner joins them.
+
+The latency model (per layer ``l``, ``T`` measured in LiteRT batch 1 on this machine):
+
+- ``T_orig(l)``: the layer alone (``deploy.timing.LiteRTTimer``, cached by op, shape,
+  precision and threads);
+- ``T(l, m, r)``: the replacement at rank ``r`` alone, in its fastest inference arrangement
+  (``deploy.candidate_arrangements`` without the folded dense one, which is "keep");
+- ``rest = max(0, T_model - sum_l T_orig(l))``: the whole original model measured once,
+  less its converted layers: everything that does not change;
+- ``latency(plan) = rest + sum_l T(l, plan(l))``, and the budget is
+  ``latency(plan) <= x * (rest + sum_l T_orig(l))``.
+
+Ranks offered per (layer, method) are a few hardware-friendly sizes (multiples of 8, 16
+or 32 where the layer is wide enough, see ``latency_ranks``). With ``timing="measure"``
+every offered candidate is timed; with ``timing="predict"`` they are predicted by the cost
+model fitted to the timing cache (``deploy.CostModel.from_cache`` for the target's
+precision and threads) and only the chosen plan is timed, re-planned with the measured
+times until it meets the budget (at most three rounds). The allocator is
+``compress.ranks.allocate_budget`` with latency as the cost and the squared relative error
+(kernel, or response error with ``calibration_data``) as the error.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import keras
+import numpy as np
+
+from . import graph
+from ._table import markdown_table
+from .compress import calibration as cal
+from .compress import convert as compress_convert
+from .compress import ranks as rk
+from .compress.registry import available_methods, get_method
+from .deploy.litert import convert_model, make_interpreter, random_representative, tflite_converter
+from .deploy.rewrite import candidate_arrangements
+from .deploy.timing import CostModel, LiteRTTimer, time_interleaved
+
+__all__ = [
+    "PRECISIONS",
+    "RUNTIMES",
+    "TARGETS",
+    "LatencyPlan",
+    "PlannedLayer",
+    "Target",
+    "convert",
+    "latency_ranks",
+    "parse_target",
+]
+
+RUNTIMES = ("litert", "train")
+PRECISIONS = ("fp32", "fp16", "int8")
+_QUANTIZE = {"fp32": None, "fp16": "float16", "int8": "int8"}
+TIMINGS = ("measure", "predict")
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a latency is measured: a runtime, a precision, threads and a batch size.
+
+    Attributes:
+        runtime: ``"litert"`` (LiteRT with XNNPACK, the ``.tflite`` an Android app ships) or
+            ``"train"`` (the TensorFlow training step; not yet supported by
+            ``budget={"latency": ...}``).
+        precision: ``"fp32"``, ``"fp16"`` (float16 weights) or ``"int8"`` (full integer
+            quantization, random representative data).
+        threads: The interpreter's thread count.
+        batch: The batch size (LiteRT timing is batch 1).
+
+    Raises:
+        ValueError: When a field is not one of the values above.
+    """
+
+    runtime: str = "litert"
+    precision: str = "fp32"
+    threads: int = 2
+    batch: int = 1
+
+    def __post_init__(self):
+        if self.runtime not in RUNTIMES:
+            raise ValueError(f"Target: runtime must be one of {RUNTIMES}, got {self.runtime!r}.")
+        if self.precision not in PRECISIONS:
+            raise ValueError(
+                f"Target: precision must be one of {PRECISIONS}, got {self.precision!r}."
+            )
+        for name in ("threads", "batch"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise ValueError(f"Target: {name} must be an int >= 1, got {v!r}.")
+        if self.runtime == "litert" and self.batch != 1:
+            raise ValueError(
+                f"Target: LiteRT latencies are measured at batch 1, got batch={self.batch}."
+            )
+
+    @property
+    def quantize(self) -> str | None:
+        """The ``deploy`` quantization mode of the precision (``None`` for fp32)."""
+        return _QUANTIZE[self.precision]
+
+    def __str__(self) -> str:
+        if self.runtime == "train":
+            return f"train (batch {self.batch})"
+        return f"litert-{self.precision} ({self.threads} threads)"
+
+
+TARGETS = {
+    "litert-fp32": Target("litert", "fp32"),
+    "litert-fp16": Target("litert", "fp16"),
+    "litert-int8": Target("litert", "int8"),
+    "train": Target("train", "fp32", batch=32),
+}
+
+
+def parse_target(target) -> Target:
+    """Turn a target shorthand or record into a ``Target``.
+
+    Args:
+        target: A ``Target``, or one of ``TARGETS``' names (``"litert-fp32"``,
+            ``"litert-fp16"``, ``"litert-int8"``, ``"train"``).
+
+    Returns:
+        The ``Target``.
+
+    Raises:
+        ValueError: When ``target`` is neither.
+    """
+    if isinstance(target, Target):
+        return target
+    if isinstance(target, str) and target in TARGETS:
+        return TARGETS[target]
+    raise ValueError(
+        f"target={target!r} must be one of {sorted(TARGETS)} or a "
+        "keras_eigenconv.Target(runtime, precision, threads, batch)."
+    )
+
+
+def latency_ranks(max_rank: int, count: int = 6) -> list[int]:
+    """The ranks a latency plan offers for a layer: a few hardware-friendly sizes.
+
+    At shares ``1/16, 1/8, 1/4, 3/8, 1/2, 3/4`` of ``max_rank`` (the first ``count``
+    of the spread), each rounded to a multiple of 32 (from 128 up), 16 (from 48 up) or 8
+    (layers of full rank 16 or more), or to an int for narrower layers; only ranks below
+    ``max_rank``.
+
+    Args:
+        max_rank: The layer's full rank.
+        count: How many shares to use, at most 6.
+
+    Returns:
+        The distinct ranks, ascending.
+    """
+    shares = (0.0625, 0.125, 0.25, 0.375, 0.5, 0.75)
+    if count < len(shares):
+        shares = tuple(
+            shares[round(i * (len(shares) - 1) / max(count - 1, 1))] for i in range(count)
+        )
+    out = set()
+    for f in shares:
+        r = f * max_rank
+        step = 32 if r >= 128 else 16 if r >= 48 else 8 if max_rank >= 16 else 1
+        out.add(max(step, int(round(r / step)) * step))
+    return sorted(r for r in out if 1 <= r < max_rank)
+
+
+@dataclass
+class PlannedLayer:
+    """One layer of a latency plan.
+
+    Attributes:
+        name: The layer's path in the model.
+        method: The chosen method, or None to keep the original.
+        rank: The chosen rank, or None.
+        error: The squared relative error of the choice (kernel, or response with data).
+        original_s: The original layer's measured seconds (LiteRT, batch 1).
+        predicted_s: The seconds the plan used for the choice (measured or predicted).
+        measured_s: The measured seconds of the choice (None when not timed).
+        candidates: How many (method, rank) candidates were offered.
+    """
+
+    name: str
+    method: str | None
+    rank: int | None
+    error: float
+    original_s: float
+    predicted_s: float
+    measured_s: float | None
+    candidates: int
+
+
+@dataclass
+class LatencyPlan:
+    """The per-layer plan of a latency budget and its predicted and measured totals.
+
+    Attributes:
+        target: The ``Target``.
+        budget: The latency share ``x``.
+        timing: ``"measure"`` or ``"predict"``.
+        model_s: The whole original model's measured seconds.
+        rest_s: The seconds of what the plan does not change (``model_s`` less the
+            converted layers' originals, at least 0).
+        layers: One ``PlannedLayer`` per candidate layer.
+        rounds: Planning rounds (``"predict"``: re-planned with the measured times).
+        timed: Candidates timed (cache misses included or not) by the planner.
+        seconds: The planner's wall time.
+    """
+
+    target: Target
+    budget: float
+    timing: str
+    model_s: float
+    rest_s: float
+    layers: list[PlannedLayer] = field(default_factory=list)
+    rounds: int = 1
+    timed: int = 0
+    seconds: float = 0.0
+
+    @property
+    def original_s(self) -> float:
+        """The plan's original latency: ``rest + sum of the original layers``."""
+        return self.rest_s + sum(p.original_s for p in self.layers)
+
+    @property
+    def planned_s(self) -> float:
+        """The plan's latency with the seconds it chose by."""
+        return self.rest_s + sum(p.predicted_s for p in self.layers)
+
+    @property
+    def measured_plan_s(self) -> float:
+        """The plan's latency with each layer's measured seconds (originals when kept)."""
+        return self.rest_s + sum(
+            p.measured_s if p.measured_s is not None else p.predicted_s for p in self.layers
+        )
+
+    @property
+    def ratio(self) -> float:
+        """The planned latency ratio (measured seconds per layer)."""
+        return self.measured_plan_s / max(self.original_s, 1e-12)
+
+    @property
+    def met(self) -> bool:
+        """Whether the plan meets the budget with the measured per-layer seconds."""
+        return self.measured_plan_s <= self.budget * self.original_s * (1 + 1e-9)
+
+    @property
+    def prediction_error(self) -> float | None:
+        """The median relative difference |predicted - measured| / measured over the
+        replaced layers (None when none was replaced or timed)."""
+        d = [
+            abs(p.predicted_s - p.measured_s) / max(p.measured_s, 1e-12)
+            for p in self.layers
+            if p.method is not None and p.measured_s is not None
+        ]
+        return float(np.median(d)) if d else None
+
+    def to_dict(self) -> dict:
+        """The plan as a JSON-ready dict.
+
+        Returns:
+            The fields, the totals and one dict per layer.
+        """
+        return {
+            "target": str(self.target),
+            "budget": self.budget,
+            "timing": self.timing,
+            "model_s": self.model_s,
+            "rest_s": self.rest_s,
+            "original_s": self.original_s,
+            "planned_s": self.planned_s,
+            "measured_plan_s": self.measured_plan_s,
+            "ratio": self.ratio,
+            "met": self.met,
+            "prediction_error": self.prediction_error,
+            "rounds": self.rounds,
+            "timed": self.timed,
+            "seconds": self.seconds,
+            "layers": [vars(p).copy() for p in self.layers],
+        }
+
+    def to_markdown(self) -> str:
+        """The plan as a Markdown table, one row per layer, then the totals.
+
+        Returns:
+            The Markdown text.
+        """
+        rows = [
+            {
+                "layer": p.name,
+                "method": p.method or "keep",
+                "rank": p.rank,
+                "original us": p.original_s * 1e6,
+                "predicted us": p.predicted_s * 1e6,
+                "measured us": None if p.measured_s is None else p.measured_s * 1e6,
+                "rel. error": math.sqrt(max(p.error, 0.0)),
+            }
+            for p in self.layers
+        ]
+        cols = list(rows[0]) if rows else ["layer"]
+        fmts = {"original us": ".0f", "predicted us": ".0f", "measured us": ".0f"}
+        fmts["rel. error"] = ".3f"
+        pe = self.prediction_error
+        return (
+            markdown_table(rows, cols, fmts)
+            + f"\n\nTarget {self.target}, budget {self.budget}: planned latency ratio "
+            f"{self.ratio:.3f} (rest {self.rest_s * 1e3:.2f} ms of {self.original_s * 1e3:.2f} "
+            f"ms), {'met' if self.met else 'MISSED'}; prediction vs measurement: "
+            + ("n/a" if pe is None else f"median {pe:.1%}")
+            + "\n"
+        )
+
+    def __str__(self) -> str:
+        return self.to_markdown()
+
+
+# ---- planning --------------------------------------------------------------------------
+
+
+def _matches(spec, path: str, layer) -> bool:
+    if spec is None:
+        return False
+    if isinstance(spec, (list, tuple, set, frozenset)):
+        return any(_matches(s, path, layer) for s in spec)
+    if isinstance(spec, str):
+        return fnmatch.fnmatchcase(path, spec) or fnmatch.fnmatchcase(layer.name, spec)
+    if isinstance(spec, type):
+        return isinstance(layer, spec)
+    return bool(spec(layer))
+
+
+def _eligible(layer, m, path, include, exclude) -> bool:
+    if type(layer) is not keras.layers.Conv2D or not isinstance(layer, m.source_types()):
+        return False
+    if layer.groups != 1 or layer.data_format != "channels_last":
+        return False
+    if m.spatial_only and tuple(layer.kernel_size) == (1, 1):
+        return False
+    if include is not None and not _matches(include, path, layer):
+        return False
+    return not (exclude is not None and _matches(exclude, path, layer))
+
+
+def _candidate_layers(m, layer, rank, opts, shape):
+    """The fastest-arrangement candidates (plain layers) of ``m`` at ``rank`` (timing only:
+    fresh weights)."""
+    new = m.candidate(layer, rank, opts)
+    new.implementation = "factorized"
+    new(keras.Input(tuple(shape[1:]), batch_size=1))
+    arrs = candidate_arrangements(new)
+    arrs.pop("dense", None)
+    return arrs
+
+
+def _whole_model_seconds(model, target: Target, rounds: int = 7) -> float:
+    shape = tuple(model.inputs[0].shape)
+    content = convert_model(
+        tflite_converter(model, target.quantize, random_representative((1, *shape[1:])))
+    )
+    it = make_interpreter(content, target.threads)
+    return time_interleaved({"m": it.invoke}, rounds=rounds)["m"]
+
+
+def _plan(
+    model,
+    methods,
+    budget,
+    target,
+    timing,
+    include,
+    exclude,
+    skip_first,
+    options,
+    statistics_for,
+    cache_path,
+    ranks_per_layer,
+):
+    t0 = time.perf_counter()
+    timer = LiteRTTimer(cache_path, num_threads=target.threads, quantize=target.quantize)
+    predictor = (
+        CostModel.from_cache(cache_path, quantize=target.quantize, num_threads=target.threads)
+        if timing == "predict"
+        else None
+    )
+    shape_map = graph.layer_input_shapes(model)
+    walked = list(graph.walk(model))
+    first = next((id(lay) for _, lay in walked if isinstance(lay, keras.layers.Conv2D)), None)
+    entries = []  # (path, layer, shapes, [(method, rank, err2, cost_arrs)])
+    for path, layer in walked:
+        if skip_first and id(layer) == first:
+            continue
+        shapes = shape_map.get(id(layer), [])
+        if not shapes or not all(d is not None for s in shapes for d in s[1:]):
+            continue
+        offers = []
+        for m in methods:
+            if not _eligible(layer, m, path, include, exclude):
+                continue
+            opts = m.merged_options(options)
+            stats = statistics_for(layer, m, opts)
+            s = (
+                m.data_spectrum(layer, stats, opts)
+                if stats is not None
+                else m.spectrum(layer, opts)
+            )
+            err2 = rk.relative_errors(s) ** 2
+            for r in latency_ranks(len(s), ranks_per_layer):
+                offers.append((m, r, float(err2[r - 1]), opts))
+        if offers:
+            entries.append((path, layer, shapes, offers))
+    timed = 0
+
+    def seconds(source, candidates, shapes):
+        """Summed over the layer's calls: the fastest arrangement of each candidate."""
+        nonlocal timed
+        total = dict.fromkeys(candidates, 0.0)
+        for shape in shapes:
+            flat = {f"{n}|{a}": lays for n, arrs in candidates.items() for a, lays in arrs.items()}
+            got = source.time(flat, shape)
+            if source is timer:
+                timed += len(flat)
+            for n, arrs in candidates.items():
+                total[n] += min(got[f"{n}|{a}"] for a in arrs)
+        return total
+
+    # originals and candidates
+    table = []  # (path, layer, shapes, original, [(m, r, err2, opts, cost)])
+    for path, layer, shapes, offers in entries:
+        orig = seconds(timer, {"orig": {"orig": [layer]}}, shapes)["orig"]
+        cands = {
+            i: _candidate_layers(m, layer, r, opts, shapes[0])
+            for i, (m, r, _, opts) in enumerate(offers)
+        }
+        costs = seconds(predictor or timer, cands, shapes)
+        table.append(
+            (path, layer, shapes, orig, [(*o, costs[i]) for i, o in enumerate(offers)], cands)
+        )
+    model_s = _whole_model_seconds(model, target)
+    rest = max(0.0, model_s - sum(t[3] for t in table))
+    original_total = rest + sum(t[3] for t in table)
+    goal = budget * original_total
+    measured: dict[tuple, float] = {}
+    rounds = 0
+    while True:
+        rounds += 1
+        items = []
+        for _path, layer, _shapes, orig, opts_list, _ in table:
+            c = np.array([measured.get((id(layer), i), o[4]) for i, o in enumerate(opts_list)])
+            items.append(
+                rk.BudgetItem(
+                    id(layer),
+                    np.arange(len(opts_list)),
+                    np.array([o[2] for o in opts_list]),
+                    c,
+                    float(orig),
+                )
+            )
+        try:
+            alloc = rk.allocate_budget(items, goal, fixed_cost=rest)
+        except ValueError as err:
+            floor = rest + sum(float(np.min(it.costs, initial=it.original_cost)) for it in items)
+            raise ValueError(
+                f"convert: the latency budget {budget} on {target} cannot be met: even with "
+                f"every candidate layer at its fastest offered rank the model takes "
+                f"{floor * 1e3:.3f} ms "
+                f"of {original_total * 1e3:.3f} ms. Raise the budget, or offer more layers "
+                "(skip_first=False, method='auto')."
+            ) from err
+        if predictor is None:
+            break
+        new = False
+        for _path, layer, shapes, _orig, _opts, cands in table:
+            i = alloc[id(layer)]
+            if i is not None and (id(layer), i) not in measured:
+                measured[(id(layer), i)] = seconds(timer, {i: cands[i]}, shapes)[i]
+                new = True
+        plan_s = rest + sum(
+            orig if alloc[id(lay)] is None else measured[(id(lay), alloc[id(lay)])]
+            for _, lay, _, orig, _, _ in table
+        )
+        if plan_s <= goal or not new or rounds >= 3:
+            break
+    layers = []
+    for path, layer, _shapes, orig, opts_list, _ in table:
+        i = alloc[id(layer)]
+        if i is None:
+            layers.append(PlannedLayer(path, None, None, 0.0, orig, orig, orig, len(opts_list)))
+            continue
+        m, r, err2, _, cost = opts_list[i]
+        meas = measured.get((id(layer), i), cost if predictor is None else None)
+        first_pred = cost
+        layers.append(PlannedLayer(path, m.name, r, err2, orig, first_pred, meas, len(opts_list)))
+    plan = LatencyPlan(target, budget, timing, model_s, rest, layers, rounds, timed)
+    plan.seconds = time.perf_counter() - t0
+    by_id = {
+        id(t[1]): (t[4][alloc[id(t[1])]] if alloc[id(t[1])] is not None else None) for t in table
+    }
+    return plan, by_id
+
+
+def convert(model: keras.Model, method="decef", budget=None, target=None, **kwargs):
+    """Convert a model, to a latency budget on a target runtime or as ``compress.convert``.
+
+    With ``budget={"latency": x}`` the ranks (and, with ``method="auto"``, the method) of
+    each conv are planned so that the model's latency on ``target`` is at most ``x`` times
+    the original's with the least error (see the module docstring for the latency model),
+    then built with ``compress.convert``. Any other budget (or none) is passed to
+    ``compress.convert`` unchanged, with every other argument.
+
+    Args:
+        model: A built ``keras.Model`` with a fixed input size (for a latency budget).
+        method: A registered method name, a list of names, or ``"auto"`` (every available
+            method whose ranks come from a spectrum, and "keep the original", chosen per
+            layer). With a latency budget only names (not mappings or functions).
+        budget: ``{"latency": x}`` with ``0 < x <= 1``, or a ``compress.convert`` budget.
+        target: With a latency budget: a ``Target`` or a name in ``TARGETS``
+            (default ``"litert-fp32"``); otherwise it must be None.
+        **kwargs: The other arguments of ``compress.convert``; with a latency budget also
+            ``timing`` (``"measure"``, default, or ``"predict"``), ``cache_path`` (the
+            timing cache, default ``deploy.default_cache_path()``) and
+            ``ranks_per_layer`` (default 4). ``rank``, ``energy`` and ``round_to`` cannot be
+            combined with a latency budget.
+
+    Returns:
+        ``(new_model, report)`` as ``compress.convert``; with a latency budget
+        ``report.latency`` is the ``LatencyPlan`` (per layer the method, rank, original,
+        predicted and measured seconds) and ``report.budget_met`` says whether the plan
+        meets the budget with the measured per-layer times.
+
+    Raises:
+        ValueError: As ``compress.convert``; when ``target`` is given without a latency
+            budget or is unknown; when the latency budget is not in ``(0, 1]``, combined
+            with ``rank``/``energy``/``round_to``, given for the ``"train"`` target (not
+            supported yet) or for a model without a fixed input size; when it cannot be
+            met and ``strict`` is true.
+    """
+    is_latency = isinstance(budget, Mapping) and set(budget) == {"latency"}
+    if not is_latency:
+        if target is not None:
+            raise ValueError(
+                "convert: target= is used with budget={'latency': x} only; "
+                f"got budget={budget!r}."
+            )
+        return compress_convert(model, method=method, budget=budget, **kwargs)
+    t0 = time.perf_counter()
+    x = budget["latency"]
+    if isinstance(x, bool) or not isinstance(x, (int, float, np.number)) or not 0 < x <= 1:
+        raise ValueError(
+            f"convert: budget['latency']={x!r} must be a share of the original latency in "
+            "(0, 1], e.g. {'latency': 0.5}."
+        )
+    tgt = parse_target("litert-fp32" if target is None else target)
+    if tgt.runtime != "litert":
+        raise ValueError(
+            f"convert: latency budgets on target {tgt} are not supported yet; use a LiteRT "
+            "target ('litert-fp32', 'litert-fp16', 'litert-int8')."
+        )
+    for bad in ("rank", "energy", "round_to"):
+        if kwargs.get(bad) is not None:
+            raise ValueError(
+                f"convert: {bad}= cannot be combined with budget={{'latency': ...}}: the "
+                "latency plan chooses the ranks (hardware-friendly sizes)."
+            )
+    timing = kwargs.pop("timing", "measure")
+    if timing not in TIMINGS:
+        raise ValueError(f"convert: timing must be one of {TIMINGS}, got {timing!r}.")
+    cache_path = kwargs.pop("cache_path", None)
+    ranks_per_layer = kwargs.pop("ranks_per_layer", 4)
+    if isinstance(ranks_per_layer, bool) or not isinstance(ranks_per_layer, int):
+        raise ValueError(f"convert: ranks_per_layer must be an int, got {ranks_per_layer!r}.")
+    if not 1 <= ranks_per_layer <= 6:
+        raise ValueError(f"convert: ranks_per_layer must be in 1..6, got {ranks_per_layer}.")
+    if isinstance(method, str):
+        names = (
+            [n for n in available_methods() if get_method(n).rank_selection == "spectrum"]
+            if method == "auto"
+            else [method]
+        )
+    elif isinstance(method, (list, tuple)) and all(isinstance(n, str) for n in method):
+        names = list(method)
+    else:
+        raise ValueError(
+            "convert: with a latency budget, method must be a name, a list of names or "
+            f"'auto', got {method!r}."
+        )
+    methods = [get_method(n) for n in names]
+    for m in methods:
+        if m.rank_selection != "spectrum":
+            raise ValueError(
+                f"convert: method '{m.name}' chooses its own ranks (rank tuples); latency "
+                "budgets support spectrum methods (e.g. 'svd', 'decef', 'basis') for now."
+            )
+    if not isinstance(model, keras.Model) or not model.built or len(model.inputs or []) != 1:
+        raise ValueError("convert: a latency budget needs a built keras.Model with one input.")
+    if any(d is None for d in tuple(model.inputs[0].shape)[1:]):
+        raise ValueError(
+            "convert: a latency budget needs a fixed input size; build the model with "
+            "keras.Input((H, W, C))."
+        )
+    include, exclude = kwargs.get("include"), kwargs.get("exclude")
+    skip_first = kwargs.get("skip_first", True)
+    options = kwargs.get("options")
+    strict = kwargs.get("strict", True)
+
+    spectra_stats: dict[int, dict] = {}
+    data = kwargs.get("calibration_data")
+    if data is not None:
+        batches = cal.calibration_batches(
+            data, model, kwargs.get("calibration_steps"), kwargs.get("calibration_batch_size", 16)
+        )
+        wanted = {}
+        for _, layer in graph.walk(model):
+            if type(layer) is not keras.layers.Conv2D:
+                continue
+            kinds = set()
+            for m in methods:
+                kinds |= set(m.needed_statistics(m.merged_options(options)))
+            if kinds:
+                wanted[id(layer)] = (layer, tuple(sorted(kinds)))
+        fit = batches[: max(1, len(batches) - max(1, len(batches) // 8))]
+        if wanted:
+            collected = cal.collect_statistics(model, wanted, fit)
+            spectra_stats = {k: v.moments() for k, v in collected.items()}
+
+    def statistics_for(layer, m, opts):
+        stats = spectra_stats.get(id(layer))
+        return stats if stats is not None and m.needed_statistics(opts) else None
+
+    plan, chosen = _plan(
+        model,
+        methods,
+        float(x),
+        tgt,
+        timing,
+        include,
+        exclude,
+        skip_first,
+        options,
+        statistics_for,
+        cache_path,
+        ranks_per_layer,
+    )
+    by_id = {k: v for k, v in chosen.items() if v is not None}
+    kwargs = {k: v for k, v in kwargs.items() if k not in ("include", "exclude", "skip_first")}
+    new_model, report = compress_convert(
+        model,
+        method=lambda layer: by_id[id(layer)][0] if id(layer) in by_id else None,
+        rank=lambda layer: by_id[id(layer)][1] if id(layer) in by_id else None,
+        skip_first=False,
+        require_saving=False,
+        **{k: v for k, v in kwargs.items() if k != "require_saving"},
+    )
+    names = {p.name for p in plan.layers if p.method is None}
+    for row in report.layers:
+        if row.name in names:
+            row.reason = "the latency plan keeps it (no candidate pays on the target)"
+    report.method = "auto" if method == "auto" else report.method
+    report.selection = f"budget={{'latency': {x}}} on {tgt}, timing={timing}"
+    report.latency = plan
+    report.budget_met = plan.met
+    report.seconds = time.perf_counter() - t0
+    if not plan.met:
+        msg = (
+            f"convert: the latency budget {x} on {tgt} was missed: the plan's measured "
+            f"latency ratio is {plan.ratio:.3f}."
+        )
+        if strict:
+            raise ValueError(msg + " Raise the budget or pass strict=False.")
+        import warnings
+
+        warnings.warn(msg, UserWarning, stacklevel=2)
+    return new_model, report

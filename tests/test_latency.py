@@ -1,0 +1,144 @@
+"""Latency budgets: convert(budget={"latency": x}, target=...) plans with LiteRT timings."""
+
+import dataclasses
+import json
+
+import keras
+import numpy as np
+import pytest
+
+import keras_eigenconv as ke
+from keras_eigenconv.deploy import CostModel, LiteRTTimer
+from keras_eigenconv.latency import TARGETS, Target, latency_ranks, parse_target
+
+
+@pytest.fixture(autouse=True)
+def _timing_cache(tmp_path, monkeypatch):
+    path = tmp_path / "timings.json"
+    monkeypatch.setenv("KERAS_EIGENCONV_TIMING_CACHE", str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def model():
+    keras.utils.set_random_seed(0)
+    x = keras.Input((24, 24, 16))
+    y = keras.layers.Conv2D(64, 3, padding="same", activation="relu")(x)
+    y = keras.layers.Conv2D(96, 3, padding="same", activation="relu")(y)
+    y = keras.layers.Conv2D(96, 3, padding="same")(y)
+    return keras.Model(x, y)
+
+
+def test_target_record_and_shorthands():
+    assert parse_target("litert-int8") == Target("litert", "int8", 2, 1)
+    assert parse_target("litert-fp16").quantize == "float16"
+    assert parse_target("litert-fp32").quantize is None
+    assert parse_target("train").runtime == "train"
+    assert set(TARGETS) == {"litert-fp32", "litert-fp16", "litert-int8", "train"}
+    t = Target(precision="int8", threads=4)
+    assert parse_target(t) is t
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        t.threads = 1
+    for bad in (
+        {"runtime": "tflite"},
+        {"precision": "int4"},
+        {"threads": 0},
+        {"threads": True},
+        {"batch": 8},  # LiteRT is timed at batch 1
+    ):
+        with pytest.raises(ValueError, match="Target"):
+            Target(**bad)
+    with pytest.raises(ValueError, match="litert-int8"):
+        parse_target("int8")
+
+
+def test_latency_ranks_are_hardware_friendly():
+    assert latency_ranks(512) == [32, 64, 128, 192, 256, 384]
+    assert all(r % 8 == 0 for r in latency_ranks(96))
+    assert latency_ranks(4) == [1, 2, 3] or all(r < 4 for r in latency_ranks(4))
+    assert len(latency_ranks(512, 3)) == 3
+
+
+def test_bad_latency_arguments_fail_before_any_timing(model, _timing_cache):
+    with pytest.raises(ValueError, match="target"):
+        ke.convert(model, method="svd", budget={"macs": 0.5}, target="litert-int8")
+    with pytest.raises(ValueError, match=r"\(0, 1\]"):
+        ke.convert(model, method="svd", budget={"latency": 1.5})
+    with pytest.raises(ValueError, match="rank="):
+        ke.convert(model, method="svd", budget={"latency": 0.5}, rank=4)
+    with pytest.raises(ValueError, match="not supported yet"):
+        ke.convert(model, method="svd", budget={"latency": 0.5}, target="train")
+    with pytest.raises(ValueError, match="chooses its own ranks"):
+        ke.convert(model, method="tucker2", budget={"latency": 0.5})
+    assert not _timing_cache.exists()
+
+
+def test_latency_budget_is_met_and_changes_the_plan(model, _timing_cache):
+    x = np.random.default_rng(0).normal(size=(2, 24, 24, 16)).astype("float32")
+    loose, rep_loose = ke.convert(model, method="svd", budget={"latency": 1.0}, ranks_per_layer=3)
+    plan = rep_loose.latency
+    assert all(p.method is None for p in plan.layers)  # nothing needs to change
+    np.testing.assert_allclose(loose(x), model(x), rtol=1e-5, atol=1e-5)
+
+    new, rep = ke.convert(
+        model, method="svd", budget={"latency": 0.75}, ranks_per_layer=3, strict=False
+    )
+    plan = rep.latency
+    assert rep.budget_met and plan.met
+    assert plan.measured_plan_s <= 0.75 * plan.original_s * (1 + 1e-9)
+    replaced = [p for p in plan.layers if p.method is not None]
+    assert replaced and all(p.method == "svd" and p.rank % 8 == 0 for p in replaced)
+    for p in replaced:  # the built model follows the plan
+        row = next(r for r in rep.layers if r.name == p.name)
+        assert row.replaced and row.rank == p.rank
+    assert rep.total_after.macs < rep.total_before.macs
+    # every timing went to the cache, keyed with the precision and the threads
+    keys = [json.loads(k) for k in json.loads(_timing_cache.read_text())["entries"]]
+    assert keys and all(k["quantize"] is None and k["threads"] == 2 for k in keys)
+    assert "| layer | method | rank |" in plan.to_markdown()
+
+
+def test_impossible_latency_budget_raises(model):
+    with pytest.raises(ValueError, match="cannot be met"):
+        ke.convert(model, method="svd", budget={"latency": 0.01}, ranks_per_layer=2)
+
+
+def test_predict_mode_times_the_plan_only(model, _timing_cache):
+    timer_entries = lambda: len(LiteRTTimer(_timing_cache).entries)  # noqa: E731
+    _, rep = ke.convert(
+        model,
+        method="svd",
+        budget={"latency": 0.7},
+        target=Target(precision="fp32"),
+        timing="predict",
+        ranks_per_layer=4,
+        strict=False,
+    )
+    plan = rep.latency
+    assert plan.timing == "predict"
+    for p in plan.layers:  # every chosen candidate was timed to confirm
+        assert p.measured_s is not None and p.measured_s > 0
+    assert plan.met == (plan.measured_plan_s <= 0.7 * plan.original_s * (1 + 1e-9))
+    # only originals and chosen candidates were timed: fewer than all offers
+    offered = sum(p.candidates for p in plan.layers)
+    assert timer_entries() < offered + len(plan.layers)
+
+
+def test_cost_model_fits_one_precision(_timing_cache):
+    entries = {}
+    for q, scale in ((None, 1e-9), ("int8", 5e-10)):
+        for i in range(14):
+            key = json.dumps({"ops": [i], "quantize": q, "threads": 2})
+            macs = 1e5 * (i + 1)
+            entries[key] = {
+                "seconds": scale * macs + 1e-6,
+                "features": {"conv": macs, "ops": 1.0},
+            }
+    _timing_cache.write_text(json.dumps({"version": 1, "entries": entries}))
+    fp32 = CostModel.from_cache(_timing_cache, quantize=None, num_threads=2)
+    int8 = CostModel.from_cache(_timing_cache, quantize="int8", num_threads=2)
+    assert fp32.coef["conv"] == pytest.approx(1e-9, rel=1e-3)
+    assert int8.coef["conv"] == pytest.approx(5e-10, rel=1e-3)
+    assert CostModel.from_cache(_timing_cache, quantize=None, num_threads=4) is (
+        ke.deploy.DEFAULT_COST_MODEL
+    )
