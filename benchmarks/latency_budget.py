@@ -1,0 +1,276 @@
+"""Latency budgets against MAC budgets: achieved LiteRT latency, executed MACs, output error.
+
+For each model, precision (fp32, int8) and target ``x`` (0.7, 0.5), the model is converted
+
+- with ``budget={"latency": x}, target="litert-<precision>"`` by each method alone and by
+  ``method="auto"`` (``keras_eigenconv.convert``: the per-layer plan timed in LiteRT), and
+- with ``budget={"macs": x}`` by each method alone (``compress.convert``, the MAC path),
+
+then every converted model is rewritten for inference (``prepare_for_inference`` in that
+precision), exported, and timed *interleaved with the original* (``bench_tflite``, batch 1,
+``--threads``) in one run per model and precision. Written per row: the achieved latency
+ratio (median over the original's median, and the p10-p90 of both), the executed MAC ratio
+(MACs of the graph LiteRT runs, after ``prepare_for_inference``), the output error
+(relative L2 of the Keras outputs against the original's on random inputs) and, for the
+latency path, the plan's own latency ratio (sum of per-layer timings), the conversion
+seconds and how far the plan's predicted per-layer times were from the measured ones.
+
+    python benchmarks/latency_budget.py --quick       # small models (what fits in minutes)
+    python benchmarks/latency_budget.py               # ResNet50, MobileNetV2, EfficientNetB0
+                                                      # at 224x224 (hours on 2 cores)
+
+Weights are random (no downloads); latency does not depend on them. Results:
+``benchmarks/results/latency_budget.{json,md}`` (rewritten after each model, so a partial
+run keeps what it finished).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+import keras_eigenconv as ke  # noqa: E402
+from keras_eigenconv import compress, model_cost  # noqa: E402
+from keras_eigenconv.deploy import bench_tflite, export_tflite, prepare_for_inference  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def small_resnet(size: int) -> keras.Model:
+    """A small ResNet-like CNN (conv-BN-ReLU blocks, 3x3 convs 32..128 channels, 1x1
+    shortcuts)."""
+    x = inp = keras.Input((size, size, 3))
+    x = keras.layers.Conv2D(32, 3, padding="same", use_bias=False)(x)
+    x = keras.layers.ReLU()(keras.layers.BatchNormalization()(x))
+    for filters, stride in ((64, 1), (64, 1), (128, 2), (128, 1)):
+        y = keras.layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False)(x)
+        y = keras.layers.ReLU()(keras.layers.BatchNormalization()(y))
+        y = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False)(y)
+        y = keras.layers.BatchNormalization()(y)
+        if x.shape[-1] != filters or stride != 1:
+            x = keras.layers.Conv2D(filters, 1, strides=stride, use_bias=False)(x)
+        x = keras.layers.ReLU()(keras.layers.Add()([x, y]))
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inp, keras.layers.Dense(10)(x), name="small_resnet")
+
+
+def build_model(name: str, size: int) -> keras.Model:
+    """The named model with random weights at ``size x size``."""
+    if name == "small_resnet":
+        return small_resnet(size)
+    apps = {
+        "resnet50": keras.applications.ResNet50,
+        "mobilenetv2": keras.applications.MobileNetV2,
+        "efficientnetb0": keras.applications.EfficientNetB0,
+    }
+    return apps[name](weights=None, input_shape=(size, size, 3), classes=1000)
+
+
+def _rel(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-12))
+
+
+def run_model(name, size, args, rows, meta) -> None:
+    keras.utils.set_random_seed(0)
+    original = build_model(name, size)
+    rng = np.random.default_rng(0)
+    x = rng.random((4, size, size, 3), dtype=np.float32)
+    y0 = np.asarray(original(x))
+    base_macs = model_cost(original).total.macs
+    for precision in args.precisions:
+        q = None if precision == "fp32" else precision
+        target = f"litert-{precision}"
+        models, info = {"original": original}, {"original": {}}
+        for budget in args.targets:
+            for method in [*args.methods, "auto"]:
+                label = f"latency {budget} {method}"
+                t = time.perf_counter()
+                try:
+                    m, rep = ke.convert(
+                        original,
+                        method=method,
+                        budget={"latency": budget},
+                        target=target,
+                        timing=args.timing,
+                        ranks_per_layer=args.ranks,
+                        strict=False,
+                        progress=False,
+                    )
+                except ValueError as err:
+                    print(f"{name} {precision} {label}: {err}", flush=True)
+                    info[label] = {"error": str(err)}
+                    continue
+                plan = rep.latency
+                models[label] = m
+                info[label] = {
+                    "path": "latency",
+                    "method": method,
+                    "budget": budget,
+                    "convert_s": time.perf_counter() - t,
+                    "plan_ratio": plan.ratio,
+                    "plan_met": plan.met,
+                    "prediction_error": plan.prediction_error,
+                    "replaced": sum(p.method is not None for p in plan.layers),
+                    "methods": sorted({p.method for p in plan.layers if p.method}),
+                }
+                print(f"{name} {precision} {label}: {info[label]}", flush=True)
+            for method in args.methods:
+                label = f"macs {budget} {method}"
+                t = time.perf_counter()
+                try:
+                    m, rep = compress.convert(
+                        original, method=method, budget={"macs": budget}, progress=False
+                    )
+                except ValueError as err:
+                    info[label] = {"error": str(err)}
+                    continue
+                models[label] = m
+                info[label] = {
+                    "path": "macs",
+                    "method": method,
+                    "budget": budget,
+                    "convert_s": time.perf_counter() - t,
+                }
+        files, executed = {}, {}
+        with tempfile.TemporaryDirectory() as tmp:
+            for label, model in models.items():
+                prepared = prepare_for_inference(model, num_threads=args.threads, quantize=q)
+                executed[label] = model_cost(prepared).total.macs / base_macs
+                path = Path(tmp) / f"{len(files)}.tflite"
+                export_tflite(
+                    prepared,
+                    path,
+                    quantize=q,
+                    representative_data=x,
+                    num_calibration_steps=len(x),
+                    num_check_samples=2,
+                    prepare=False,
+                    num_threads=args.threads,
+                    check=False,
+                    verbose=False,
+                )
+                files[label] = path
+            timings = bench_tflite(files, num_threads=args.threads, rounds=args.rounds)
+        base = timings["original"]
+        for label, model in models.items():
+            t = timings[label]
+            rows.append(
+                {
+                    "model": name,
+                    "size": size,
+                    "precision": precision,
+                    "label": label,
+                    **info[label],
+                    "executed_mac_ratio": executed[label],
+                    "latency_ms": t["median_ms"],
+                    "p10_ms": t["p10_ms"],
+                    "p90_ms": t["p90_ms"],
+                    "original_ms": base["median_ms"],
+                    "original_p10_ms": base["p10_ms"],
+                    "original_p90_ms": base["p90_ms"],
+                    "latency_ratio": t["median_ms"] / base["median_ms"],
+                    "output_error": _rel(model(x), y0),
+                }
+            )
+        for label, i in info.items():
+            if "error" in i:
+                rows.append(
+                    {"model": name, "size": size, "precision": precision, "label": label, **i}
+                )
+        write(rows, meta)
+
+
+def write(rows, meta) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "latency_budget.json").write_text(
+        json.dumps({"meta": meta, "rows": rows}, indent=1, default=str)
+    )
+    md = [
+        "# Latency budgets vs MAC budgets (LiteRT, batch 1)",
+        "",
+        f"`{meta['command']}` on {meta['machine']}; {meta['versions']}. Every converted model "
+        f"timed interleaved with the original of its precision ({meta['rounds']} rounds, "
+        "median; p10-p90 in brackets). Executed MACs: the graph LiteRT runs after "
+        "prepare_for_inference. Output error: relative L2 of the Keras outputs vs the "
+        "original on 4 random inputs (random weights). Plan ratio: the planner's own "
+        "latency model (per-layer LiteRT timings + the rest). Prediction error: median "
+        "|planned - measured| / measured per replaced layer (timing='predict' only).",
+        "",
+        "| model | precision | budget | method | latency ratio | plan ratio | executed MAC "
+        "ratio | output error | latency ms (p10-p90) | original ms (p10-p90) | convert s | "
+        "methods used |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        if "error" in r:
+            md.append(
+                f"| {r['model']} {r['size']} | {r['precision']} | {r['label']} | | failed: "
+                f"{r['error'][:120]} | | | | | | | |"
+            )
+            continue
+        plan = f"{r['plan_ratio']:.3f}" if "plan_ratio" in r else ""
+        md.append(
+            f"| {r['model']} {r['size']} | {r['precision']} | "
+            f"{r.get('path', '')} {r.get('budget', '')} | {r.get('method', 'original')} | "
+            f"{r['latency_ratio']:.3f} | {plan} | {r['executed_mac_ratio']:.3f} | "
+            f"{r['output_error']:.3f} | {r['latency_ms']:.2f} ({r['p10_ms']:.2f}-"
+            f"{r['p90_ms']:.2f}) | {r['original_ms']:.2f} ({r['original_p10_ms']:.2f}-"
+            f"{r['original_p90_ms']:.2f}) | {r.get('convert_s', 0):.0f} | "
+            f"{', '.join(r.get('methods', []))} |"
+        )
+    (RESULTS / "latency_budget.md").write_text("\n".join(md) + "\n")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", default="resnet50:224,mobilenetv2:224,efficientnetb0:224")
+    p.add_argument("--precisions", default="fp32,int8")
+    p.add_argument("--targets", default="0.7,0.5")
+    p.add_argument("--methods", default="svd,decef")
+    p.add_argument("--timing", default="measure", choices=("measure", "predict"))
+    p.add_argument("--ranks", type=int, default=4, help="ranks offered per layer and method")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=15)
+    p.add_argument("--quick", action="store_true", help="small_resnet 64, MobileNetV2 96")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.models, args.rounds, args.ranks = "small_resnet:64,mobilenetv2:96", 9, 3
+    args.precisions = args.precisions.split(",")
+    args.targets = [float(t) for t in args.targets.split(",")]
+    args.methods = args.methods.split(",")
+    import tensorflow as tf
+    from ai_edge_litert import __version__ as litert_version
+
+    meta = {
+        "command": "python benchmarks/latency_budget.py "
+        + " ".join(sys.argv[1:] if argv is None else argv),
+        "machine": f"{platform.machine()} {os.cpu_count()} CPUs, {platform.platform()}",
+        "versions": f"keras {keras.__version__}, tensorflow {tf.__version__}, "
+        f"ai-edge-litert {litert_version}, keras-eigenconv {ke.__version__}",
+        "threads": args.threads,
+        "rounds": args.rounds,
+        "timing": args.timing,
+        "seed": 0,
+        "cache": os.environ.get("KERAS_EIGENCONV_TIMING_CACHE", "default"),
+    }
+    rows: list[dict] = []
+    for spec in args.models.split(","):
+        name, size = spec.split(":")
+        run_model(name, int(size), args, rows, meta)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
