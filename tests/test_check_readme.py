@@ -1,0 +1,52 @@
+"""scripts/check_readme.py: the README's figures match benchmarks/results/, and a changed
+number in a results file makes the check fail."""
+
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture()
+def check_readme():
+    spec = importlib.util.spec_from_file_location("check_readme", ROOT / "scripts/check_readme.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_readme_figures_match_the_results_files(check_readme):
+    assert check_readme.check((ROOT / "README.md").read_text()) == []
+    assert check_readme.main(["check_readme"]) == 0
+
+
+@pytest.mark.parametrize(
+    "name, selector",
+    [
+        ("latency_resnet50_224.json", "rows[model=SVD,precision=fp32].latency_ratio"),
+        ("pareto.json", "rows[method=svd,budget=0.25].accuracy"),
+        ("convert.json", "rows[model=ResNet50,method=svd].ratio"),
+    ],
+)
+def test_a_changed_results_number_fails_the_check(
+    check_readme, tmp_path, monkeypatch, name, selector
+):
+    shutil.copytree(ROOT / "benchmarks/results", tmp_path, dirs_exist_ok=True)
+    data = json.loads((tmp_path / name).read_text())
+    row = check_readme.select(data, selector.rsplit(".", 1)[0])
+    row[selector.rsplit(".", 1)[1]] += 0.05
+    (tmp_path / name).write_text(json.dumps(data))
+    monkeypatch.setattr(check_readme, "RESULTS", tmp_path)
+    errors = check_readme.check((ROOT / "README.md").read_text())
+    assert len(errors) == 1 and name in errors[0]
+
+
+def test_selector_errors(check_readme):
+    data = {"rows": [{"m": "a", "x": 1}, {"m": "a", "x": 2}]}
+    assert check_readme.select(data, "rows[m=a,x=2].x") == 2
+    with pytest.raises(KeyError, match="matches 2 elements"):
+        check_readme.select(data, "rows[m=a].x")
