@@ -20,6 +20,12 @@ def _timing_cache(tmp_path, monkeypatch):
 
 
 @pytest.fixture(scope="module")
+def shared_cache(tmp_path_factory):
+    """A timing cache shared by the tests that time the same candidates."""
+    return tmp_path_factory.mktemp("latency") / "timings.json"
+
+
+@pytest.fixture(scope="module")
 def model():
     keras.utils.set_random_seed(0)
     x = keras.Input((24, 24, 16))
@@ -73,15 +79,22 @@ def test_bad_latency_arguments_fail_before_any_timing(model, _timing_cache):
     assert not _timing_cache.exists()
 
 
-def test_latency_budget_is_met_and_changes_the_plan(model, _timing_cache):
+def test_latency_budget_is_met_and_changes_the_plan(model, shared_cache):
     x = np.random.default_rng(0).normal(size=(2, 24, 24, 16)).astype("float32")
-    loose, rep_loose = ke.convert(model, method="svd", budget={"latency": 1.0}, ranks_per_layer=3)
+    loose, rep_loose = ke.convert(
+        model, method="svd", budget={"latency": 1.0}, ranks_per_layer=3, cache_path=shared_cache
+    )
     plan = rep_loose.latency
     assert all(p.method is None for p in plan.layers)  # nothing needs to change
     np.testing.assert_allclose(loose(x), model(x), rtol=1e-5, atol=1e-5)
 
     new, rep = ke.convert(
-        model, method="svd", budget={"latency": 0.75}, ranks_per_layer=3, strict=False
+        model,
+        method="svd",
+        budget={"latency": 0.75},
+        ranks_per_layer=3,
+        strict=False,
+        cache_path=shared_cache,
     )
     plan = rep.latency
     assert rep.budget_met and plan.met
@@ -93,14 +106,20 @@ def test_latency_budget_is_met_and_changes_the_plan(model, _timing_cache):
         assert row.replaced and row.rank == p.rank
     assert rep.total_after.macs < rep.total_before.macs
     # every timing went to the cache, keyed with the precision and the threads
-    keys = [json.loads(k) for k in json.loads(_timing_cache.read_text())["entries"]]
+    keys = [json.loads(k) for k in json.loads(shared_cache.read_text())["entries"]]
     assert keys and all(k["quantize"] is None and k["threads"] == 2 for k in keys)
     assert "| layer | method | rank |" in plan.to_markdown()
 
 
-def test_impossible_latency_budget_raises(model):
+def test_impossible_latency_budget_raises(model, shared_cache):
     with pytest.raises(ValueError, match="cannot be met"):
-        ke.convert(model, method="svd", budget={"latency": 0.01}, ranks_per_layer=2)
+        ke.convert(
+            model,
+            method="svd",
+            budget={"latency": 0.01},
+            ranks_per_layer=3,
+            cache_path=shared_cache,
+        )
 
 
 def test_predict_mode_times_the_plan_only(model, _timing_cache):
@@ -142,3 +161,18 @@ def test_cost_model_fits_one_precision(_timing_cache):
     assert CostModel.from_cache(_timing_cache, quantize=None, num_threads=4) is (
         ke.deploy.DEFAULT_COST_MODEL
     )
+
+
+@pytest.mark.slow
+def test_auto_int8_mixes_methods_within_the_budget(model):
+    from keras_eigenconv.compress import get_method
+
+    _, rep = ke.convert(
+        model, method="auto", budget={"latency": 0.7}, target="litert-int8", ranks_per_layer=2
+    )
+    plan = rep.latency
+    assert rep.budget_met and plan.met and plan.target.quantize == "int8"
+    chosen = {p.method for p in plan.layers if p.method is not None}
+    assert chosen and all(get_method(m).rank_selection == "spectrum" for m in chosen)
+    # auto offers every spectrum method, so more candidates than one method alone
+    assert all(p.candidates > 2 for p in plan.layers)
