@@ -95,3 +95,15 @@ def test_lower_bound_is_tight_when_the_budget_is_loose_or_a_hull_point():
     assert rk.budget_lower_bound(items, floor, fixed) == pytest.approx(want)
     _, err = _evaluate(items, rk.allocate_budget(items, floor, fixed), fixed)
     assert err == pytest.approx(want)
+
+
+def test_rank_helpers_shapes_and_dtypes():
+    # a zero spectrum: one zero error per rank (not a scalar)
+    z = rk.relative_errors(np.zeros(4, np.float32))
+    assert z.shape == (4,) and not z.any()
+    e = rk.relative_errors(np.array([4, 1], np.float32))
+    assert e.dtype == np.float64
+    np.testing.assert_allclose(e, [np.sqrt(0.2), 0.0])
+    c = rk.candidate_ranks(10, 4)
+    assert c.dtype == np.int64 and c.tolist() == [4, 8, 10]
+    assert rk.candidate_ranks(3).tolist() == [1, 2, 3]
