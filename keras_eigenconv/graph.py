@@ -292,16 +292,48 @@ def layer_input_shapes(model) -> dict[int, list[tuple]]:
     Returns:
         ``{id(layer): [shape, ...]}``; a layer absent from it was not called.
     """
+    if is_graph_model(model):
+        known = _known_node_shapes(model)
+        if known is not None:  # every call already recorded at a known size: no trace
+            return known
     traced = traced_input_shapes(model)
     if traced is not None:
         return traced
     out: dict[int, list[tuple]] = {}
     for m in graph_models(model) if is_graph_model(model) else [model]:
-        nodes = _model_nodes(m)
+        nodes = _model_nodes(m._functional if isinstance(m, keras.Sequential) else m)
         for layer in m.layers:
             own = [n for n in getattr(layer, "_inbound_nodes", []) if n in nodes]
             calls = [tuple(n.input_tensors[0].shape) for n in own if n.input_tensors]
             out.setdefault(id(layer), []).extend(calls or call_input_shapes(layer))
+    return out
+
+
+def _known_node_shapes(model) -> dict | None:
+    """The shapes of each layer's calls in the graphs of ``model`` when all are known and
+    each nested model runs once (so its layers' own nodes are its calls); else ``None``."""
+    out: dict[int, list[tuple]] = {}
+    for m in graph_models(model):
+        g = m._functional if isinstance(m, keras.Sequential) else m
+        if g is None:
+            return None
+        nodes = _model_nodes(g)
+        for layer in m.layers:
+            calls = [
+                tuple(n.input_tensors[0].shape)
+                for n in getattr(layer, "_inbound_nodes", [])
+                if n in nodes and n.input_tensors
+            ]
+            if isinstance(layer, keras.layers.InputLayer):
+                continue
+            if is_graph_model(layer):
+                if len(calls) > 1:
+                    return None
+            elif is_container(layer) or is_subclassed(layer):
+                return None  # layers inside run without nodes: trace them
+            if any(d is None for shape in calls for d in shape[1:]):
+                return None
+            out.setdefault(id(layer), []).extend(calls)
     return out
 
 
