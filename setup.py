@@ -32,6 +32,7 @@ extras["dev"] = sorted(
             "ruff>=0.5",
             "docstring-parser>=0.15",
             "pillow>=9",
+            "mutmut>=3.8",  # mutation testing: scripts/mutation.py
         ]
     )
 )

@@ -222,6 +222,23 @@ def _claims() -> list[tuple[str, str, list[str]]]:
         ),
     ]:
         claims.append((template, ssc, selectors))
+    # ---- mutation score (README "Development"): one row per module in the results file
+    mutation = RESULTS / "mutation.json"
+    if mutation.exists():
+        for name in json.loads(mutation.read_text())["modules"]:
+            claims.append(
+                (
+                    "| `{}` | {} | {} | {} | {} |",
+                    "mutation.json",
+                    [
+                        f"modules.{name}.module:s",
+                        f"modules.{name}.total:d",
+                        f"modules.{name}.killed:d",
+                        f"modules.{name}.survived:d",
+                        f"modules.{name}.score:.1%",
+                    ],
+                )
+            )
     return claims
 
 
