@@ -383,6 +383,59 @@ def reconstruct(
     batchnorm: bool = True,
     max_rows: int = MAX_ROWS,
     seed: int = 1,
+    passes: int = 4,
+) -> dict[Any, str]:
+    """Asymmetric reconstruction of the converted layers, then BatchNorm correction.
+
+    The layers (``pairs`` in the order of the graph, inputs first) are refitted in up to
+    ``passes`` consecutive groups, one pass over the data each, so that each group is fitted
+    to the inputs of the already refitted layers before it (with one group, every layer
+    would be fitted to the inputs of the not-yet-refitted network and the corrections of
+    consecutive layers would add up: measured here on DeCEF at low rank, the error grew).
+    The BatchNorm correction follows in a last pass. See ``_reconstruct_pass``.
+
+    Args:
+        original: the original model.
+        converted: the converted model (updated in place).
+        pairs: ``{key: (source layer, replacement layer)}`` in graph order.
+        batches: calibration batches.
+        refit: refit the replacements' output maps (or correct their bias).
+        batchnorm: correct the BatchNorm moving statistics.
+        max_rows: rows per layer and batch (seeded subsample).
+        seed: the subsampling seed.
+        passes: the number of refit groups (passes over the data).
+
+    Returns:
+        ``{key: "refit" | "bias" | "none"}`` and ``"batchnorms"``: the number corrected.
+    """
+    keys = list(pairs)
+    done: dict[Any, Any] = {key: "none" for key in keys}
+    if refit and keys:
+        n = max(1, min(int(passes), len(keys)))
+        for i, group in enumerate(np.array_split(np.arange(len(keys)), n)):
+            part = {keys[j]: pairs[keys[j]] for j in group}
+            out = _reconstruct_pass(
+                original, converted, part, batches, True, False, max_rows, seed + i
+            )
+            out.pop("batchnorms")
+            done.update(out)
+    if batchnorm:
+        out = _reconstruct_pass(original, converted, {}, batches, False, True, max_rows, seed)
+        done["batchnorms"] = out["batchnorms"]
+    else:
+        done["batchnorms"] = 0
+    return done
+
+
+def _reconstruct_pass(
+    original,
+    converted,
+    pairs: Mapping[Any, tuple[Any, Any]],
+    batches: list[np.ndarray],
+    refit: bool = True,
+    batchnorm: bool = True,
+    max_rows: int = MAX_ROWS,
+    seed: int = 1,
 ) -> dict[Any, str]:
     """Asymmetric reconstruction of the converted layers and BatchNorm correction, in place.
 
