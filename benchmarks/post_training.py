@@ -211,8 +211,8 @@ def run(args) -> dict:
         rows.append({"network": net_name, "method": "original", "budget": 1.0, **base})
         print(net_name, "original", base, flush=True)
         xcal = xcal_pool[: args.calibration]
-        for method in args.methods:
-            for budget in args.budgets:
+        for i, method in enumerate(args.methods):
+            for budget in args.budgets if i == 0 else args.budgets_other:
                 for variant, kw in VARIANTS.items():
                     data = None if variant == "data-free" else xcal
                     t = time.perf_counter()
@@ -222,6 +222,7 @@ def run(args) -> dict:
                             method=method,
                             budget={"macs": budget},
                             calibration_data=data,
+                            calibration_batch_size=args.batch_size,
                             progress=False,
                             strict=False,
                             **kw,
@@ -261,7 +262,7 @@ def run(args) -> dict:
                             },
                             flush=True,
                         )
-        for n in args.sizes:
+        for n in args.sizes if net_name in args.size_networks else []:
             if n > len(xcal_pool):
                 continue
             t = time.perf_counter()
@@ -270,6 +271,7 @@ def run(args) -> dict:
                 method=args.methods[0],
                 budget={"macs": 0.5},
                 calibration_data=xcal_pool[:n],
+                calibration_batch_size=args.batch_size,
                 progress=False,
                 strict=False,
             )
@@ -373,7 +375,16 @@ def main(argv=None) -> int:
     p.add_argument("--methods", nargs="+", default=["svd", "decef", "tucker2"])
     p.add_argument("--budgets", nargs="+", type=float, default=[0.7, 0.5, 0.35])
     p.add_argument("--sizes", nargs="*", type=int, default=[64, 256, 1024])
+    p.add_argument("--size-networks", nargs="*", default=["digits", "mtcnn-onet"])
     p.add_argument("--calibration", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=64, help="calibration batch size")
+    p.add_argument(
+        "--budgets-other",
+        nargs="+",
+        type=float,
+        default=[0.5],
+        help="budgets for every method after the first (the first gets --budgets)",
+    )
     p.add_argument("--distill-epochs", type=int, default=2)
     p.add_argument(
         "--resnet50", type=int, default=0, metavar="N", help="time ResNet50 with N images"
