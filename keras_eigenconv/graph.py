@@ -800,11 +800,9 @@ def copy_subclassed(model) -> Any:
     return new
 
 
-def _clone_subclassed(model, replace: Callable[[Any], Any] | None) -> Any:
-    new = copy_subclassed(model)
-    if replace is None:
-        return new
-    # the same walk over the original and the copy pairs each layer with its copy
+def _replacement_in_copy(model, new, replace: Callable[[Any], Any]) -> Callable:
+    """``fn(layer of new) -> replace(the matching layer of model)``: the same walk over the
+    original and its copy pairs each layer with its copy."""
     old_walk = list(walk(model, include_models=True))
     new_walk = list(walk(new, include_models=True))
     if [type(la) for _, la in old_walk] != [type(la) for _, la in new_walk]:
@@ -814,6 +812,15 @@ def _clone_subclassed(model, replace: Callable[[Any], Any] | None) -> Any:
     def replacement(copy_layer):
         old = original_of.get(id(copy_layer))
         return None if old is None else replace(old)
+
+    return replacement
+
+
+def _clone_subclassed(model, replace: Callable[[Any], Any] | None) -> Any:
+    new = copy_subclassed(model)
+    if replace is None:
+        return new
+    replacement = _replacement_in_copy(model, new, replace)
 
     def rec(container, root_path: tuple):
         for path, layer in attribute_layers(container):
@@ -842,15 +849,7 @@ def _clone_config_functional(model, replace: Callable[[Any], Any] | None) -> Any
     new = copy_subclassed(model)
     if replace is None:
         return new
-    old_walk = list(walk(model, include_models=True))
-    new_walk = list(walk(new, include_models=True))
-    if [type(la) for _, la in old_walk] != [type(la) for _, la in new_walk]:
-        raise ValueError(f"The copy of '{model.name}' does not have the original's layers.")
-    original_of = {id(n): o for (_, o), (_, n) in zip(old_walk, new_walk)}
-
-    def replacement(copy_layer):
-        old = original_of.get(id(copy_layer))
-        return None if old is None else replace(old)
+    replacement = _replacement_in_copy(model, new, replace)
 
     if "_keras_eigenconv_replaced" not in vars(new):
         object.__setattr__(new, "_keras_eigenconv_replaced", [])

@@ -989,6 +989,23 @@ class FactorizedConv2D(CompressedLayer):
 
     # name of the factor that scales the rebuilt kernel linearly (used to keep its norm)
     _scale_factor: str = ""
+    # name of the factor that is the kernel of the last layer of inference_layers() (what
+    # set_output_projection replaces; "" when there is none)
+    _output_factor: str = ""
+
+    def set_output_projection(self, kernel, bias) -> None:
+        """Set the factor ``_output_factor`` (the kernel of the last inference layer) and,
+        when given, the bias.
+
+        Args:
+            kernel: the new kernel, shaped like the last inference layer's.
+            bias: the new bias ``(filters,)``, or ``None`` to keep the bias.
+        """
+        if not self._output_factor:
+            super().set_output_projection(kernel, bias)
+        self.set_factors({self._output_factor: np.asarray(kernel)})
+        if bias is not None and self.use_bias:
+            self.bias.assign(np.asarray(bias, np.float32))
 
     def __init__(
         self,

@@ -66,6 +66,7 @@ class BasisConv2D(FactorizedConv2D):
     _scale_factor = "combination"
     data_statistics = ("response",)
     refittable_output = True
+    _output_factor = "combination"
 
     def __init__(
         self, filters, kernel_size, rank, trainable_basis=False, batch_norm=False, **kwargs
@@ -254,17 +255,6 @@ class BasisConv2D(FactorizedConv2D):
             A 1-D array of energies.
         """
         return dec.basis_data_factors(kernel, statistics["response"], 1)[2]
-
-    def set_output_projection(self, kernel, bias):
-        """Set the combination weights (``(1, 1, M, N)``) and, when given, the bias.
-
-        Args:
-            kernel: the new combination kernel.
-            bias: the new bias ``(filters,)``, or ``None``.
-        """
-        self.set_factors({"combination": np.asarray(kernel)})
-        if bias is not None and self.use_bias:
-            self.bias.assign(np.asarray(bias, np.float32))
 
     def inference_layers(self) -> list[keras.layers.Layer]:
         """The equivalent built plain-Keras layers (inference).

@@ -68,6 +68,7 @@ class DeCEFConv2D(FactorizedConv2D):
     _scale_factor = "combination"
     data_statistics = ("taps",)
     refittable_output = True
+    _output_factor = "combination"
 
     def max_rank(self, in_channels: int) -> int:
         """``min(kh*kw, filters)``, whatever ``in_channels``."""
@@ -162,17 +163,6 @@ class DeCEFConv2D(FactorizedConv2D):
             A 1-D array of ``min(kh*kw, N)`` energies.
         """
         return dec.decef_data_factors(kernel, statistics["taps"], 1)[2]
-
-    def set_output_projection(self, kernel, bias):
-        """Set the combination weights (``(1, 1, C*r, N)``) and, when given, the bias.
-
-        Args:
-            kernel: the new combination kernel.
-            bias: the new bias ``(filters,)``, or ``None``.
-        """
-        self.set_factors({"combination": np.asarray(kernel)})
-        if bias is not None and self.use_bias:
-            self.bias.assign(np.asarray(bias, np.float32))
 
     def inference_layers(self) -> list[keras.layers.Layer]:
         """The equivalent built plain-Keras layers (inference).

@@ -76,6 +76,7 @@ class Tucker2Conv2D(FactorizedConv2D):
     budget_spectrum = True
     data_statistics = ("channels", "response")
     refittable_output = True
+    _output_factor = "last"
 
     def validate_rank(self, rank, in_channels=None):
         bound = None if in_channels is None else self.max_rank(in_channels)
@@ -307,17 +308,6 @@ class Tucker2Conv2D(FactorizedConv2D):
         if self.use_bias:
             last.bias.assign(ops.convert_to_numpy(self.bias))
         return [first, core, last]
-
-    def set_output_projection(self, kernel, bias):
-        """Set the last factor (``(1, 1, R2, N)``) and, when given, the bias.
-
-        Args:
-            kernel: the new last-factor kernel.
-            bias: the new bias ``(filters,)``, or ``None``.
-        """
-        self.set_factors({"last": np.asarray(kernel)})
-        if bias is not None and self.use_bias:
-            self.bias.assign(np.asarray(bias, np.float32))
 
     @classmethod
     def decompose(cls, kernel, rank, **options):
