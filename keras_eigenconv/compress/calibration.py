@@ -278,25 +278,29 @@ def _geometry(source):
     )
 
 
-def _source_rows(source, x, rng, max_rows):
-    """``(patch rows, response rows)`` of a source layer on input ``x`` (same subsample)."""
-    kernel = _np(source.kernel)
+def _patch_rows(source, x) -> np.ndarray:
+    """Every row that a source layer multiplies by its kernel reshaped to ``(D, N)``: the
+    patches of a ``Conv2D``'s input, the feature vectors of a ``Dense``'s."""
     if isinstance(source, keras.layers.Dense):
         a = _np(x)
-        rows = a.reshape(-1, a.shape[-1])
-        idx = _subsample(len(rows), max_rows, rng)
-        rows = rows[idx]
-        return rows, rows @ kernel
+        return a.reshape(-1, a.shape[-1])
     g = _geometry(source)
-    rows = _rows(x, g["size"], g["strides"], g["dilation"], g["padding"])
-    rows = rows[_subsample(len(rows), max_rows, rng)]
-    return rows, rows @ kernel.reshape(-1, kernel.shape[-1])
+    return _rows(x, g["size"], g["strides"], g["dilation"], g["padding"])
+
+
+def _source_rows(source, x, rng, max_rows):
+    """``(patch rows, response rows, subsample index)`` of a source layer on input ``x``."""
+    rows = _patch_rows(source, x)
+    idx = _subsample(len(rows), max_rows, rng)
+    rows = rows[idx]
+    kernel = _np(source.kernel)
+    return rows, rows @ kernel.reshape(-1, kernel.shape[-1]), idx
 
 
 def _add_statistics(stats: LayerStatistics, source, x, rng, max_rows) -> None:
     kinds = set(stats.kinds)
     if kinds & {"response", "taps"} or not kinds:
-        rows, resp = _source_rows(source, x, rng, max_rows)
+        rows, resp, _ = _source_rows(source, x, rng, max_rows)
         if "response" in kinds:
             stats.add("response", resp.T @ resp, len(rows))
         if "taps" in kinds:
@@ -539,26 +543,13 @@ def _reconstruct_pass(
         job = jobs[key]
         x = stash[key]
         src = job.source
-        kernel = _np(src.kernel)
-        g = _geometry(src)
-        if g is None:
-            xr = _np(x).reshape(-1, kernel.shape[0])
-            idx = _subsample(len(xr), max_rows, rng)
-            y = xr[idx] @ kernel
-        else:
-            xr = _rows(x, g["size"], g["strides"], g["dilation"], g["padding"])
-            idx = _subsample(len(xr), max_rows, rng)
-            y = xr[idx] @ kernel.reshape(-1, kernel.shape[-1])
+        _, y, idx = _source_rows(src, x, rng, max_rows)
         if src.use_bias:
             y = y + _np(src.bias)
         if job.front is None:  # bias correction: mean of the converted pre-activation output
             w_new = np.asarray(job.new.folded_kernel_and_bias()[0], np.float32)
-            if g is None:
-                yh = _np(inputs).reshape(-1, w_new.shape[0])[idx] @ w_new
-            else:
-                xh = _rows(inputs, g["size"], g["strides"], g["dilation"], g["padding"])[idx]
-                yh = xh @ w_new.reshape(-1, w_new.shape[-1])
-            yh = yh + _np(job.new.bias)
+            xh = _patch_rows(src, inputs)[idx]
+            yh = xh @ w_new.reshape(-1, w_new.shape[-1]) + _np(job.new.bias)
             _acc(job.sums, "shift", (y - yh).sum(axis=0))
             _acc(job.sums, "n", len(y))
             return
