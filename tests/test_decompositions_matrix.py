@@ -1,10 +1,20 @@
-"""The Gram-matrix SVD used by every matrix method."""
+"""The matrix decompositions (DeCEF, BasisConv, SVD) and the Gram-matrix SVD they share."""
+
+import warnings
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from keras_eigenconv.decompositions import gram_svd, singular_energies
+from keras_eigenconv.decompositions import matrix as mx
+
+
+@pytest.fixture(autouse=True)
+def _empty_gram_cache(monkeypatch):
+    """Each test computes its eigendecompositions (none served from an earlier test's cache)."""
+    monkeypatch.setattr(mx, "_EIGH_CACHE", {})
 
 
 @settings(max_examples=30, deadline=None)
@@ -31,3 +41,257 @@ def test_gram_svd_matches_numpy_and_is_exact_at_full_rank(m, n, true_rank, seed)
         u, s, vt = gram_svd(a, r)
         err = np.linalg.norm(a - (u * s) @ vt) ** 2
         assert abs(err - (s_ref[r:] ** 2).sum()) <= 1e-6 * (s_ref**2).sum()
+
+
+# --- exact values on small hand-checkable inputs (what mutation testing asks of the module) --
+
+
+def _kernel(kh=3, kw=2, c=3, n=4, seed=0):
+    return np.random.default_rng(seed).normal(size=(kh, kw, c, n))
+
+
+def test_as_float64_kernel_checks_the_number_of_dimensions():
+    w = mx.as_float64_kernel(np.ones((1, 1, 2, 3), np.float32))
+    assert w.dtype == np.float64 and w.shape == (1, 1, 2, 3)
+    assert mx.as_float64_kernel([[1, 2]], ndim=2).dtype == np.float64
+    with pytest.raises(ValueError, match=r"Expected a 4-D kernel, got shape \(2, 3\)"):
+        mx.as_float64_kernel(np.ones((2, 3)))
+    with pytest.raises(ValueError, match=r"Expected a 2-D kernel"):
+        mx.as_float64_kernel(np.ones((1, 2, 3)), ndim=2)
+
+
+def test_energy_rank_exact_values_and_ties():
+    s = np.array([4.0, 3.0, 2.0, 1.0])  # cumulative shares 0.4, 0.7, 0.9, 1.0
+    assert [mx.energy_rank(s, e) for e in (0.1, 0.4, 0.41, 0.7, 0.71, 0.9, 0.95, 1.0)] == [
+        1,
+        1,
+        2,
+        2,
+        3,
+        3,
+        4,
+        4,
+    ]
+    # energy=1 does not ask for a numerically-zero tail
+    assert mx.energy_rank(np.array([1.0, 1e-14, 1e-15]), 1.0) == 1
+    assert mx.energy_rank(np.array([1.0, 0.0, 0.0]), 1.0) == 1
+    assert mx.energy_rank([2.0, 2.0], 1.0) == 2  # lists are accepted
+    with warnings.catch_warnings():  # an all-zero kernel: rank 1, no 0/0
+        warnings.simplefilter("error")
+        assert mx.energy_rank(np.zeros(5), 0.5) == 1
+    for bad in (0.0, -0.1, 1.0001):
+        with pytest.raises(ValueError, match=r"energy must be in \(0, 1\]"):
+            mx.energy_rank(s, bad)
+
+
+def test_entropy_rank_exact_values():
+    assert mx.entropy_rank(np.ones(4)) == pytest.approx(4.0, rel=1e-12)
+    assert mx.entropy_rank(np.array([2.0, 0.0, 0.0])) == pytest.approx(1.0, rel=1e-12)
+    assert mx.entropy_rank(np.array([-1.0, 1.0])) == pytest.approx(2.0, rel=1e-12)
+    p = np.array([0.75, 0.25])
+    assert mx.entropy_rank(np.array([3.0, 1.0])) == pytest.approx(
+        np.exp(-(p * np.log(p)).sum()), rel=1e-12
+    )
+    assert mx.entropy_rank(np.zeros(3)) == 0.0
+    assert isinstance(mx.entropy_rank(np.ones(2)), float)
+
+
+def test_relative_error_exact_values():
+    assert mx.relative_error([3.0, 4.0], [3.0, 0.0]) == pytest.approx(0.8, rel=1e-12)
+    assert mx.relative_error([3.0, 4.0], [0.0, 0.0]) == pytest.approx(1.0, rel=1e-12)
+    assert mx.relative_error([3.0, 4.0], [3.0, 4.0]) == 0.0
+    assert mx.relative_error([0.0, 0.0], [0.0, 0.0]) == 0.0
+    assert mx.relative_error([0.0, 0.0], [0.0, 1e-9]) == 1.0
+    assert isinstance(mx.relative_error([1.0], [0.5]), float)
+
+
+def test_gram_svd_exact_on_a_diagonal_matrix_and_zero_directions():
+    a = np.zeros((4, 3))
+    a[0, 0], a[1, 1], a[2, 2] = 2.0, 5.0, 1e-9  # the last one is below 1e-7 * s_max
+    u, s, vt = mx.gram_svd(a)
+    np.testing.assert_allclose(s, [5.0, 2.0, 0.0], atol=1e-12)
+    np.testing.assert_allclose(np.abs(u[:, :2]), [[0, 1], [1, 0], [0, 0], [0, 0]], atol=1e-12)
+    assert np.all(u[:, 2] == 0.0)  # a numerically-zero direction has no left vector
+    np.testing.assert_allclose(np.abs(vt[:2]), [[0, 1, 0], [1, 0, 0]], atol=1e-12)
+    assert u.shape == (4, 3) and s.shape == (3,) and vt.shape == (3, 3)
+    # the wide case returns the transposed factors, with the same zero-direction rule
+    u2, s2, vt2 = mx.gram_svd(a.T, 2)
+    assert u2.shape == (3, 2) and s2.shape == (2,) and vt2.shape == (2, 4)
+    np.testing.assert_allclose(s2, [5.0, 2.0], atol=1e-12)
+    np.testing.assert_allclose((u2 * s2) @ vt2, a.T * (a.T > 1e-3), atol=1e-12)
+    u3, s3, vt3 = mx.gram_svd(a.T)
+    assert np.all(vt3[2] == 0.0) and s3[2] == 0.0
+    np.testing.assert_allclose(np.abs(u3[:, :2]), [[0, 1], [1, 0], [0, 0]], atol=1e-12)
+    # rank 1 keeps only the largest direction
+    u1, s1, vt1 = mx.gram_svd(a, 1)
+    only_5 = np.zeros((4, 3))
+    only_5[1, 1] = 5.0
+    np.testing.assert_allclose((u1 * s1) @ vt1, only_5, atol=1e-12)
+
+
+def test_gram_svd_of_a_zero_matrix_is_zero_without_nans():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        u, s, vt = mx.gram_svd(np.zeros((3, 2)))
+    assert np.all(u == 0.0) and np.all(s == 0.0)
+    assert np.all(np.isfinite(vt))
+
+
+def test_singular_energies_exact_and_cache_safe():
+    a = np.array([[3.0, 0.0], [0.0, 4.0], [0.0, 0.0]])
+    np.testing.assert_allclose(mx.singular_energies(a), [16.0, 9.0], atol=1e-12)
+    np.testing.assert_allclose(mx.singular_energies(a.T), [16.0, 9.0], atol=1e-12)
+    e = mx.singular_energies(a)
+    e[:] = -1.0  # the caller's copy: the cached eigenvalues must not change
+    np.testing.assert_allclose(mx.singular_energies(a), [16.0, 9.0], atol=1e-12)
+    u, s, vt = mx.gram_svd(a)
+    u[:] = 0.0
+    s[:] = 0.0
+    vt[:] = 0.0
+    np.testing.assert_allclose(mx.gram_svd(a)[1], [4.0, 3.0], atol=1e-12)
+    # the same bytes in another shape are another matrix (the cache key has the shape)
+    data = np.arange(12.0) ** 1.5
+    for shape in ((6, 2), (4, 3), (12, 1)):
+        ref = np.linalg.svd(data.reshape(shape), compute_uv=False) ** 2
+        np.testing.assert_allclose(mx.singular_energies(data.reshape(shape)), ref, rtol=1e-9)
+
+
+def test_gram_cache_is_bounded_and_drops_the_oldest(monkeypatch):
+    monkeypatch.setattr(mx, "_EIGH_CACHE", {})
+    monkeypatch.setattr(mx, "_EIGH_CACHE_BYTES", 3 * 8 * 4)  # room for three 2x2 V's
+    rng = np.random.default_rng(0)
+    mats = [rng.normal(size=(3, 2)) for _ in range(5)]
+    for m in mats:
+        mx.singular_energies(m)
+    assert len(mx._EIGH_CACHE) == 3
+    kept = [v[1] for v in mx._EIGH_CACHE.values()]
+    for m in mats[2:]:  # the three newest are the ones kept (served from the cache)
+        assert any(mx._gram_eigh(m)[1] is k for k in kept)
+    assert sum(v[1].nbytes for v in mx._EIGH_CACHE.values()) <= mx._EIGH_CACHE_BYTES
+
+
+def _decef_rebuild(eigen, comb):
+    kh, kw, c, r = eigen.shape
+    n = comb.shape[-1]
+    a = comb.reshape(c, r, n)  # row c*r + j: TensorFlow's depthwise output order
+    return np.einsum("hwcj,cjn->hwcn", eigen, a)
+
+
+def test_decef_exact_values_and_layout():
+    w = np.zeros((2, 1, 1, 2))
+    w[:, 0, 0, :] = [[3.0, 0.0], [0.0, 4.0]]
+    np.testing.assert_allclose(mx.decef_spectrum(w), [16.0, 9.0], atol=1e-12)
+    eigen, comb = mx.decef_factors(w, 1)
+    assert eigen.shape == (2, 1, 1, 1) and comb.shape == (1, 1, 1, 2)
+    np.testing.assert_allclose(np.abs(eigen[:, 0, 0, 0]), [0.0, 1.0], atol=1e-12)
+    np.testing.assert_allclose(np.abs(comb[0, 0, 0]), [0.0, 4.0], atol=1e-12)
+    with pytest.raises(ValueError, match="4-D"):
+        mx.decef_spectrum(np.ones((3, 3)))
+
+
+def test_decef_factors_rebuild_and_truncation_error():
+    w = _kernel(3, 2, 3, 4)
+    spec = mx.decef_spectrum(w)
+    assert spec.shape == (4,) and np.all(np.diff(spec) <= 0)
+    np.testing.assert_allclose(spec.sum(), (w**2).sum(), rtol=1e-12)
+    for r in range(1, 5):
+        eigen, comb = mx.decef_factors(w, r)
+        assert eigen.shape == (3, 2, 3, r) and comb.shape == (1, 1, 3 * r, 4)
+        err = ((w - _decef_rebuild(eigen, comb)) ** 2).sum()
+        np.testing.assert_allclose(err, spec[r:].sum(), atol=1e-10)
+        # eigen-filters of one channel are orthonormal
+        e = eigen[:, :, 1, :].reshape(6, r)
+        np.testing.assert_allclose(e.T @ e, np.eye(r), atol=1e-10)
+    # per input channel, the filters come from that channel's slice only
+    w2 = w.copy()
+    w2[:, :, 0, :] = 0.0
+    eigen, comb = mx.decef_factors(w2, 4)
+    np.testing.assert_allclose(comb.reshape(3, 4, 4)[0], 0.0, atol=1e-12)
+    np.testing.assert_allclose(_decef_rebuild(eigen, comb), w2, atol=1e-10)
+
+
+def test_basis_and_channel_svd_exact_values_and_rebuild():
+    w = np.zeros((1, 1, 2, 2))
+    w[0, 0] = [[3.0, 0.0], [0.0, 4.0]]
+    np.testing.assert_allclose(mx.basis_spectrum(w), [16.0, 9.0], atol=1e-12)
+    np.testing.assert_allclose(mx.svd_channel_spectrum(w), [16.0, 9.0], atol=1e-12)
+    w = _kernel(3, 2, 2, 5)  # filter matrix 12 x 5
+    spec = mx.basis_spectrum(w)
+    ref = np.linalg.svd(w.reshape(12, 5), compute_uv=False) ** 2
+    np.testing.assert_allclose(spec, ref, rtol=1e-9)
+    np.testing.assert_allclose(mx.svd_channel_spectrum(w), ref, rtol=1e-9)
+    for r in range(1, 6):
+        f, b = mx.basis_factors(w, r)
+        assert f.shape == (3, 2, 2, r) and b.shape == (1, 1, r, 5)
+        rebuilt = np.einsum("hwcm,mn->hwcn", f, b[0, 0])
+        np.testing.assert_allclose(((w - rebuilt) ** 2).sum(), ref[r:].sum(), atol=1e-10)
+        fm = f.reshape(12, r)
+        np.testing.assert_allclose(fm.T @ fm, np.eye(r), atol=1e-10)
+        u, s, v = mx.svd_channel_factors(w, r)
+        assert u.shape == (3, 2, 2, r) and s.shape == (r,) and v.shape == (1, 1, r, 5)
+        np.testing.assert_allclose(s, np.sqrt(ref[:r]), rtol=1e-9)
+        rebuilt = np.einsum("hwcr,r,rn->hwcn", u, s, v[0, 0])
+        np.testing.assert_allclose(((w - rebuilt) ** 2).sum(), ref[r:].sum(), atol=1e-10)
+    # a wide filter matrix (more filters than taps): exact at full rank 4
+    w = _kernel(1, 2, 2, 7)
+    f, b = mx.basis_factors(w, 4)
+    np.testing.assert_allclose(np.einsum("hwcm,mn->hwcn", f, b[0, 0]), w, atol=1e-10)
+
+
+def test_spatial_svd_exact_values_layout_and_rebuild():
+    w = np.zeros((2, 1, 1, 1))
+    w[:, 0, 0, 0] = [3.0, 4.0]  # unfolding (kh*C) x (kw*N) = 2 x 1, one singular value 5
+    np.testing.assert_allclose(mx.svd_spatial_spectrum(w), [25.0], atol=1e-12)
+    w = _kernel(3, 2, 2, 4)
+    m = np.zeros((3 * 2, 2 * 4))  # built by hand: M[(h, c), (w, n)] = W[h, w, c, n]
+    for h, x, c, n in np.ndindex(w.shape):
+        m[h * 2 + c, x * 4 + n] = w[h, x, c, n]
+    ref = np.linalg.svd(m, compute_uv=False) ** 2
+    np.testing.assert_allclose(mx.svd_spatial_spectrum(w), ref, rtol=1e-9)
+    for r in range(1, 7):
+        u, s, v = mx.svd_spatial_factors(w, r)
+        assert u.shape == (3, 1, 2, r) and s.shape == (r,) and v.shape == (1, 2, r, 4)
+        np.testing.assert_allclose(s, np.sqrt(ref[:r]), rtol=1e-9)
+        rebuilt = np.einsum("hcr,r,xrn->hxcn", u[:, 0], s, v[0])
+        np.testing.assert_allclose(((w - rebuilt) ** 2).sum(), ref[r:].sum(), atol=1e-10)
+    with pytest.raises(ValueError, match="4-D"):
+        mx.svd_spatial_factors(np.ones((2, 2, 2)), 1)
+
+
+def test_small_totals_and_float32_inputs_are_computed_in_float64():
+    # totals below 1 are ordinary spectra (not "zero")
+    assert mx.energy_rank(np.array([0.4, 0.3, 0.2, 0.1]), 0.95) == 4
+    assert mx.entropy_rank(np.full(4, 0.25)) == pytest.approx(4.0, rel=1e-12)
+    # float32 values whose squares or sums leave float32's range
+    big = np.float32([3e38, 3e38])
+    assert mx.energy_rank(big, 0.5) == 1
+    assert mx.entropy_rank(big) == pytest.approx(2.0, rel=1e-12)
+    tiny, zero = np.float32([1e-30, 0.0]), np.zeros(2, np.float32)
+    assert mx.relative_error(tiny, zero) == pytest.approx(1.0, rel=1e-12)
+    assert mx.relative_error(zero, tiny) == 1.0
+    assert mx.relative_error(tiny, tiny * 0.5) == pytest.approx(0.5, rel=1e-12)
+    # a float32 matrix: energies and factors to float64 accuracy, not float32's
+    a32 = np.random.default_rng(3).normal(size=(9, 5)).astype(np.float32)
+    a = a32.astype(np.float64)
+    ref = np.linalg.svd(a, compute_uv=False)
+    np.testing.assert_allclose(mx.singular_energies(a32), ref**2, rtol=1e-11)
+    np.testing.assert_allclose(mx.singular_energies(a32.T), ref**2, rtol=1e-11)
+    u, s, vt = mx.gram_svd(a32)
+    assert u.dtype == s.dtype == vt.dtype == np.float64
+    np.testing.assert_allclose(s, ref, rtol=1e-11)
+    np.testing.assert_allclose((u * s) @ vt, a, atol=1e-12)
+
+
+def test_singular_energies_are_never_negative():
+    # a rank-1 matrix: the Gram matrix's zero eigenvalues come out as -1e-15 or so
+    for seed in range(5):
+        rng = np.random.default_rng(seed)
+        a = rng.normal(size=(12, 1)) @ rng.normal(size=(1, 6))
+        e = mx.singular_energies(a)
+        assert np.all(e >= 0.0)
+        np.testing.assert_allclose(e[1:], 0.0, atol=1e-12)
+
+
+def test_gram_svd_of_an_empty_matrix():
+    u, s, vt = mx.gram_svd(np.zeros((3, 0)))
+    assert u.shape == (3, 0) and s.shape == (0,) and vt.shape == (0, 0)
