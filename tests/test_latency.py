@@ -95,9 +95,10 @@ def test_latency_budget_is_met_and_changes_the_plan(model, shared_cache):
         ranks_per_layer=3,
         strict=False,
         cache_path=shared_cache,
+        feedback_rounds=0,  # the planner alone: its per-layer sum meets the budget
     )
     plan = rep.latency
-    assert rep.budget_met and plan.met
+    assert rep.budget_met and plan.met and plan.measured is None and not plan.feedback
     assert plan.measured_plan_s <= 0.75 * plan.original_s * (1 + 1e-9)
     replaced = [p for p in plan.layers if p.method is not None]
     assert replaced and all(p.method == "svd" and p.rank % 8 == 0 for p in replaced)
@@ -132,6 +133,7 @@ def test_predict_mode_times_the_plan_only(model, _timing_cache):
         timing="predict",
         ranks_per_layer=4,
         strict=False,
+        feedback_rounds=0,
     )
     plan = rep.latency
     assert plan.timing == "predict"
@@ -168,7 +170,12 @@ def test_auto_int8_mixes_methods_within_the_budget(model):
     from keras_eigenconv.compress import get_method
 
     _, rep = ke.convert(
-        model, method="auto", budget={"latency": 0.7}, target="litert-int8", ranks_per_layer=2
+        model,
+        method="auto",
+        budget={"latency": 0.7},
+        target="litert-int8",
+        ranks_per_layer=2,
+        feedback_rounds=0,
     )
     plan = rep.latency
     assert rep.budget_met and plan.met and plan.target.quantize == "int8"
@@ -176,3 +183,72 @@ def test_auto_int8_mixes_methods_within_the_budget(model):
     assert chosen and all(get_method(m).rank_selection == "spectrum" for m in chosen)
     # auto offers every spectrum method, so more candidates than one method alone
     assert all(p.candidates > 2 for p in plan.layers)
+
+
+def test_next_share_interpolates_the_measured_points():
+    from keras_eigenconv.latency import _next_share
+
+    # planned at 0.7, measured 0.85: the line through (1, 1) and (0.7, 0.85) hits 0.68
+    # at share 1 - 0.32 * 0.3 / 0.15 = 0.36
+    assert _next_share([(0.7, 0.85)], 0.68, 0.1) == pytest.approx(0.36)
+    # bracketed by two measurements: interpolate between them, not through (1, 1)
+    assert _next_share([(0.7, 0.85), (0.4, 0.55)], 0.7, 0.1) == pytest.approx(0.55)
+    # never below the fastest plan, never above the original
+    assert _next_share([(0.7, 0.95)], 0.5, 0.3) == pytest.approx(0.3 * (1 + 1e-6))
+    assert _next_share([(0.7, 0.3)], 0.68, 0.1) <= 1.0
+
+
+def test_paired_ratio_times_interleaved_rounds():
+    import time
+
+    from keras_eigenconv.latency import paired_ratio
+
+    class Sleeper:
+        def __init__(self, s):
+            self.s = s
+
+        def invoke(self):
+            time.sleep(self.s)
+
+    got = paired_ratio(Sleeper(0.002), Sleeper(0.006), rounds=5)
+    assert 2.0 < got["ratio"] < 3.6  # 3x the sleep (plus the same call overhead in both)
+    assert got["p10"] <= got["ratio"] <= got["p90"]
+    assert got["candidate_s"] > got["original_s"] > 0.0019
+
+
+def test_feedback_measures_the_whole_model_and_keeps_the_best(model, shared_cache):
+    x = 0.6
+    new, rep = ke.convert(
+        model,
+        method="svd",
+        budget={"latency": x},
+        ranks_per_layer=3,
+        strict=False,
+        cache_path=shared_cache,
+        feedback_rounds=3,
+    )
+    plan = rep.latency
+    assert 1 <= len(plan.feedback) <= 3
+    for f in plan.feedback:
+        assert set(f) >= {"share", "planned_ratio", "ratio", "p10", "p90"}
+        assert f["p10"] <= f["ratio"] <= f["p90"] and f["ratio"] > 0
+    assert plan.feedback[0]["share"] == x  # the first plan is at the budget itself
+    # the returned plan is the measured one closest to the budget from below (or the
+    # fastest measured one when none met it), and it is the one that was built
+    under = [f for f in plan.feedback if f["ratio"] <= x]
+    want = (
+        max(under, key=lambda f: f["ratio"])
+        if under
+        else min(plan.feedback, key=lambda f: f["ratio"])
+    )
+    assert plan.measured is want and plan.share == want["share"]
+    assert rep.budget_met == plan.met == (want["ratio"] <= x)
+    assert plan.measured_ratio == want["ratio"]
+    for p in plan.layers:
+        row = next(r for r in rep.layers if r.name == p.name)
+        assert row.replaced == (p.method is not None)
+        if p.method is not None:
+            assert row.rank == p.rank
+    assert "whole model measured" in plan.to_markdown()
+    with pytest.raises(ValueError, match="feedback_rounds"):
+        ke.convert(model, method="svd", budget={"latency": x}, feedback_rounds=-1)
