@@ -255,6 +255,11 @@ def test_bench_ratios(tmp_path):
     assert res["small"]["ratio"] == 1.0
     assert res["big"]["ratio"] == res["big"]["median_ms"] / res["small"]["median_ms"]
     assert res["big"]["p10_ms"] <= res["big"]["median_ms"] <= res["big"]["p90_ms"]
+    # paired per-round ratios: exactly 1 for the first model, a spread around the median
+    assert res["small"]["paired_ratio"] == res["small"]["paired_p90"] == 1.0
+    big = res["big"]
+    assert big["paired_p10"] <= big["paired_ratio"] <= big["paired_p90"]
+    assert big["paired_ratio"] > 2  # 8x the MACs of "small"
 
 
 @pytest.mark.slow

@@ -600,7 +600,10 @@ def bench_tflite(
 
     Returns:
         Per model name, a dict of ``median_ms``, ``mean_ms``, ``p10_ms``, ``p90_ms``,
-        ``runs`` and ``ratio`` (median over the first model's median).
+        ``runs``, ``ratio`` (median over the first model's median) and the paired ratio to
+        the first model: ``paired_ratio`` (the median over rounds of this model's time over
+        the first model's time in the same round, robust to slow phases of a noisy
+        machine, which hit both alike), with ``paired_p10`` and ``paired_p90`` its spread.
 
     Raises:
         ValueError: When a count is not a positive int (``warmup`` may be 0), no file is
@@ -642,10 +645,13 @@ def bench_tflite(
     samples = {name: [s * 1e3 for s in v] for name, v in seconds.items()}
     out = {}
     base = None
+    first = np.asarray(next(iter(samples.values())))
     for name, v in samples.items():
         med = statistics.median(v)
         base = base or med
         q = np.percentile(v, [10, 90])
+        paired = np.asarray(v) / first
+        pq = np.percentile(paired, [10, 50, 90])
         out[name] = {
             "median_ms": med,
             "mean_ms": statistics.fmean(v),
@@ -653,5 +659,8 @@ def bench_tflite(
             "p90_ms": float(q[1]),
             "runs": len(v) * runs_per_round,
             "ratio": med / base,
+            "paired_ratio": float(pq[1]),
+            "paired_p10": float(pq[0]),
+            "paired_p90": float(pq[2]),
         }
     return out
