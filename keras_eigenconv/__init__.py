@@ -22,7 +22,9 @@ Architecture (each stage a subpackage; dependencies point one way, down this lis
 - ``cli``: the command line; nothing imports it.
 """
 
-from . import compress, decompositions, deploy, layers, training  # noqa: F401
+# _cli_start comes first, before TensorFlow is imported: it quiets TensorFlow in the
+# keras-eigenconv command-line process only (see _quiet); a no-op for library use
+from . import _cli_start, compress, decompositions, deploy, layers, training  # noqa: F401
 from .analysis import RankAnalysis, analyze
 from .compress import (
     ConversionReport,

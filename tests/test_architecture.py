@@ -21,6 +21,10 @@ ALLOWED = {
     "decompositions": set(),
     "_table": set(),
     "_io": set(),  # the atomic writer: standard library only, importable from anywhere
+    # the CLI process's log silencing (standard library only), run first by the package
+    # __init__ through _cli_start; a no-op for library use
+    "_quiet": set(),
+    "_cli_start": {"_quiet"},
     "graph": set(),
     "cost": {"graph", "_table"},
     "layers": {"decompositions", "cost", "graph"},
@@ -32,7 +36,17 @@ ALLOWED = {
     # import each other: the joining lives above both
     "latency": {"compress", "deploy", "graph", "_table"},
     "zoo": {"layers"},
-    "demo": {"analysis", "compress", "deploy", "training", "zoo", "cost", "_table", "_io"},
+    "demo": {
+        "analysis",
+        "compress",
+        "deploy",
+        "latency",
+        "training",
+        "zoo",
+        "cost",
+        "_table",
+        "_io",
+    },
     "cli": {
         "latency",
         "analysis",
@@ -47,6 +61,7 @@ ALLOWED = {
         "decompositions",
         "_table",
         "_io",
+        "_quiet",
     },
 }
 PRIVATE_KERAS = re.compile(

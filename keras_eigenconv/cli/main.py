@@ -3,17 +3,23 @@
 Every failure is one line on stderr (``keras-eigenconv COMMAND: error: ...``, naming the
 file and the problem) with a non-zero exit status: 2 for bad arguments, 1 for everything
 else; ``--debug`` shows the full traceback instead.
+
+Quiet by default: in the command-line process TensorFlow, absl, CUDA/oneDNN and LiteRT
+converter log lines are not shown (``_quiet``, set up by the package ``__init__`` before
+TensorFlow is imported, and undone when the command is done); ``--verbose`` shows them.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
+
+from .. import _quiet
 
 __all__ = ["build_parser", "main"]
 
 _MAX_MESSAGE = 500
+_VERBOSE_HELP = "show TensorFlow, absl and LiteRT converter log lines (hidden by default)"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -52,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Make Keras CNNs smaller and faster with low-rank and structured layers.",
     )
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    parser.add_argument("--verbose", action="store_true", help=_VERBOSE_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in COMMANDS:
         add(sub)
@@ -61,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
             action="store_true",
             default=argparse.SUPPRESS,
             help="show the full traceback of an error",
+        )
+        command.add_argument(
+            "--verbose", action="store_true", default=argparse.SUPPRESS, help=_VERBOSE_HELP
         )
     return parser
 
@@ -80,24 +90,30 @@ def main(argv: list[str] | None = None) -> int:
         The command's exit code: 0 on success, 1 after a one-line error, 2 (after the
         help) when no command is given, 130 when interrupted.
     """
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
     try:
-        return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        if args.debug:
-            raise
-        print(f"keras-eigenconv {args.command}: interrupted", file=sys.stderr)
-        return 130
-    except Exception as err:  # noqa: BLE001 - one line for every failure, unless --debug
-        if args.debug:
-            raise
-        print(f"keras-eigenconv {args.command}: error: {_one_line(err)}", file=sys.stderr)
-        return 1
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return 2
+        try:
+            return int(args.func(args) or 0)
+        except KeyboardInterrupt:
+            if args.debug:
+                raise
+            print(f"keras-eigenconv {args.command}: interrupted", file=sys.stderr)
+            return 130
+        except Exception as err:  # noqa: BLE001 - one line for every failure, unless --debug
+            if args.debug:
+                raise
+            hint = " (--verbose shows TensorFlow's log)" if _quiet.is_silenced() else ""
+            print(
+                f"keras-eigenconv {args.command}: error: {_one_line(err)}{hint}",
+                file=sys.stderr,
+            )
+            return 1
+    finally:
+        _quiet.restore()  # fd 2 and sys.stderr back (only if this process silenced them)
 
 
 if __name__ == "__main__":
