@@ -584,7 +584,7 @@ def bench_tflite(
     num_threads: int = 2,
     rounds: int = 20,
     warmup: int = 3,
-    runs_per_round: int = 1,
+    runs_per_round: int | None = None,
 ) -> dict[str, dict]:
     """Measure the latency of ``.tflite`` files (batch 1, random inputs), interleaved.
 
@@ -596,7 +596,9 @@ def bench_tflite(
         num_threads: The interpreter's thread count.
         rounds: The number of interleaved rounds.
         warmup: Untimed invocations of each model first.
-        runs_per_round: Invocations of each model per round.
+        runs_per_round: Invocations of each model per round; None (default) sizes it per
+            model so a round takes about 20 ms (a single sub-millisecond invocation is
+            mostly timer and scheduler noise).
 
     Returns:
         Per model name, a dict of ``median_ms``, ``mean_ms``, ``p10_ms``, ``p90_ms``,
@@ -615,7 +617,8 @@ def bench_tflite(
     num_threads = positive_int(who, "num_threads", num_threads)
     rounds = positive_int(who, "rounds", rounds)
     warmup = positive_int(who, "warmup", warmup, minimum=0)
-    runs_per_round = positive_int(who, "runs_per_round", runs_per_round)
+    if runs_per_round is not None:
+        runs_per_round = positive_int(who, "runs_per_round", runs_per_round)
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     if not isinstance(paths, dict):
@@ -639,8 +642,18 @@ def bench_tflite(
                 f"{who}: {paths[name]} is not a loadable .tflite model "
                 f"({str(err).splitlines()[0] if str(err) else type(err).__name__})."
             ) from err
+    reps: dict[str, int] = {}
+    for name, it in its.items():
+        if runs_per_round is not None:
+            reps[name] = runs_per_round
+            continue
+        for _ in range(max(warmup, 1)):
+            it.invoke()
+        t = time.perf_counter()
+        it.invoke()
+        reps[name] = max(1, int(0.02 / max(time.perf_counter() - t, 1e-6)))
     seconds = interleaved_samples(
-        {name: it.invoke for name, it in its.items()}, rounds, warmup, runs_per_round
+        {name: it.invoke for name, it in its.items()}, rounds, warmup, reps
     )
     samples = {name: [s * 1e3 for s in v] for name, v in seconds.items()}
     out = {}
@@ -657,7 +670,7 @@ def bench_tflite(
             "mean_ms": statistics.fmean(v),
             "p10_ms": float(q[0]),
             "p90_ms": float(q[1]),
-            "runs": len(v) * runs_per_round,
+            "runs": len(v) * reps[name],
             "ratio": med / base,
             "paired_ratio": float(pq[1]),
             "paired_p10": float(pq[0]),
