@@ -30,7 +30,13 @@ __all__ = [
 # Each runtime's entry has its own unit, measured on the 2-core reference machine:
 # - "tensorflow": relative time per MAC (a dense conv MAC = 1) in TensorFlow on CPU (oneDNN),
 #   fitted to benchmarks/layers.py: a depthwise conv with depth_multiplier > 1 costs about 10
-#   dense-conv MACs per MAC. ``FactorizedConv2D(implementation="auto")`` uses it.
+#   dense-conv MACs per MAC (with depth_multiplier > 1 or not: "depthwise_multiplier" is
+#   split off for training). ``FactorizedConv2D(implementation="auto")`` uses it for inference.
+# - "tensorflow_train": the same for a training step (forward + backward: input and weight
+#   gradients), relative to a dense conv MAC's forward + backward; fitted to layers timed as
+#   a training step in TensorFlow on CPU (8x8..56x56, 16..256 channels, batch 8 and 128):
+#   depthwise with depth_multiplier > 1 costs 10-28 (its backward kernels are slow), 1x1
+#   1-2, depthwise with multiplier 1 3.5-7. ``"auto"`` uses it for ``call(training=True)``.
 # - "litert_relative": LiteRT (XNNPACK, 1 thread) time per unit in dense 3x3 conv MACs: conv
 #   kinds per MAC, channel moves per value moved; single-op models at 8x8..32x32 x 64
 #   channels: 1x1 conv 0.9-1.6, grouped (G=4) 1.5-1.75, GATHER 99-110, roll 13-37,
@@ -40,7 +46,13 @@ __all__ = [
 #   multiplier-4 depthwise + 1x1: 1.24 ms; tiled: 0.42 ms): the default of
 #   ``deploy.timing.CostModel`` when the timing cache is too small to fit one.
 OP_TIME: dict[str, dict[str, float]] = {
-    "tensorflow": {"conv": 1.0, "pointwise": 1.0, "depthwise": 10.0},
+    "tensorflow": {"conv": 1.0, "pointwise": 1.0, "depthwise": 10.0, "depthwise_multiplier": 10.0},
+    "tensorflow_train": {
+        "conv": 1.0,
+        "pointwise": 2.0,
+        "depthwise": 4.0,
+        "depthwise_multiplier": 15.0,
+    },
     "litert_relative": {
         "conv": 1.0,
         "pointwise": 1.2,

@@ -11,6 +11,7 @@ from helpers import max_rel_err as _max_err
 from helpers import random_conv as _conv
 
 from keras_eigenconv import BasisConv2D, DeCEFConv2D, SVDConv2D
+from keras_eigenconv.layers.base import AUTO_TRAINING_THRESHOLD
 
 # (class, constructor/method options)
 METHODS = [
@@ -152,3 +153,60 @@ def test_from_conv2d_does_not_touch_the_source_layer():
     assert conv.get_config() == config
     for a, b in zip(before, conv.weights):
         np.testing.assert_array_equal(a, b)
+
+
+def _traced_op_types(layer, shape, training):
+    import tensorflow as tf
+
+    fn = tf.function(lambda x: layer(x, training=training))
+    graph = fn.get_concrete_function(tf.TensorSpec((2, *shape[1:]), "float32")).graph
+    return {op.type for op in graph.get_operations()}
+
+
+def test_implementation_auto_chooses_the_training_path_by_the_training_step():
+    # DeCEF rank 5 at 56x56x64: the backward kernels of a depthwise conv with multiplier 5
+    # are slow (measured 1.6x the conv's training step) -> dense in training
+    decef = DeCEFConv2D(64, 3, rank=5, padding="same")
+    decef.build((None, 56, 56, 64))
+    assert decef.training_time_ratio_estimate((None, 56, 56, 64)) > 1
+    assert decef.resolved_training_implementation == "dense"
+    # DeCEF rank 2 at 8x8x64: the forward model picks factorized, the training step dense
+    low = DeCEFConv2D(64, 3, rank=2, padding="same")
+    low.build((None, 8, 8, 64))
+    assert low.resolved_implementation == "factorized"
+    assert low.resolved_training_implementation == "dense"
+    # rank 1 is a plain depthwise conv (multiplier 1): factorized in both
+    one = DeCEFConv2D(16, 3, rank=1, padding="same")
+    one.build((None, 32, 32, 16))
+    assert one.resolved_training_implementation == "factorized"
+    # SVD at a third of the conv's MACs: factorized in training too
+    svd = SVDConv2D(64, 3, rank=19, padding="same")
+    svd.build((None, 56, 56, 64))
+    assert svd.cost((56, 56, 64)).macs <= svd.dense_macs((None, 56, 56, 64)) / 3
+    assert svd.resolved_training_implementation == "factorized"
+    # the rule: factorized only below the threshold of the training estimate
+    for rank in (1, 2, 3, 5, 9):
+        layer = DeCEFConv2D(32, 3, rank=rank)
+        layer.build((None, 16, 16, 32))
+        est = layer.training_time_ratio_estimate((None, 16, 16, 32))
+        want = "factorized" if est < AUTO_TRAINING_THRESHOLD else "dense"
+        assert layer.resolved_training_implementation == want
+    # an explicit implementation is what runs in training too
+    forced = DeCEFConv2D(64, 3, rank=5, implementation="factorized")
+    forced.build((None, 56, 56, 64))
+    assert forced.resolved_training_implementation == "factorized"
+
+
+def test_call_runs_the_training_choice_only_when_training():
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("reads the traced TensorFlow graph")
+    rng = np.random.default_rng(0)
+    layer = DeCEFConv2D(64, 3, rank=2, padding="same")
+    layer.build((None, 8, 8, 64))
+    assert layer.resolved_implementation == "factorized"
+    assert layer.resolved_training_implementation == "dense"
+    shape = (None, 8, 8, 64)
+    assert "DepthwiseConv2dNative" in _traced_op_types(layer, shape, False)
+    assert "DepthwiseConv2dNative" not in _traced_op_types(layer, shape, True)
+    x = rng.normal(size=(2, 8, 8, 64)).astype("float32")
+    assert _max_err(layer(x, training=True), layer(x, training=False)) < 1e-5

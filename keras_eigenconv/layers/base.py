@@ -30,8 +30,11 @@ from ..cost import OP_TIME, Cost, CostedLayer, conv_output_length
 
 __all__ = [
     "AUTO_FACTORIZED_THRESHOLD",
+    "AUTO_TRAINING_THRESHOLD",
     "IMPLEMENTATIONS",
     "OP_TIME_PER_MAC",
+    "OP_TIME_PER_MAC_TRAINING",
+    "TRAINING_BATCH",
     "CompressedLayer",
     "FactorizedConv2D",
     "check_conv2d",
@@ -51,6 +54,15 @@ OP_TIME_PER_MAC = OP_TIME["tensorflow"]
 # "auto" keeps the factorized form only when its estimated time is below this share of the
 # dense path's (each extra op also costs a memory round trip of its activations).
 AUTO_FACTORIZED_THRESHOLD = 0.9
+# Training (``call(..., training=True)``, what ``fit`` runs) is chosen separately, on the
+# forward + backward time: ``cost.OP_TIME["tensorflow_train"]``. The threshold is lower
+# because the model misses a per-op overhead that grows at small channel counts (at
+# ResNet-20's 16-64 channels, batch 128, an SVD layer it estimates at 0.73 measured 0.99 of
+# the dense step): below 0.7 no measured layer was slower than dense.
+OP_TIME_PER_MAC_TRAINING = OP_TIME["tensorflow_train"]
+AUTO_TRAINING_THRESHOLD = 0.7
+# The batch the training estimate spreads the dense path's per-step kernel rebuild over.
+TRAINING_BATCH = 32
 
 
 def _tuple2(value, name: str, layer: str) -> tuple[int, int]:
@@ -914,9 +926,22 @@ class CompressedLayer(CostedLayer, keras.layers.Layer):
 
     # ---- running --------------------------------------------------------------------------
 
+    # what ``call(..., training=True)`` runs, when a layer chooses it apart from inference
+    _resolved_training_implementation: str | None = None
+
     @property
     def resolved_implementation(self) -> str | None:
-        """``"factorized"`` or ``"dense"``: what ``call`` runs (``None`` before build)."""
+        """``"factorized"`` or ``"dense"``: what ``call`` runs in inference (``None``
+        before build)."""
+        return self._resolved_implementation
+
+    @property
+    def resolved_training_implementation(self) -> str | None:
+        """``"factorized"`` or ``"dense"``: what ``call(..., training=True)`` (``fit``)
+        runs; the inference choice for layers that do not choose apart (``None`` before
+        build)."""
+        if self._resolved_training_implementation is not None:
+            return self._resolved_training_implementation
         return self._resolved_implementation
 
     def inference_layers(self) -> list[keras.layers.Layer] | None:
@@ -962,9 +987,13 @@ class FactorizedConv2D(CompressedLayer):
             - ``"factorized"`` runs the cheap factor ops;
             - ``"dense"`` rebuilds the full kernel from the factors and runs one ``conv``
               (same result, the dense conv's speed, the factors' parameter count);
-            - ``"auto"`` picks per layer, at build time, from a cost model of the ops on
-              CPU runtimes (``OP_TIME_PER_MAC``): factorized when its estimated time is
-              below ``AUTO_FACTORIZED_THRESHOLD`` (0.9) of the dense path's.
+            - ``"auto"`` picks per layer, at build time, from cost models of the ops in
+              TensorFlow on CPU, twice: for inference (``OP_TIME_PER_MAC``, the forward
+              time) factorized when its estimate is below ``AUTO_FACTORIZED_THRESHOLD``
+              (0.9) of the dense path's; for training (``call(..., training=True)``, as
+              ``fit`` runs it; ``OP_TIME_PER_MAC_TRAINING``, forward + backward)
+              factorized when below ``AUTO_TRAINING_THRESHOLD`` (0.7). Both paths
+              compute the same function of the same weights.
         kernel_initializer: initializer of the equivalent full kernel (see above).
         bias_initializer: initializer of the bias.
         kernel_regularizer: regularizer of every trainable factor.
@@ -1115,7 +1144,9 @@ class FactorizedConv2D(CompressedLayer):
             input_shape: ``(batch, H, W, C)`` with known spatial dims (batch ignored).
 
         Returns:
-            A list of ``(op kind, macs)`` pairs; kinds are keys of ``OP_TIME_PER_MAC``.
+            A list of ``(op kind, macs)`` pairs; kinds are keys of ``OP_TIME_PER_MAC``
+            (``"conv"``, ``"pointwise"``, ``"depthwise"``, and ``"depthwise_multiplier"`` for
+            a depthwise conv with ``depth_multiplier > 1``).
         """
         raise NotImplementedError
 
@@ -1177,7 +1208,7 @@ class FactorizedConv2D(CompressedLayer):
         self._build_extra(c)
         if not self._factors_from_kernel:  # from_conv2d sets them itself
             self._initialize_factors(c)
-        self._resolved_implementation = self._resolve_implementation(input_shape)
+        self.resolve_implementations(input_shape)
 
     def _build_extra(self, in_channels: int) -> None:
         """Hook for sub-layers (BasisConv's BatchNorm)."""
@@ -1243,14 +1274,29 @@ class FactorizedConv2D(CompressedLayer):
         """The factor weights of the built layer, as a dict ``{weight name: variable}``."""
         return {name: getattr(self, name) for name in self._factor_names}
 
-    def _resolve_implementation(self, input_shape) -> str:
+    def resolve_implementations(self, input_shape) -> None:
+        """Choose what ``call`` runs in inference and in training (``implementation``).
+
+        Called by ``build``; call it again after changing the rank in place.
+
+        Args:
+            input_shape: ``(batch, H, W, C)``; unknown spatial dims count as 56x56.
+        """
+        self._resolved_implementation = self._resolve_implementation(input_shape)
+        self._resolved_training_implementation = self._resolve_implementation(
+            input_shape, training=True
+        )
+
+    def _resolve_implementation(self, input_shape, training: bool = False) -> str:
         if self.implementation != "auto":
             return self.implementation
         # Unknown spatial dims: a nominal 56x56 (the ratio barely depends on it).
         shape = (None, input_shape[1] or 56, input_shape[2] or 56, int(input_shape[-1]))
-        return (
-            "factorized" if self.time_ratio_estimate(shape) < AUTO_FACTORIZED_THRESHOLD else "dense"
-        )
+        if training:
+            ratio, threshold = self.training_time_ratio_estimate(shape), AUTO_TRAINING_THRESHOLD
+        else:
+            ratio, threshold = self.time_ratio_estimate(shape), AUTO_FACTORIZED_THRESHOLD
+        return "factorized" if ratio < threshold else "dense"
 
     def dense_macs(self, input_shape) -> int:
         """MACs of the equivalent dense ``Conv2D``.
@@ -1294,6 +1340,29 @@ class FactorizedConv2D(CompressedLayer):
         dense = self.dense_macs(input_shape) + self.rebuild_macs(int(input_shape[-1]))
         return est / max(dense, 1)
 
+    def training_time_ratio_estimate(self, input_shape, batch: int = TRAINING_BATCH) -> float:
+        """Cost-model estimate of factorized / ``"dense"`` time of a training step.
+
+        Forward + backward (gradients of the input and of every factor), per image, in
+        units of one dense-conv MAC's forward + backward: the ops' MACs weighted by
+        ``OP_TIME_PER_MAC_TRAINING`` (fitted to layers timed as a training step in
+        TensorFlow on CPU, 8x8 to 56x56, 16 to 256 channels, batch 8 and 128: a 1x1 conv
+        MAC costs 2, a depthwise MAC 4, a depthwise MAC with ``depth_multiplier > 1`` 15,
+        because its backward kernels are slow). The dense path pays the conv's MACs plus
+        the kernel rebuild and its backward once per step, ``rebuild_macs / batch`` per
+        image.
+
+        Args:
+            input_shape: ``(batch, H, W, C)`` with known spatial dims.
+            batch: The batch size the rebuild is spread over.
+
+        Returns:
+            The ratio as a float (below 1: the factorized form is estimated faster).
+        """
+        est = sum(OP_TIME_PER_MAC_TRAINING[kind] * m for kind, m in self.op_macs(input_shape))
+        rebuild = self.rebuild_macs(int(input_shape[-1])) / max(int(batch), 1)
+        return est / max(self.dense_macs(input_shape) + rebuild, 1)
+
     def full_kernel(self):
         """The equivalent ``(kh, kw, C, N)`` kernel as a tensor."""
         return self.kernel_from_factors(self.factors())
@@ -1317,7 +1386,14 @@ class FactorizedConv2D(CompressedLayer):
             self.padding,
             self.dilation_rate,
         )
-        if self._resolved_implementation == "dense":
+        # fit (training=True) runs the path chosen for the training step; both compute the
+        # same function of the same weights
+        impl = (
+            self.resolved_training_implementation
+            if training is True
+            else self._resolved_implementation
+        )
+        if impl == "dense":
             outputs = self._conv(inputs, self.full_kernel())
         else:
             outputs = self.factorized_call(inputs, training=training)

@@ -104,10 +104,10 @@ class BasisConv2D(FactorizedConv2D):
         if self.bn is not None:
             self.bn.build((None, None, None, self.rank))
 
-    def _resolve_implementation(self, input_shape) -> str:
+    def _resolve_implementation(self, input_shape, training: bool = False) -> str:
         if self.batch_norm:
             return "factorized"
-        return super()._resolve_implementation(input_shape)
+        return super()._resolve_implementation(input_shape, training)
 
     def param_counts(self, in_channels: int):
         learned, fixed = super().param_counts(in_channels)

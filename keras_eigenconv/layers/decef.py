@@ -99,7 +99,8 @@ class DeCEFConv2D(FactorizedConv2D):
         h, w = self.out_hw(input_shape)
         c, r = int(input_shape[-1]), self.rank
         kh, kw = self.kernel_size
-        return [("depthwise", h * w * kh * kw * c * r), ("pointwise", h * w * c * r * self.filters)]
+        kind = "depthwise" if r == 1 else "depthwise_multiplier"
+        return [(kind, h * w * kh * kw * c * r), ("pointwise", h * w * c * r * self.filters)]
 
     @classmethod
     def spectrum(cls, kernel, **options):

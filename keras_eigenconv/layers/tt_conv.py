@@ -223,11 +223,14 @@ class TTConv2D(FactorizedConv2D):
         ranks = self.tt_ranks(c)
         ins, outs = self.modes(c)
         return [
-            ("depthwise", h * w * kh * kw * c * ranks[0]),
+            (
+                "depthwise" if ranks[0] == 1 else "depthwise_multiplier",
+                h * w * kh * kw * c * ranks[0],
+            ),
             ("pointwise", h * w * _tt_contract_macs(ins, outs, ranks)),
         ]
 
-    def _resolve_implementation(self, input_shape) -> str:
+    def _resolve_implementation(self, input_shape, training: bool = False) -> str:
         # Measured (benchmarks/layers.py, batch 1, 56x56x64 to 14x14x256): the factorized
         # TT-conv ran 0.86x-3.8x the conv's forward time and 1.2x-4.9x its training step even
         # at 0.3x the MACs (depthwise multiplier r0 plus transposes), so "auto" runs dense.
@@ -471,7 +474,7 @@ class NaiveTTConv2D(FactorizedConv2D):
     def factorized_call(self, inputs, training=None):
         return self._conv(inputs, self.full_kernel())
 
-    def _resolve_implementation(self, input_shape) -> str:
+    def _resolve_implementation(self, input_shape, training: bool = False) -> str:
         return "dense"
 
     def op_macs(self, input_shape):

@@ -190,7 +190,7 @@ def set_svd_rank(layer: SVDConv2D, keep) -> dict[str, tuple[int, np.ndarray]]:
     build = layer.get_build_config() or {}
     shape = build.get("input_shape")
     if shape is not None:
-        layer._resolved_implementation = layer._resolve_implementation(tuple(shape))
+        layer.resolve_implementations(tuple(shape))
     return sliced
 
 
