@@ -141,3 +141,49 @@ def test_tighter_budgets_cost_less_and_lose_more():
         assert err >= prev_err - 1e-12
         prev_err = err
     assert prev_err > 0
+
+
+# --- exact values and error messages (what mutation testing asks of compress/ranks.py) ------
+
+
+def test_rank_rules_exact_values():
+    s = np.array([0.4, 0.3, 0.2, 0.1])  # a total below 1 is an ordinary spectrum
+    np.testing.assert_allclose(rk.relative_errors(s), np.sqrt([0.6, 0.3, 0.1, 0.0]), atol=1e-12)
+    assert rk.energy_rank(s, 0.95) == 4 and rk.energy_rank(s, 0.4) == 1
+    assert rk.effective_rank(np.full(5, 0.01)) == 5
+    assert rk.effective_rank(np.array([4.0])) == 1
+    assert rk.effective_rank(np.zeros(3)) == 1
+    # cumulative round-off past the total: the error at full rank is 0, not NaN
+    s = np.sort(np.random.default_rng(0).random(8))[::-1]
+    assert 1.0 - np.cumsum(s)[-1] / s.sum() < 0.0  # the round-off this case is about
+    e = rk.relative_errors(s)
+    assert np.all(np.isfinite(e)) and e[-1] == 0.0
+
+
+def test_rank_rule_errors_name_the_argument():
+    with pytest.raises(ValueError, match=r"^convert: energy=1\.5 must be in \(0, 1\]"):
+        rk.energy_rank([1.0, 0.5], 1.5)
+    for bad in (0, -8, 2.5, True, "8", 8.0):
+        with pytest.raises(ValueError, match=r"round_to=.* must be a positive int"):
+            rk.round_rank(3, bad, 9)
+        with pytest.raises(ValueError, match=r"round_to=.* must be a positive int"):
+            rk.candidate_ranks(9, bad)
+    assert rk.round_rank(3, 1, 9) == 3 and rk.round_rank(3, np.int64(2), 9) == 4
+    assert list(rk.candidate_ranks(3, 1)) == [1, 2, 3]
+    assert rk.round_rank(1, None, 9) == 1 and rk.round_rank(0, 1, 9) == 1
+    assert rk.round_rank(-3, 4, 9) == 4
+
+
+def test_parse_budget_bounds_and_messages():
+    assert rk.parse_budget({"macs": 1}) == ("macs", 1.0)
+    assert rk.parse_budget({"params": np.float32(0.25)}) == ("params", 0.25)
+    assert rk.parse_budget({"macs": np.int64(5)}) == ("macs", 5.0)
+    for bad in (0, 0.0, -0.5, np.inf, np.nan, True, np.bool_(True), "0.5", None):
+        with pytest.raises(ValueError, match=r"must be a positive, finite number"):
+            rk.parse_budget({"macs": bad})
+    with pytest.raises(
+        ValueError, match=r'e\.g\. \{"macs": 0\.5\} \(half the MACs\) or \{"params": 2_000_000\}\.$'
+    ):
+        rk.parse_budget({})
+    with pytest.raises(ValueError, match=r"budget key 'flops' is not 'macs' or 'params'"):
+        rk.parse_budget({"flops": 0.5})
