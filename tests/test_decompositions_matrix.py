@@ -162,12 +162,28 @@ def test_gram_cache_is_bounded_and_drops_the_oldest(monkeypatch):
     rng = np.random.default_rng(0)
     mats = [rng.normal(size=(3, 2)) for _ in range(5)]
     for m in mats:
-        mx.singular_energies(m)
+        mx.gram_svd(m)
     assert len(mx._EIGH_CACHE) == 3
     kept = [v[1] for v in mx._EIGH_CACHE.values()]
     for m in mats[2:]:  # the three newest are the ones kept (served from the cache)
         assert any(mx._gram_eigh(m)[1] is k for k in kept)
     assert sum(v[1].nbytes for v in mx._EIGH_CACHE.values()) <= mx._EIGH_CACHE_BYTES
+
+
+def test_singular_energies_use_the_cache_but_do_not_fill_it(monkeypatch):
+    monkeypatch.setattr(mx, "_EIGH_CACHE", {})
+    m = np.random.default_rng(1).normal(size=(7, 4))
+    want = np.linalg.svd(m, compute_uv=False) ** 2
+    np.testing.assert_allclose(mx.singular_energies(m), want, rtol=1e-10)
+    np.testing.assert_allclose(mx.singular_energies(m.T), want, rtol=1e-10)  # wide: same
+    assert mx._EIGH_CACHE == {}  # values only: no eigenvectors computed or kept
+    mx.gram_svd(m)  # the decomposition caches eigh(M^T M) ...
+    ((lam, _),) = mx._EIGH_CACHE.values()
+    lam[0] = 123.0  # ... and the spectrum is then read from it (a copy)
+    got = mx.singular_energies(m)
+    assert got[0] == 123.0
+    got[0] = 0.0
+    assert lam[0] == 123.0
 
 
 def _decef_rebuild(eigen, comb):

@@ -131,11 +131,15 @@ _EIGH_CACHE: dict = {}
 _EIGH_CACHE_BYTES = 256 * 2**20  # whole-model conversions choose ranks for all layers first
 
 
+def _gram_key(m: np.ndarray) -> tuple:
+    return (m.shape, hashlib.blake2b(np.ascontiguousarray(m).data, digest_size=16).digest())
+
+
 def _gram_eigh(m: np.ndarray):
     """``eigh(M^T M)`` for a tall float64 ``M``, descending; recent ones are cached (keyed by
     the matrix bytes, 256 MiB at most) because rank selection and decomposition ask for the
     same one."""
-    key = (m.shape, hashlib.blake2b(np.ascontiguousarray(m).data, digest_size=16).digest())
+    key = _gram_key(m)
     hit = _EIGH_CACHE.get(key)
     if hit is None:
         lam, v = np.linalg.eigh(m.T @ m)
@@ -150,7 +154,10 @@ def singular_energies(matrix: np.ndarray) -> np.ndarray:
     """Squared singular values (descending) of a matrix.
 
     Computed from the eigenvalues of its smaller Gram matrix: ``min(m, n)^2`` memory and
-    several times faster than an SVD.
+    several times faster than an SVD. Only the eigenvalues are computed (``eigvalsh``, 3-6x
+    faster than ``eigh`` at 512-1024 columns) unless the eigendecomposition is already cached:
+    rank selection asks for every layer's spectrum, the decomposition only for the layers
+    it replaces.
 
     Args:
         matrix: a 2-D array ``(m, n)``.
@@ -159,7 +166,11 @@ def singular_energies(matrix: np.ndarray) -> np.ndarray:
         A float64 array of ``min(m, n)`` squared singular values, descending.
     """
     m = np.asarray(matrix, dtype=np.float64)
-    return _gram_eigh(m if m.shape[0] >= m.shape[1] else m.T)[0].copy()
+    m = m if m.shape[0] >= m.shape[1] else m.T
+    hit = _EIGH_CACHE.get(_gram_key(m))
+    if hit is not None:
+        return hit[0].copy()
+    return np.clip(np.linalg.eigvalsh(m.T @ m)[::-1], 0.0, None)
 
 
 def gram_svd(matrix: np.ndarray, rank: int | None = None):
