@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -41,7 +42,7 @@ def clone_only(model):
     return new
 
 
-def run(models, methods, size, energy, repeats):
+def run(models, methods, size, energy, repeats, macs=None):
     rows = []
     for key in models:
         model = getattr(keras.applications, MODELS[key])(weights=None, input_shape=(size, size, 3))
@@ -54,7 +55,8 @@ def run(models, methods, size, energy, repeats):
                 clone_model = clone_only(model)
                 clone_t.append(time.perf_counter() - t)
                 t = time.perf_counter()
-                new, report = convert(model, method=method, energy=energy, progress=False)
+                sel = {"budget": {"macs": macs}} if macs else {"energy": energy}
+                new, report = convert(model, method=method, progress=False, **sel)
                 conv_t.append(time.perf_counter() - t)
             del clone_model
             after = model_cost(new).total
@@ -63,7 +65,8 @@ def run(models, methods, size, energy, repeats):
                     "model": MODELS[key],
                     "input": f"{size}x{size}",
                     "method": method,
-                    "energy": energy,
+                    "energy": None if macs else energy,
+                    "macs_budget": macs,
                     "replaced": len(report.replaced),
                     "clone_s": min(clone_t),
                     "convert_s": min(conv_t),
@@ -81,7 +84,13 @@ def run(models, methods, size, energy, repeats):
 def to_markdown(rows, meta) -> str:
     lines = [
         f"Conversion vs clone time ({meta['machine']}, BLAS threads: {meta['blas_threads']}, "
-        f"best of {meta['repeats']}, energy={meta['energy']}).",
+        f"best of {meta['repeats']}, "
+        + (
+            f"budget={{'macs': {meta['macs_budget']}}}"
+            if meta.get("macs_budget")
+            else f"energy={meta['energy']}"
+        )
+        + f"; `{meta.get('command', 'python benchmarks/convert.py')}`).",
         "",
         "| model | input | method | replaced | clone-only (s) | convert (s) | convert / clone "
         "| goal <= 1.5 | MACs before | MACs after | MACs ratio |",
@@ -103,6 +112,7 @@ def main():
     p.add_argument("--methods", default="decef,svd")
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--energy", type=float, default=0.9)
+    p.add_argument("--macs", type=float, default=None, help="a MAC budget instead of energy")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--blas-threads", type=int, default=None)
     p.add_argument("--quick", action="store_true", help="64x64 inputs, one repeat")
@@ -115,6 +125,8 @@ def main():
         "blas_threads": args.blas_threads or "default",
         "repeats": args.repeats,
         "energy": args.energy,
+        "macs_budget": args.macs,
+        "command": "python benchmarks/convert.py " + " ".join(sys.argv[1:]),
         "keras": keras.__version__,
     }
     models, methods = args.models.split(","), args.methods.split(",")
@@ -122,9 +134,9 @@ def main():
         from threadpoolctl import threadpool_limits
 
         with threadpool_limits(args.blas_threads, user_api="blas"):
-            rows = run(models, methods, args.size, args.energy, args.repeats)
+            rows = run(models, methods, args.size, args.energy, args.repeats, args.macs)
     else:
-        rows = run(models, methods, args.size, args.energy, args.repeats)
+        rows = run(models, methods, args.size, args.energy, args.repeats, args.macs)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))

@@ -155,9 +155,10 @@ def singular_energies(matrix: np.ndarray) -> np.ndarray:
 
     Computed from the eigenvalues of its smaller Gram matrix: ``min(m, n)^2`` memory and
     several times faster than an SVD. Only the eigenvalues are computed (``eigvalsh``, 3-6x
-    faster than ``eigh`` at 512-1024 columns) unless the eigendecomposition is already cached:
-    rank selection asks for every layer's spectrum, the decomposition only for the layers
-    it replaces.
+    faster than ``eigh`` at 512-1024 columns), and the eigendecomposition cache is not
+    touched (hashing a ResNet50's kernels for it took longer than the lookups saved): rank
+    selection asks for every layer's spectrum, the decomposition only for the layers it
+    replaces.
 
     Args:
         matrix: a 2-D array ``(m, n)``.
@@ -167,9 +168,6 @@ def singular_energies(matrix: np.ndarray) -> np.ndarray:
     """
     m = np.asarray(matrix, dtype=np.float64)
     m = m if m.shape[0] >= m.shape[1] else m.T
-    hit = _EIGH_CACHE.get(_gram_key(m))
-    if hit is not None:
-        return hit[0].copy()
     return np.clip(np.linalg.eigvalsh(m.T @ m)[::-1], 0.0, None)
 
 
