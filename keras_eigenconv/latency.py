@@ -60,7 +60,14 @@ from .compress import ranks as rk
 from .compress.registry import available_methods, get_method
 from .deploy.litert import convert_model, make_interpreter, random_representative, tflite_converter
 from .deploy.rewrite import candidate_arrangements, prepare_for_inference
-from .deploy.timing import CostModel, LiteRTTimer, interleaved_samples, time_interleaved
+from .deploy.timing import (
+    CostModel,
+    LiteRTTimer,
+    TrainStep,
+    TrainStepTimer,
+    interleaved_samples,
+    time_interleaved,
+)
 
 __all__ = [
     "PRECISIONS",
@@ -86,8 +93,9 @@ class Target:
 
     Attributes:
         runtime: ``"litert"`` (LiteRT with XNNPACK, the ``.tflite`` an Android app ships) or
-            ``"train"`` (the TensorFlow training step; not yet supported by
-            ``budget={"latency": ...}``).
+            ``"train"`` (a TensorFlow training step at ``batch``, as ``fit`` runs it:
+            ``deploy.TrainStepTimer`` per layer, ``deploy.TrainStep`` for the whole model;
+            precision and threads are not used).
         precision: ``"fp32"``, ``"fp16"`` (float16 weights) or ``"int8"`` (full integer
             quantization, random representative data).
         threads: The interpreter's thread count.
@@ -405,7 +413,10 @@ def _candidate_layers(m, layer, rank, opts, shape):
 
 def _interpreter(model, target: Target):
     """A LiteRT interpreter of ``model`` as the target runs it (random representative data
-    for int8: timing only)."""
+    for int8: timing only); for the ``"train"`` target a ``deploy.TrainStep`` (one training
+    step of a copy of ``model`` on a fixed random batch of ``target.batch``)."""
+    if target.runtime == "train":
+        return TrainStep(model, batch=target.batch)
     shape = tuple(model.inputs[0].shape)
     content = convert_model(
         tflite_converter(model, target.quantize, random_representative((1, *shape[1:])))
@@ -478,7 +489,11 @@ def _time_table(
     ranks_per_layer,
     original_interpreter,
 ) -> _Table:
-    timer = LiteRTTimer(cache_path, num_threads=target.threads, quantize=target.quantize)
+    timer = (
+        TrainStepTimer(cache_path, batch=target.batch)
+        if target.runtime == "train"
+        else LiteRTTimer(cache_path, num_threads=target.threads, quantize=target.quantize)
+    )
     predictor = (
         CostModel.from_cache(cache_path, quantize=target.quantize, num_threads=target.threads)
         if timing == "predict"
@@ -528,7 +543,13 @@ def _time_table(
     for path, layer, shapes, offers in entries:
         orig = seconds(timer, {"orig": {"orig": [layer]}}, shapes)["orig"]
         cands = {
-            i: _candidate_layers(m, layer, r, opts, shapes[0])
+            # train: the compressed layer itself, timed as it trains ("auto": its training
+            # choice); LiteRT: its inference arrangements
+            i: (
+                {"train": [m.candidate(layer, r, opts)]}
+                if target.runtime == "train"
+                else _candidate_layers(m, layer, r, opts, shapes[0])
+            )
             for i, (m, r, _, opts) in enumerate(offers)
         }
         costs = seconds(predictor or timer, cands, shapes)
@@ -667,9 +688,9 @@ def convert(model: keras.Model, method="decef", budget=None, target=None, **kwar
     Raises:
         ValueError: As ``compress.convert``; when ``target`` is given without a latency
             budget or is unknown; when the latency budget is not in ``(0, 1]``, combined
-            with ``rank``/``energy``/``round_to``, given for the ``"train"`` target (not
-            supported yet) or for a model without a fixed input size; when it cannot be
-            met and ``strict`` is true.
+            with ``rank``/``energy``/``round_to``, or for a model without a fixed input
+            size; for the ``"train"`` target with ``timing="predict"`` or a Keras backend
+            other than TensorFlow; when it cannot be met and ``strict`` is true.
     """
     is_latency = isinstance(budget, Mapping) and set(budget) == {"latency"}
     if not is_latency:
@@ -687,11 +708,17 @@ def convert(model: keras.Model, method="decef", budget=None, target=None, **kwar
             "(0, 1], e.g. {'latency': 0.5}."
         )
     tgt = parse_target("litert-fp32" if target is None else target)
-    if tgt.runtime != "litert":
-        raise ValueError(
-            f"convert: latency budgets on target {tgt} are not supported yet; use a LiteRT "
-            "target ('litert-fp32', 'litert-fp16', 'litert-int8')."
-        )
+    if tgt.runtime == "train":
+        if kwargs.get("timing", "measure") != "measure":
+            raise ValueError(
+                "convert: on target 'train' every candidate is timed (timing='measure'); "
+                "timing='predict' uses a cost model fitted to LiteRT timings."
+            )
+        if keras.backend.backend() != "tensorflow":
+            raise ValueError(
+                "convert: target 'train' times TensorFlow training steps; run with "
+                f"KERAS_BACKEND=tensorflow (the backend is {keras.backend.backend()!r})."
+            )
     for bad in ("rank", "energy", "round_to"):
         if kwargs.get(bad) is not None:
             raise ValueError(
@@ -821,12 +848,16 @@ def convert(model: keras.Model, method="decef", budget=None, target=None, **kwar
                 progress=False,
                 strict=False,
             )
-            prepared = prepare_for_inference(
-                timing_model,
-                num_threads=tgt.threads,
-                quantize=tgt.quantize,
-                cache_path=table.timer.cache_path,
-                check=False,
+            prepared = (
+                timing_model  # trains as built: "auto" layers run their training choice
+                if tgt.runtime == "train"
+                else prepare_for_inference(
+                    timing_model,
+                    num_threads=tgt.threads,
+                    quantize=tgt.quantize,
+                    cache_path=table.timer.cache_path,
+                    check=False,
+                )
             )
             tried[key] = paired_ratio(original_it, _interpreter(prepared, tgt))
         got = {"share": plan.share, "planned_ratio": plan.ratio, **tried[key]}

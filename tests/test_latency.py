@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import keras_eigenconv as ke
+from keras_eigenconv.compress.registry import get_method
 from keras_eigenconv.deploy import CostModel, LiteRTTimer
 from keras_eigenconv.latency import TARGETS, Target, latency_ranks, parse_target
 
@@ -72,8 +73,8 @@ def test_bad_latency_arguments_fail_before_any_timing(model, _timing_cache):
         ke.convert(model, method="svd", budget={"latency": 1.5})
     with pytest.raises(ValueError, match="rank="):
         ke.convert(model, method="svd", budget={"latency": 0.5}, rank=4)
-    with pytest.raises(ValueError, match="not supported yet"):
-        ke.convert(model, method="svd", budget={"latency": 0.5}, target="train")
+    with pytest.raises(ValueError, match="timing='measure'"):
+        ke.convert(model, method="svd", budget={"latency": 0.5}, target="train", timing="predict")
     with pytest.raises(ValueError, match="chooses its own ranks"):
         ke.convert(model, method="tucker2", budget={"latency": 0.5})
     assert not _timing_cache.exists()
@@ -252,3 +253,88 @@ def test_feedback_measures_the_whole_model_and_keeps_the_best(model, shared_cach
     assert "whole model measured" in plan.to_markdown()
     with pytest.raises(ValueError, match="feedback_rounds"):
         ke.convert(model, method="svd", budget={"latency": x}, feedback_rounds=-1)
+
+
+def test_train_step_timer_caches_training_steps(tmp_path):
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("training steps are timed in TensorFlow")
+    from keras_eigenconv.deploy import TrainStepTimer
+
+    path = tmp_path / "train.json"
+    timer = TrainStepTimer(path, batch=4, rounds=3)
+    conv = keras.layers.Conv2D(16, 3, padding="same")
+    svd = ke.SVDConv2D(16, 3, rank=4, padding="same")
+    got = timer.time({"conv": [conv], "svd": [svd]}, (None, 12, 12, 8))
+    assert set(got) == {"conv", "svd"} and all(0 < s < 1 for s in got.values())
+    assert timer.measured == 2
+    again = TrainStepTimer(path, batch=4, rounds=3)  # from the file, nothing timed
+    assert again.time({"c": [conv]}, (1, 12, 12, 8)) == {"c": got["conv"]}
+    assert again.measured == 0
+    keys = [json.loads(k) for k in json.loads(path.read_text())["entries"]]
+    assert {(k["runtime"], k["batch"], tuple(k["input"])) for k in keys} == {
+        ("tensorflow-train", 4, (12, 12, 8))
+    }
+    assert TrainStepTimer(path, batch=8).key([conv], (None, 12, 12, 8)) != timer.key(
+        [conv], (None, 12, 12, 8)
+    )
+    with pytest.raises(ValueError, match="batch"):
+        TrainStepTimer(path, batch=0)
+
+
+def test_train_step_runs_fit_steps_on_a_copy(model):
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("training steps are timed in TensorFlow")
+    from keras_eigenconv.deploy import TrainStep
+
+    before = [w.copy() for w in model.get_weights()]
+    step = TrainStep(model, batch=2)
+    step.invoke()
+    step.invoke()
+    assert step.model is not model
+    assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
+    assert step.model.optimizer.iterations.numpy() == 2  # two optimizer updates ran
+
+
+@pytest.mark.filterwarnings("ignore:convert. the latency budget")
+def test_train_target_plans_with_training_step_times(model, tmp_path, _timing_cache):
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("training steps are timed in TensorFlow")
+    from keras_eigenconv.deploy import TrainStepTimer
+
+    path = tmp_path / "train.json"
+    target = Target("train", batch=4)
+    new, rep = ke.convert(
+        model,
+        method="svd",
+        budget={"latency": 0.7},
+        target=target,
+        ranks_per_layer=2,
+        feedback_rounds=1,
+        strict=False,
+        cache_path=path,
+    )
+    plan = rep.latency
+    assert plan.target == target and str(plan.target) == "train (batch 4)"
+    assert len(plan.layers) == 2  # the first conv is skipped
+    assert len(plan.feedback) == 1 and plan.feedback[0]["ratio"] > 0
+    assert rep.budget_met == (plan.feedback[0]["ratio"] <= 0.7)
+    # every timing is a training step of the layer alone at batch 4, from the train cache;
+    # nothing went through LiteRT
+    assert not _timing_cache.exists()
+    timer = TrainStepTimer(path, batch=4)
+    by_name = {la.name: la for la in model.layers}
+    for p in plan.layers:
+        layer = by_name[p.name.split("/")[-1]]
+        shape = tuple(layer.input.shape)
+        assert p.original_s == timer.time({"o": [layer]}, shape)["o"]
+        if p.method is not None:
+            cand = get_method("svd").candidate(layer, p.rank)
+            assert p.predicted_s == timer.time({"c": [cand]}, shape)["c"]
+    assert timer.measured == 0
+    # the converted model trains; its "auto" layers run their training choice in fit
+    for la in new.layers:
+        if isinstance(la, ke.SVDConv2D):
+            assert la.resolved_training_implementation in ("factorized", "dense")
+    new.compile("sgd", "mse")
+    x = np.random.default_rng(0).normal(size=(4, 24, 24, 16)).astype("float32")
+    new.fit(x, np.zeros((4, 24, 24, 96), "float32"), epochs=1, verbose=0)

@@ -15,6 +15,9 @@
 - ``CostModel``: ``time = sum_op (t_kind * MACs_op + t_op)`` per op kind, least-squares
   fitted to the cache (``CostModel.from_cache``), else ``DEFAULT_COST_MODEL``
   (``cost.OP_TIME["litert_seconds"]``);
+- ``TrainStepTimer``: the same interface as ``LiteRTTimer`` for a TensorFlow training step
+  (forward + backward of each candidate alone at a batch), cached in its own file;
+  ``TrainStep``: one training step of a copy of a whole model (``invoke()``);
 - ``bench_tflite``: latency of ``.tflite`` files, interleaved.
 """
 
@@ -35,6 +38,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from .. import graph
 from .._io import atomic_write_text, file_lock
 from ..cost import OP_TIME, layer_cost
 from ..layers import ChannelTile
@@ -53,6 +57,8 @@ __all__ = [
     "LiteRTTimer",
     "TimingCache",
     "TimingCacheWarning",
+    "TrainStep",
+    "TrainStepTimer",
     "bench_tflite",
     "default_cache_path",
     "interleaved_samples",
@@ -577,6 +583,181 @@ class CostModel:
 # Seconds per MAC / copied element / op, LiteRT 2.3 + XNNPACK fp32, 2 threads, reference machine
 # (a 28x28 128->128 3x3 conv: 1.6 ms; multiplier-4 depthwise + 1x1: 1.24 ms; tiled: 0.42 ms).
 DEFAULT_COST_MODEL = CostModel(dict(OP_TIME["litert_seconds"]))
+
+
+TRAIN_CACHE_NAME = "train_step_timings.json"
+
+
+def _require_tensorflow(who: str) -> None:
+    if keras.backend.backend() != "tensorflow":
+        raise ValueError(
+            f"{who}: training steps are timed in TensorFlow; run with KERAS_BACKEND=tensorflow "
+            f"(the backend is {keras.backend.backend()!r})."
+        )
+
+
+def _layer_train_step(layers: list, input_shape, batch: int, seed: int = 0):
+    """A zero-argument function running one training step of fresh copies of ``layers``.
+
+    The step: forward with ``training=True``, then the gradients of ``sum(y**2) / 2`` with
+    respect to the input and every trainable weight, in one ``tf.function``."""
+    import tensorflow as tf
+
+    shape = tuple(int(d) for d in tuple(input_shape)[1:])
+    fresh = [type(layer).from_config(layer.get_config()) for layer in layers]
+    x = tf.constant(np.random.default_rng(seed).standard_normal((batch, *shape)), "float32")
+    y = x
+    for layer in fresh:  # builds each layer at its input shape
+        y = layer(y)
+    weights = [w for layer in fresh for w in layer.trainable_weights]
+
+    @tf.function
+    def step():
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            out = x
+            for layer in fresh:
+                out = layer(out, training=True)
+            loss = 0.5 * tf.reduce_sum(tf.square(out))
+        return tape.gradient(loss, [x, *weights])
+
+    def invoke():
+        grads = step()
+        return grads[-1].numpy()  # waits for the step (the smallest result)
+
+    return invoke
+
+
+class TrainStepTimer:
+    """Times layers as one TensorFlow training step each (forward + backward), with a cache.
+
+    ``time(candidates, input_shape)`` has ``LiteRTTimer.time``'s interface: each candidate,
+    a list of layers, is rebuilt from its config (fresh weights: timing only) and run on a
+    fixed random input ``(batch, *input_shape[1:])``; one step is the forward pass with
+    ``training=True`` (so ``implementation="auto"`` layers run their training choice) and
+    the gradients of ``sum(y**2) / 2`` with respect to the input and every trainable weight
+    (what backpropagation computes for a layer inside a network; no optimizer update), in a
+    ``tf.function`` (graph mode, as ``fit`` runs without XLA on CPU). Candidates not in the
+    cache are timed interleaved (``time_interleaved``): median seconds per step.
+
+    Entries are cached in a ``TimingCache`` (safe under threads and processes), keyed by
+    ops, input shape, batch, ``"runtime": "tensorflow-train"`` and the TensorFlow version,
+    without op features (``CostModel.from_cache`` never fits LiteRT times to them).
+
+    Args:
+        cache_path: The JSON cache file; when None, ``train_step_timings.json`` next to
+            ``default_cache_path()``.
+        batch: The batch size of a step.
+        rounds: The number of interleaved timing rounds.
+
+    Raises:
+        ValueError: When ``batch`` or ``rounds`` is not a positive int, or the Keras backend
+            is not TensorFlow.
+    """
+
+    def __init__(
+        self, cache_path: str | os.PathLike | None = None, batch: int = 32, rounds: int = 7
+    ):
+        _require_tensorflow("TrainStepTimer")
+        self.batch = positive_int("TrainStepTimer", "batch", batch)
+        self.rounds = positive_int("TrainStepTimer", "rounds", rounds)
+        if cache_path is None:
+            cache_path = default_cache_path().with_name(TRAIN_CACHE_NAME)
+        self.cache = TimingCache(cache_path)
+        self.cache_path = self.cache.path
+        self.measured = 0  # candidates timed by this object (cache misses)
+        self.entries = self.cache.load()
+
+    def key(self, layers: list, input_shape) -> str:
+        """The cache key of ``layers`` on ``input_shape`` (batch replaced by ``batch``).
+
+        Args:
+            layers: The layers run in sequence.
+            input_shape: The input shape.
+
+        Returns:
+            The key, a JSON string.
+        """
+        import tensorflow as tf
+
+        return json.dumps(
+            {
+                "ops": _op_spec(layers),
+                "input": [int(d) for d in tuple(input_shape)[1:]],
+                "batch": self.batch,
+                "runtime": "tensorflow-train",
+                "tensorflow": tf.__version__,
+            },
+            sort_keys=True,
+        )
+
+    def time(self, candidates: dict[str, list], input_shape) -> dict[str, float]:
+        """Time candidates as a training step, measuring only those not in the cache.
+
+        Args:
+            candidates: ``{name: [layers]}``, the layer sequences to compare.
+            input_shape: The input shape; the batch axis is replaced by ``batch``.
+
+        Returns:
+            ``{name: median seconds per training step}``.
+        """
+        keys = {name: self.key(layers, input_shape) for name, layers in candidates.items()}
+        missing = {n: candidates[n] for n, k in keys.items() if k not in self.entries}
+        if missing:
+            invokers = {
+                name: _layer_train_step(layers, input_shape, self.batch)
+                for name, layers in missing.items()
+            }
+            times = time_interleaved(invokers, rounds=self.rounds)
+            for name, seconds in times.items():
+                self.entries[keys[name]] = {"seconds": seconds}
+            self.measured += len(missing)
+            self.entries = self.cache.save(self.entries)
+        return {name: self.entries[k]["seconds"] for name, k in keys.items()}
+
+
+class TrainStep:
+    """One training step of a copy of a model on a fixed random batch: ``invoke()``.
+
+    The copy (the model is not modified: ``graph.clone_model``, or ``graph.copy_subclassed``
+    for a subclassed model) is compiled as ``fit`` runs it by default (``jit_compile``
+    ``"auto"``: no XLA on CPU) with SGD at learning rate 0 (the weights stay as they are, so
+    every step costs the same) and mean squared error against zeros; ``invoke`` runs
+    ``train_on_batch`` on the fixed batch: forward, backward and the optimizer update of
+    every trainable weight, as one step of ``fit``.
+
+    Args:
+        model: A built ``keras.Model`` with one input of known size (batch aside).
+        batch: The batch size.
+        seed: The seed of the random batch.
+
+    Raises:
+        ValueError: When ``batch`` is not a positive int, the model does not have one input
+            of known size, or the Keras backend is not TensorFlow.
+    """
+
+    def __init__(self, model, batch: int = 32, seed: int = 0):
+        _require_tensorflow("TrainStep")
+        self.batch = positive_int("TrainStep", "batch", batch)
+        inputs = getattr(model, "inputs", None) or []
+        if len(inputs) != 1 or any(d is None for d in tuple(inputs[0].shape)[1:]):
+            raise ValueError("TrainStep: the model needs one input of known size.")
+        shape = tuple(int(d) for d in tuple(inputs[0].shape)[1:])
+        copy = graph.clone_model(model) if graph.is_graph_model(model) else None
+        if copy is None:
+            copy = graph.copy_subclassed(model)
+        rng = np.random.default_rng(seed)
+        self._x = keras.ops.convert_to_tensor(
+            rng.standard_normal((self.batch, *shape)).astype("float32")
+        )
+        out = copy(self._x, training=False)
+        self._y = keras.tree.map_structure(keras.ops.zeros_like, out)
+        copy.compile(optimizer=keras.optimizers.SGD(learning_rate=0.0), loss="mse")
+        self.model = copy
+
+    def invoke(self) -> None:
+        """Run one training step (``train_on_batch``) on the fixed batch."""
+        self.model.train_on_batch(self._x, self._y)
 
 
 def bench_tflite(
