@@ -146,33 +146,39 @@ class RankAnalysis:
             OSError: When ``path`` cannot be written (written atomically: an existing
                 file is then unchanged).
         """
-        try:
-            import matplotlib
-
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
+        try:  # a Figure on the Agg canvas: no pyplot state, no global backend switch
+            from matplotlib.backends.backend_agg import FigureCanvasAgg
+            from matplotlib.figure import Figure
         except ImportError as err:  # pragma: no cover - depends on the install
             raise ImportError(
                 "Plotting needs matplotlib: pip install 'keras-eigenconv[plot]'"
             ) from err
-        fig, ax = plt.subplots(figsize=(9, 5))
+        fig = Figure(figsize=(9, 5))
+        FigureCanvasAgg(fig)
+        ax = fig.subplots()
         depth = [r["depth"] for r in self.rows]
         for m in MEASURES:
             ys = [np.nan if r[m] is None else r[m] for r in self.rows]
             if not np.all(np.isnan(ys)):
                 ax.plot(depth, ys, marker=".", label=m)
-        ax.set_xlabel("conv layer depth (index)")
-        ax.set_ylabel("effective rank / maximum rank")
+        # integer ticks at the layers, named (every k-th one for deep models)
+        step = max(1, len(depth) // 24)
+        ax.set_xticks(
+            depth[::step],
+            [f"{r['depth']} {r['layer']}" for r in self.rows][::step],
+            rotation=60,
+            ha="right",
+            fontsize=7,
+        )
+        ax.set_xlabel("conv layer (depth index and name)")
+        ax.set_ylabel("effective rank / maximum rank (dimensionless)")
         ax.set_ylim(0, 1.05)
         ax.set_title(title or "Effective rank of conv filters against depth")
         ax.legend(fontsize=7, ncol=2)
         ax.grid(alpha=0.3)
         fig.tight_layout()
-        try:
-            with atomic_path(path, what="plot") as tmp:  # no half-written PNG, ever
-                fig.savefig(tmp, dpi=120, format=Path(path).suffix[1:].lower() or "png")
-        finally:
-            plt.close(fig)
+        with atomic_path(path, what="plot") as tmp:  # no half-written PNG, ever
+            fig.savefig(tmp, dpi=120, format=Path(path).suffix[1:].lower() or "png")
 
 
 def analyze(model, plot=None, title: str | None = None) -> RankAnalysis:
