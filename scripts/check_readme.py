@@ -155,6 +155,24 @@ def _claims() -> list[tuple[str, str, list[str]]]:
             ],
         )
     )
+    # ---- the training cost model of "auto" (README "implementation")
+    claims.append(
+        (
+            "there the layers it trains factorized ran at most {}x of the conv's step.",
+            "train_layers.json",
+            ["summary.auto_factorized_max_ratio"],
+        )
+    )
+    claims.append(
+        (
+            "(factorized: {}-{}x the conv's step)",
+            "train_layers.json",
+            [
+                "rows[batch=128,layer=decef r2|decef r3|decef r5]*.ratio|min",
+                "rows[batch=128,layer=decef r2|decef r3|decef r5]*.ratio|max",
+            ],
+        )
+    )
     # ---- training speed (README "Measured speed")
     claims.append(
         (
