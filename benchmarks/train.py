@@ -4,13 +4,18 @@ Every model is measured in the same run on the same data (random 32x32x3 images,
 ``--batch``): the plain ResNet-20, then DeCEF, SVD and Tucker-2 versions converted by
 ``keras_eigenconv.convert(model, method, budget={"macs": share})`` at about 2/3 and
 1/3 of the MACs (Tucker-2 picks its own ranks: the ``energy`` that lands closest), with
-each ``--implementations`` value ("auto" picks per layer; "factorized" forces the factor
-ops). A model is timed over ``--steps`` steps of a second epoch (the first
-holds tracing and warm-up); ``--repeats`` takes the best. Writes
-``benchmarks/results/train.json`` and ``train.md``.
+each ``--implementations`` value ("auto" picks per layer, for ``fit`` by its training-step
+cost model; "factorized" forces the factor ops); with ``--latency-targets``, also models
+converted by ``convert(plain, method, budget={"latency": x}, target=Target("train",
+batch=--batch))`` (per-layer ranks and methods chosen by timed training steps). A model is
+timed over ``--steps`` steps of a second epoch (the first holds tracing and warm-up);
+``--repeats`` takes the best. The "layers factorized/dense" column counts what ``fit`` runs
+(``resolved_training_implementation``). Writes ``benchmarks/results/train.json`` and
+``train.md``.
 
     .venv/bin/python benchmarks/train.py                  # the full table (a few minutes)
     .venv/bin/python benchmarks/train.py --steps 3 --methods decef --shares 0.67
+    .venv/bin/python benchmarks/train.py --implementations auto --latency-targets 0.75
 """
 
 from __future__ import annotations
@@ -28,8 +33,10 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from keras_eigenconv import convert as latency_convert  # noqa: E402
 from keras_eigenconv import model_cost  # noqa: E402
 from keras_eigenconv.compress import convert  # noqa: E402
+from keras_eigenconv.latency import Target  # noqa: E402
 from keras_eigenconv.zoo import cifar_resnet  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -80,6 +87,13 @@ def main(argv=None) -> int:
     p.add_argument("--methods", default="decef,svd,tucker2")
     p.add_argument("--shares", default="0.67,0.33", help="MAC shares of the plain model")
     p.add_argument("--implementations", default="auto,factorized")
+    p.add_argument(
+        "--latency-targets",
+        default="",
+        help="training-time shares for budget={'latency': x}, target='train' (e.g. 0.75)",
+    )
+    p.add_argument("--latency-methods", default="svd,decef", help="methods for --latency-targets")
+    p.add_argument("--cache", default=None, help="training-step timing cache (JSON)")
     p.add_argument("--out", default=str(RESULTS / "train"))
     args = p.parse_args(argv)
 
@@ -107,8 +121,8 @@ def main(argv=None) -> int:
             "images_per_s": ips,
         }
         if report is not None:
-            impls = [
-                getattr(la, "resolved_implementation", None)
+            impls = [  # what fit runs
+                getattr(la, "resolved_training_implementation", None)
                 for la in model._flatten_layers(include_self=False, recursive=True)
             ]
             row["layers_factorized"] = sum(i == "factorized" for i in impls)
@@ -125,6 +139,31 @@ def main(argv=None) -> int:
             for impl in args.implementations.split(","):
                 model, report = convert_to_share(plain, method, share, impl, base_cost.macs)
                 record(f"{method}@{share:.2f} ({impl})", method, share, impl, model, report)
+    for x in (float(s) for s in args.latency_targets.split(",") if s):
+        t0 = time.perf_counter()
+        try:
+            model, report = latency_convert(
+                plain,
+                method=args.latency_methods.split(","),
+                budget={"latency": x},
+                target=Target("train", batch=args.batch),
+                cache_path=args.cache,
+                strict=False,
+                progress=False,
+            )
+        except ValueError as err:  # below what the fastest candidates reach
+            print(f"latency plan {x}: {err}", flush=True)
+            continue
+        m = report.latency.measured or {}
+        print(
+            f"latency plan {x}: measured step ratio {m.get('ratio', float('nan')):.3f} "
+            f"({time.perf_counter() - t0:.0f} s)",
+            flush=True,
+        )
+        name = f"latency@{x:.2f} train ({args.latency_methods})"
+        record(name, "latency:" + args.latency_methods, None, "auto", model, report)
+        rows[-1]["latency_budget"] = x
+        rows[-1]["planned_step_ratio"] = m.get("ratio")
 
     # the plain net again at the end: the spread of the two shows the run's noise
     record("resnet20 (again)", "plain", 1.0, "-", plain)
