@@ -290,6 +290,47 @@ def _claims() -> list[tuple[str, str, list[str]]]:
                 ],
             )
         )
+    # ---- the demo's table (README "Install, demo, test"), from one full demo run whose
+    # files are committed in docs/demo/ (scripts/demo_readme.py writes the README block)
+    demo = ROOT / "docs" / "demo" / "results.json"
+    if demo.exists():
+        name = "../../docs/demo/results.json"
+        res = json.loads(demo.read_text())
+        for i, row in enumerate(res["rows"]):
+            ft = f"{row['fine-tuned']} ep" if row["fine-tuned"] else "-"
+            sel = f"rows[file={row['file']}]"
+            claims.append(
+                (
+                    f"| {i} | {row['variant']} | {ft} | {{}} | {{}} | {{}} | {{}} | {{}} | "
+                    "{}-{} | {} |",
+                    name,
+                    [
+                        f"{sel}.MACs:,",
+                        f"{sel}.MAC ratio:.2f",
+                        f"{sel}.tflite KB:.1f",
+                        f"{sel}.int8 acc:.3f",
+                        f"{sel}.latency ms:.3f",
+                        f"{sel}.p10 ms:.3f",
+                        f"{sel}.p90 ms:.3f",
+                        f"{sel}.latency ratio:.2f",
+                    ],
+                )
+            )
+        ship = res["ship"]
+        claims.append(
+            (
+                f"**Ship #{{}} {ship['variant']}: {ship['reason']}**",
+                name,
+                ["ship.index:d"],
+            )
+        )
+        claims.append(
+            (
+                "Command: `{}`; {} s on",
+                name,
+                ["meta.command:s", "meta.seconds:.0f"],
+            )
+        )
     return claims
 
 

@@ -13,6 +13,7 @@ import argparse
 import errno
 import json
 import os
+import sys
 import zipfile
 from pathlib import Path
 
@@ -463,36 +464,89 @@ def add_demo(subparsers) -> None:
 
     p = subparsers.add_parser(
         "demo",
-        help="train, convert, fine-tune, export and time a CNN on the bundled digits data",
+        help="train a CNN on the bundled digits, convert it several ways, export int8, time, "
+        "and say which variant to ship",
         description=demo.__doc__.split("\n\n")[0] + " No internet needed.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+        "  keras-eigenconv demo                      # the full demo (a few minutes)\n"
+        "  keras-eigenconv demo --quick --out /tmp/demo   # under a minute (the tests run it)\n"
+        "  keras-eigenconv demo --out docs/demo       # the README's table and plot\n"
+        "Progress goes to stderr (a bar on a terminal, one line per step otherwise); the "
+        "table and the line saying which variant to ship go to stdout.",
     )
     out = demo.DEFAULT_OUT
     p.add_argument("-o", "--out", default=out, help=f"output folder ({out})")
-    p.add_argument("--budget", type=float, default=0.5, help="share of MACs to keep (0.5)")
-    p.add_argument("--methods", nargs="+", default=["decef", "svd"], help="decef svd ...")
-    p.add_argument("--epochs", type=_positive_int, default=8, help="baseline training epochs (8)")
     p.add_argument(
-        "--finetune-epochs", type=_nonnegative_int, default=3, help="fine-tuning epochs (3)"
+        "--budget", type=float, default=0.5, help="share of the MACs to keep, in (0, 1] (0.5)"
     )
-    p.add_argument("--quick", action="store_true", help="a reduced run (tests use it)")
+    p.add_argument(
+        "--latency-budget",
+        type=float,
+        default=0.6,
+        help="share of the LiteRT int8 latency for the method=auto conversion, in (0, 1] (0.6)",
+    )
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        default=None,
+        help="methods for the MAC budgets, the first is the main one (svd decef; --quick: svd)",
+    )
+    p.add_argument(
+        "--epochs", type=_positive_int, default=None, help="baseline training epochs (6)"
+    )
+    p.add_argument(
+        "--finetune-epochs", type=_nonnegative_int, default=None, help="fine-tuning epochs (2)"
+    )
+    p.add_argument(
+        "--rounds", type=_positive_int, default=None, help="interleaved LiteRT timing rounds (40)"
+    )
+    p.add_argument("--seed", type=_nonnegative_int, default=0, help="random seed (0)")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="a reduced run: 16x16 images, a smaller CNN, fewer variants (under a minute)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress on stderr")
     p.set_defaults(func=_cmd_demo)
 
 
 def _cmd_demo(args) -> int:
     if not 0.0 < args.budget <= 1.0:
         raise ValueError(f"--budget must be in (0, 1], got {args.budget}")
+    if not 0.0 < args.latency_budget <= 1.0:
+        raise ValueError(f"--latency-budget must be in (0, 1], got {args.latency_budget}")
     _check_outputs(out=str(Path(args.out) / "results.json"))
-    kwargs = dict(
-        methods=tuple(args.methods),
-        budget=args.budget,
+    for name in args.methods or ():
+        get_method(name)
+    if args.quick:
+        kwargs = dict(
+            methods=("svd",), epochs=3, finetune_epochs=1, size=16, width=16, bench_rounds=20
+        )
+        kwargs.update(calibration_samples=64, quick=True)
+    else:
+        kwargs = dict(methods=("svd", "decef"), epochs=6, finetune_epochs=2, bench_rounds=40)
+    given = dict(
+        methods=tuple(args.methods) if args.methods else None,
         epochs=args.epochs,
         finetune_epochs=args.finetune_epochs,
+        bench_rounds=args.rounds,
     )
-    if args.quick:
-        kwargs.update(epochs=2, finetune_epochs=1, size=16, width=8, bench_rounds=5)
+    kwargs.update({k: v for k, v in given.items() if v is not None})
     from ..demo import run_demo
 
-    run_demo(args.out, **kwargs)
+    command = "keras-eigenconv " + " ".join(
+        a for a in sys.argv[1:] if a not in ("--verbose", "--debug")
+    )
+    run_demo(
+        args.out,
+        budget=args.budget,
+        latency_budget=args.latency_budget,
+        seed=args.seed,
+        progress=not args.no_progress,
+        command=command,
+        **kwargs,
+    )
     return 0
 
 
