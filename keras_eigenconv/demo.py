@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -374,10 +375,12 @@ class _Progress:
         width = 24
         done = int(width * self.n / max(self.total, 1))
         text = f"{self.name} {detail}".strip()
-        self.stream.write(
-            f"\r[{'#' * done}{'.' * (width - done)}] {self.n}/{self.total} "
-            f"{time.perf_counter() - self.start:5.0f}s {text[:60]:<60}"
+        line = (
+            f"[{'#' * done}{'.' * (width - done)}] {self.n}/{self.total} "
+            f"{time.perf_counter() - self.start:5.0f}s {text}"
         )
+        cols = shutil.get_terminal_size((100, 24)).columns - 1  # one line, never wrapped
+        self.stream.write(f"\r{line[:cols]:<{cols}}")
         self.stream.flush()
 
     def step(self, name: str) -> None:
@@ -396,7 +399,8 @@ class _Progress:
         if self.tty:
             self._draw(summary)
             if self.n >= self.total:
-                self.stream.write("\r" + " " * 100 + "\r")
+                cols = shutil.get_terminal_size((100, 24)).columns - 1
+                self.stream.write("\r" + " " * cols + "\r")
                 self.stream.flush()
             return
         took = time.perf_counter() - self.t0
@@ -788,12 +792,11 @@ def _plot_summary(rows, conversions, ship, path) -> bool:
     ax_p.grid(alpha=0.3)
     ax_p.legend(fontsize=6.5, loc="best")
 
-    convs = [la for la in (conversions[0]["layers"] if conversions else []) if la["type"]]
-    names = [la["name"] for la in convs]
+    # the layers every conversion report lists (the model's convs and dense, in order)
+    names = [la["name"] for la in (conversions[0]["layers"] if conversions else [])]
     xs = np.arange(len(names))
-    width = 0.8 / max(len(conversions), 1)
 
-    def bars(ax, value, label_of, first=None):
+    def bars(ax, value, first=None):
         groups = ([first] if first else []) + [
             (c["label"], colors[c["slug"]], c["layers"]) for c in conversions
         ]
@@ -805,40 +808,27 @@ def _plot_summary(rows, conversions, ship, path) -> bool:
                 [v or 0 for v in vals],
                 w,
                 color=color,
-                label=label_of(label),
+                label=label,
             )
         ax.set_xticks(xs, names, rotation=20, fontsize=8)
         ax.set_xlabel("layer (model order)")
         ax.grid(axis="y", alpha=0.3)
 
-    del width
     bars(
         ax_r,
         lambda la: la["rank"] if la["replaced"] and isinstance(la["rank"], int) else 0,
-        lambda label: label,
     )
     ax_r.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax_r.set_ylabel("rank (factors kept, integer)")
     ax_r.set_title("Per-layer rank (no bar: layer kept as it was)")
     ax_r.legend(fontsize=6.5)
 
-    total = conversions[0]["layers"] and sum(
-        la["macs_before"] or 0 for la in conversions[0]["layers"]
-    )
-    original = ("original", "black", conversions[0]["layers"]) if conversions else None
+    layers0 = conversions[0]["layers"] if conversions else []
+    total = max(1, sum(la["macs_before"] or 0 for la in layers0))
     bars(
         ax_m,
-        lambda la: (
-            100
-            * (la["macs_after"] if la["replaced"] else la["macs_before"] or 0)
-            / max(total or 1, 1)
-        ),
-        lambda label: label,
-        first=(
-            ("original", "0.2", [dict(la, replaced=False) for la in original[2]])
-            if original
-            else None
-        ),
+        lambda la: 100 * ((la["macs_after"] if la["replaced"] else la["macs_before"]) or 0) / total,
+        first=("original", "0.2", [dict(la, replaced=False) for la in layers0]),
     )
     ax_m.set_ylabel("MACs (% of the original's conv + dense MACs)")
     ax_m.set_title("Per-layer MAC share")
@@ -851,7 +841,6 @@ def _plot_summary(rows, conversions, ship, path) -> bool:
             if la["replaced"]
             else 0
         ),
-        lambda label: label,
     )
     ax_e.set_ylabel("relative error (dimensionless)")
     ax_e.set_title(

@@ -1,5 +1,6 @@
 """The README's first command, `keras-eigenconv demo`: quiet, one table, a summary plot."""
 
+import io
 import json
 import os
 import re
@@ -185,3 +186,34 @@ def test_demo_plan():
     for bad in (dict(budget=0.0), dict(budget=1.5), dict(latency_budget=2.0), dict(methods=())):
         with pytest.raises(ValueError):
             demo_plan(**{"methods": ("svd",), **bad})
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_is_a_bar_on_a_terminal_and_lines_otherwise():
+    from keras_eigenconv.demo import _Progress
+
+    for stream in (_Terminal(), io.StringIO()):
+        bar = _Progress(2, stream, True)
+        bar.step("training the baseline")
+        bar.update("(epoch 1/3)")
+        bar.done("accuracy 0.9")
+        bar.step("timing in LiteRT")
+        bar.done()
+        text = stream.getvalue()
+        if stream.isatty():  # redrawn in place, no new line, cleared at the end
+            assert "\n" not in text and text.count("\r") >= 5
+            assert "(epoch 1/3)" in text and "2/2" in text and text.endswith("\r")
+        else:  # one line per finished step, no carriage returns
+            lines = text.splitlines()
+            assert "\r" not in text and len(lines) == 2, lines
+            assert lines[0].startswith("[demo 1/2] training the baseline: accuracy 0.9 (")
+            assert lines[1].startswith("[demo 2/2] timing in LiteRT (")
+    quiet = io.StringIO()
+    bar = _Progress(1, quiet, False)
+    bar.step("x")
+    bar.done()
+    assert quiet.getvalue() == ""
