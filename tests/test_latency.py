@@ -211,10 +211,12 @@ def test_paired_ratio_times_interleaved_rounds():
         def invoke(self):
             time.sleep(self.s)
 
-    got = paired_ratio(Sleeper(0.002), Sleeper(0.006), rounds=5)
-    assert 2.0 < got["ratio"] < 3.6  # 3x the sleep (plus the same call overhead in both)
+    got = paired_ratio(Sleeper(0.005), Sleeper(0.015), rounds=5)
+    # 3x the sleep; a loaded machine oversleeps both by the same few ms, pulling it to 2
+    assert 1.8 < got["ratio"] < 3.3
     assert got["p10"] <= got["ratio"] <= got["p90"]
-    assert got["candidate_s"] > got["original_s"] > 0.0019
+    assert got["candidate_s"] > got["original_s"] >= 0.005
+    assert got["rounds"] in (5, 10, 15)  # more rounds only while the spread is wide
 
 
 def test_feedback_measures_the_whole_model_and_keeps_the_best(model, shared_cache):
@@ -338,3 +340,37 @@ def test_train_target_plans_with_training_step_times(model, tmp_path, _timing_ca
     new.compile("sgd", "mse")
     x = np.random.default_rng(0).normal(size=(4, 24, 24, 16)).astype("float32")
     new.fit(x, np.zeros((4, 24, 24, 96), "float32"), epochs=1, verbose=0)
+
+
+def test_a_budget_just_below_the_planned_floor_is_measured_not_refused(model, shared_cache):
+    from keras_eigenconv.latency import LatencyPlan
+
+    # the plan's own floor (every layer at its fastest offered rank) from a feasible plan
+    _, rep = ke.convert(
+        model,
+        method="svd",
+        budget={"latency": 1.0},
+        ranks_per_layer=3,
+        cache_path=shared_cache,
+        feedback_rounds=0,
+    )
+    plan: LatencyPlan = rep.latency
+    fastest = plan.rest_s + sum(p.original_s for p in plan.layers if p.method is None)
+    assert fastest > 0
+    x = None
+    try:
+        _, rep = ke.convert(
+            model,
+            method="svd",
+            budget={"latency": 0.3},
+            ranks_per_layer=3,
+            cache_path=shared_cache,
+            feedback_rounds=2,
+            strict=False,
+        )
+        x = rep.latency.measured_ratio
+    except ValueError as err:  # refused only after measuring the fastest plan
+        assert "cannot be met" in str(err)
+        assert "measured" in str(err) or "offered rank the model takes" in str(err)
+    if x is not None:  # the whole model did meet it: the measurement decided
+        assert rep.latency.feedback and x <= 0.3
