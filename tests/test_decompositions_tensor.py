@@ -115,3 +115,202 @@ def test_vbmf_rank_on_noisy_low_rank_matrices():
         )
         assert dec.vbmf_rank(y) == true == dec.vbmf_rank(y.T)
     assert dec.vbmf_rank(np.zeros((4, 6))) == 0
+
+
+# --- exact values, dtypes and error messages (what mutation testing asks of tensor.py) -----
+
+
+def test_balanced_modes_exact_factorizations():
+    cases = {(4, 2): (2, 2), (9, 2): (3, 3), (12, 2): (4, 3), (30, 3): (5, 3, 2), (49, 2): (7, 7)}
+    for (n, d), want in cases.items():
+        got = dec.balanced_modes(n, d)
+        assert got == want and all(type(m) is int for m in got), (n, d, got)
+    assert dec.balanced_modes(1, 3) == (1, 1, 1)
+    with pytest.raises(ValueError, match=r"balanced_modes needs n >= 1 and d >= 1, got n=4, d=0"):
+        dec.balanced_modes(4, 0)
+
+
+def test_tt_svd_picks_the_smallest_rank_within_eps():
+    # a matrix (2 modes, one truncation): the singular values are the diagonal
+    three = np.diag([3.0, 2.0, 1.0])  # ||A|| = sqrt(14); tails sqrt(14), sqrt(5), 1
+    for eps, rank in ((0.9, 1), (0.62, 1), (0.3, 2), (0.2, 3), (1e-9, 3)):
+        cores = dec.tt_svd(three, eps=eps)
+        assert cores[0].shape == (1, 3, rank), eps
+        assert dec.relative_error(three, dec.tt_full(cores)) <= eps
+    # a tail exactly at the bound is dropped (error 3/5 = eps exactly)
+    cores = dec.tt_svd(np.diag([4.0, 3.0]), eps=0.6)
+    assert cores[0].shape == (1, 2, 1)
+    # 3 modes: each of the 2 truncations may drop eps / sqrt(2) of the norm
+    a = np.zeros((2, 2, 2))
+    a[0, 0, 0], a[1, 1, 1] = 3.0, 1.0  # TT ranks 2, 2; dropping the 1 costs 1/sqrt(10)
+    assert [g.shape[2] for g in dec.tt_svd(a, eps=0.4)[:-1]] == [2, 2]  # 0.316 > 0.4/sqrt2
+    assert [g.shape[2] for g in dec.tt_svd(a, eps=0.5)[:-1]] == [1, 1]  # 0.316 <= 0.5/sqrt2
+    # ranks cap, eps and ranks together (the smaller wins), at least rank 1
+    assert dec.tt_svd(three, ranks=[2])[0].shape == (1, 3, 2)
+    assert dec.tt_svd(three, ranks=[2], eps=0.9)[0].shape == (1, 3, 1)
+    assert dec.tt_svd(three, ranks=[0])[0].shape == (1, 3, 1)
+
+
+def test_tt_svd_messages_and_float64():
+    with pytest.raises(
+        ValueError, match=r"^tt_svd needs a tensor with at least 2 modes, got shape \(5,\)\.$"
+    ):
+        dec.tt_svd(np.ones(5))
+    with pytest.raises(ValueError, match=r"^tt_svd: 3-way tensor needs 2 ranks, got \[1\]\.$"):
+        dec.tt_svd(np.ones((2, 2, 2)), ranks=[1])
+    a32 = np.random.default_rng(5).normal(size=(3, 4, 5)).astype(np.float32)
+    cores = dec.tt_svd(a32)
+    assert all(g.dtype == np.float64 for g in cores)
+    assert dec.relative_error(a32.astype(np.float64), dec.tt_full(cores)) < 1e-13
+    ints = [np.ones((1, 2, 1), int), np.full((1, 3, 1), 2, int)]
+    full = dec.tt_full(ints)
+    assert full.dtype == np.float64 and full.shape == (2, 3) and np.all(full == 2.0)
+    assert dec.tt_full([g.astype(np.float32) for g in ints]).dtype == np.float64
+
+
+def test_tt_max_ranks_of_matrix_and_conv_layouts():
+    assert dec.tt_max_ranks([2, 3, 4]) == [2, 4]
+    assert dec.tt_matrix_max_ranks((2, 3, 4), (3, 3, 4)) == [6, 16]  # modes 6, 9, 16
+    assert dec.tt_conv_max_ranks((3, 3), (2, 4), (4, 4)) == [9, 16]  # modes 9, 8, 16
+    assert dec.tt_conv_max_ranks((1, 3), (2,), (3,)) == [3]  # modes 3, 6
+    w = np.random.default_rng(6).normal(size=(24, 36))
+    cores = dec.tt_matrix_factors(w, (2, 3, 4), (3, 3, 4))
+    assert [g.shape[3] for g in cores[:-1]] == dec.tt_matrix_max_ranks((2, 3, 4), (3, 3, 4))
+    k = np.random.default_rng(7).normal(size=(1, 3, 2, 3))
+    spatial, cores = dec.tt_conv_factors(k, (2,), (3,))
+    assert [spatial.shape[2]] == dec.tt_conv_max_ranks((1, 3), (2,), (3,))
+
+
+def test_tt_matrix_and_conv_pass_ranks_eps_and_check_modes():
+    rng = np.random.default_rng(8)
+    w = rng.normal(size=(6, 4))
+    # one mode: the whole matrix is the single core
+    (core,) = dec.tt_matrix_factors(w, (6,), (4,))
+    assert core.shape == (1, 6, 4, 1)
+    np.testing.assert_allclose(core[0, :, :, 0], w)
+    np.testing.assert_allclose(dec.tt_matrix_full([core]), w)
+    # modes of 1 are allowed
+    cores = dec.tt_matrix_factors(w, (3, 2, 1), (2, 1, 2))
+    np.testing.assert_allclose(dec.tt_matrix_full(cores), w, atol=1e-12)
+    cores = dec.tt_matrix_factors(w, (3, 2), (2, 2), ranks=[1])
+    assert cores[0].shape == (1, 3, 2, 1)
+    big = dec.tt_matrix_factors(w, (3, 2), (2, 2), eps=0.5)
+    assert big[0].shape[3] < 4
+    assert dec.relative_error(w, dec.tt_matrix_full(big)) <= 0.5
+    with pytest.raises(
+        ValueError,
+        match=r"^input modes \(2, 2\) must be positive with product 6 \(got product 4\)\.$",
+    ):
+        dec.tt_matrix_factors(w, (2, 2), (2, 2))
+    with pytest.raises(ValueError, match=r"^output modes \(4, 0\) must be positive"):
+        dec.tt_matrix_factors(w, (3, 2), (4, 0))
+    with pytest.raises(
+        ValueError, match=r"^in_modes \(3, 2\) and out_modes \(4,\) differ in length\.$"
+    ):
+        dec.tt_matrix_factors(w, (3, 2), (4,))
+    k = rng.normal(size=(3, 3, 4, 6))
+    spatial, cores = dec.tt_conv_factors(k, (2, 2), (3, 2), ranks=[2, 1])
+    assert spatial.shape == (3, 3, 2) and cores[0].shape == (2, 2, 3, 1)
+    spatial, cores = dec.tt_conv_factors(k, (2, 2), (3, 2), eps=0.6)
+    assert spatial.shape[2] < 9
+    assert dec.relative_error(k, dec.tt_conv_full(spatial, cores)) <= 0.6
+    with pytest.raises(
+        ValueError, match=r"^input-channel modes \(3,\) must be positive with product 4"
+    ):
+        dec.tt_conv_factors(k, (3,), (6,))
+    with pytest.raises(ValueError, match=r"^filter modes \(5,\) must be positive with product 6"):
+        dec.tt_conv_factors(k, (4,), (5,))
+    with pytest.raises(
+        ValueError, match=r"^in_modes \(4,\) and out_modes \(3, 2\) differ in length\.$"
+    ):
+        dec.tt_conv_factors(k, (4,), (3, 2))
+    full = dec.tt_conv_full(np.ones((1, 1, 1), int), [np.ones((1, 1, 1, 1), int)])
+    assert full.dtype == np.float64 and full.shape == (1, 1, 1, 1)
+    naive = dec.tt_naive_conv_factors(k, ranks=[2, 2, 2])
+    assert [g.shape for g in naive] == [(1, 3, 2), (2, 3, 2), (2, 4, 2), (2, 6, 1)]
+    naive = dec.tt_naive_conv_factors(k, eps=0.6)
+    assert naive[1].shape[2] < 9 and dec.relative_error(k, dec.tt_naive_conv_full(naive)) <= 0.6
+
+
+def test_tucker2_ranks_and_layout():
+    k = np.random.default_rng(9).normal(size=(3, 2, 5, 7))
+    first, core, last = dec.tucker2_factors(k, 3)  # one int: both ranks
+    assert first.shape == (1, 1, 5, 3) and core.shape == (3, 2, 3, 3) and last.shape == (1, 1, 3, 7)
+    first, core, last = dec.tucker2_factors(k, (2, 4))
+    assert first.shape == (1, 1, 5, 2) and core.shape == (3, 2, 2, 4) and last.shape == (1, 1, 4, 7)
+    # the factors are orthonormal and the core is the projection of W on them
+    u, v = first[0, 0], last[0, 0].T
+    np.testing.assert_allclose(u.T @ u, np.eye(2), atol=1e-12)
+    np.testing.assert_allclose(v.T @ v, np.eye(4), atol=1e-12)
+    np.testing.assert_allclose(core, np.einsum("xycn,ca,nb->xyab", k, u, v), atol=1e-12)
+    # the two spectra: the input-channel and filter unfoldings, by hand
+    s_in, s_out = dec.tucker2_spectra(k)
+    a = np.stack([k[:, :, c, :].ravel() for c in range(5)])
+    b = np.stack([k[:, :, :, n].ravel() for n in range(7)])
+    np.testing.assert_allclose(s_in, np.linalg.svd(a, compute_uv=False) ** 2, rtol=1e-10)
+    np.testing.assert_allclose(s_out, np.linalg.svd(b, compute_uv=False) ** 2, rtol=1e-10)
+    assert dec.energy_ranks_tucker2(k, 0.5) == (
+        dec.energy_rank(s_in, 0.5),
+        dec.energy_rank(s_out, 0.5),
+    )
+
+
+def _spiked(big_l, big_m, spikes, seed):
+    """A matrix whose singular values are a pure-noise bulk (unit variance) with its top
+    values replaced by ``spikes`` times the EVBMF threshold for unit noise."""
+    rng = np.random.default_rng(seed)
+    bulk = np.linalg.svd(rng.normal(size=(big_l, big_m)), compute_uv=False)
+    alpha = big_l / big_m
+    tau = 2.5129 * np.sqrt(alpha)
+    threshold = np.sqrt(big_m * (1 + tau) * (1 + alpha / tau))
+    s = np.sort(np.concatenate([np.array(spikes) * threshold, bulk[len(spikes) :]]))[::-1]
+    u = np.linalg.qr(rng.normal(size=(big_l, big_l)))[0]
+    v = np.linalg.qr(rng.normal(size=(big_m, big_l)))[0]
+    return (u * s) @ v.T
+
+
+@pytest.mark.parametrize("shape", [(40, 100), (60, 60), (20, 200)])
+def test_vbmf_rank_threshold_within_6_percent_at_any_scale(shape):
+    # the noise variance is estimated from the bulk: components 6% above the threshold for
+    # the true variance survive, 6% below do not, whatever the matrix's scale or orientation
+    for spikes, want in (
+        ([3.0, 1.5, 1.06], 3),
+        ([3.0, 1.5, 0.94], 2),
+        ([1.06], 1),
+        ([0.94], 0),
+        ([2.0] * 5 + [1.06], 6),
+    ):
+        y = _spiked(*shape, spikes, seed=1)
+        for scale in (1e-6, 1.0, 1e6):
+            assert dec.vbmf_rank(scale * y) == want, (spikes, scale)
+            assert dec.vbmf_rank(scale * y.T) == want, (spikes, scale)
+
+
+def test_vbmf_rank_inputs():
+    assert dec.vbmf_rank(np.ones((1, 5))) == 0  # one row: allowed
+    assert dec.vbmf_rank(np.zeros((3, 1))) == 0
+    for bad in (np.ones(4), np.ones((2, 2, 2)), np.zeros((0, 3)), np.array([[1.0, np.nan]])):
+        with pytest.raises(ValueError, match=r"^vbmf_rank needs a finite 2-D matrix, got shape"):
+            dec.vbmf_rank(bad)
+
+
+def test_cp_exact_when_filters_are_fewer_than_channels_and_balanced_factors():
+    rng = np.random.default_rng(10)
+    k = rng.normal(size=(2, 3, 5, 3))  # N < C: one term per (x, y, n)
+    assert dec.cp_max_rank(k.shape) == 18
+    first, vertical, horizontal, last, err = dec.cp_factors(k, 18)
+    assert err < 1e-12
+    assert first.shape == (1, 1, 5, 18) and last.shape == (1, 1, 18, 3)
+    assert vertical.shape == (2, 1, 18, 1) and horizontal.shape == (1, 3, 18, 1)
+    np.testing.assert_allclose(dec.cp_full(first, vertical, horizontal, last), k, atol=1e-12)
+    # ALS below the full rank: rank 1 is allowed, and the scale is spread evenly, so each
+    # term's four factor columns have the same norm
+    *factors, err = dec.cp_factors(k, 1)
+    assert factors[0].shape == (1, 1, 5, 1) and 0.0 < err < 1.0
+    *factors, err = dec.cp_factors(k, 4)
+    cols = [factors[0][0, 0], factors[1][:, 0, :, 0], factors[2][0, :, :, 0], factors[3][0, 0].T]
+    norms = np.array([np.linalg.norm(c, axis=0) for c in cols])  # (4 factors, 4 terms)
+    np.testing.assert_allclose(norms, np.broadcast_to(norms[:1], norms.shape), rtol=1e-4)
+    assert err == pytest.approx(dec.relative_error(k, dec.cp_full(*factors)))
+    with pytest.raises(ValueError, match=r"^cp_factors: rank must be >= 1, got 0\.$"):
+        dec.cp_factors(k, 0)

@@ -615,6 +615,10 @@ def vbmf_rank(matrix) -> int:
             args=(big_l, big_m, s, residual, xubar),
             bounds=(lower, upper),
             method="bounded",
+            # relative to sigma^2 (>= lower): the default absolute 1e-5 stopped the search at
+            # once for matrices with entries ~1e-3 (sigma^2 ~ 1e-6), so the rank of c * Y
+            # depended on c
+            options={"xatol": 1e-6 * lower},
         )
         sigma2 = float(res.x)
     threshold = np.sqrt(big_m * sigma2 * (1 + tauubar) * (1 + alpha / tauubar))
