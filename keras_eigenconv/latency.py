@@ -813,6 +813,21 @@ def convert(model: keras.Model, method="decef", budget=None, target=None, **kwar
         stats = spectra_stats.get(id(layer))
         return stats if stats is not None and m.needed_statistics(opts) else None
 
+    walked = list(graph.walk(model))
+    first = next((id(lay) for _, lay in walked if isinstance(lay, keras.layers.Conv2D)), None)
+    if not any(
+        _eligible(layer, m, path, include, exclude)
+        for path, layer in walked
+        if not (skip_first and id(layer) == first)
+        for m in methods
+    ):
+        raise ValueError(
+            f"convert: no layer of model '{model.name}' can be replaced by "
+            f"{', '.join(m.name for m in methods)} (plain Conv2D layers, groups=1, "
+            "channels_last; spatial-only methods such as 'decef' skip 1x1 convs; the first "
+            "conv is kept with skip_first=True). Use method='auto' or another method, or "
+            "skip_first=False."
+        )
     original_it = _interpreter(model, tgt)
     table = _time_table(
         model,

@@ -113,6 +113,16 @@ def test_latency_budget_is_met_and_changes_the_plan(model, shared_cache):
     assert "| layer | method | rank |" in plan.to_markdown()
 
 
+def test_no_eligible_layer_is_refused_before_timing(_timing_cache):
+    inp = keras.Input((16, 16, 8))
+    y = keras.layers.Conv2D(8, 3, padding="same")(inp)  # the first conv: skipped
+    y = keras.layers.Conv2D(16, 1)(y)  # 1x1: not for the spatial-only decef
+    net = keras.Model(inp, y)
+    with pytest.raises(ValueError, match="no layer of model .* can be replaced by decef"):
+        ke.convert(net, method="decef", budget={"latency": 0.7})
+    assert not _timing_cache.exists()  # refused before anything was timed
+
+
 def test_impossible_latency_budget_raises(model, shared_cache):
     with pytest.raises(ValueError, match="cannot be met"):
         ke.convert(
