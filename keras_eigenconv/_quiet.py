@@ -17,7 +17,7 @@ What it does then (``silence``):
 - ``TF_CPP_MIN_LOG_LEVEL=3`` in this process's environment (TensorFlow's C++ log level);
 - the Python loggers ``tensorflow`` and ``absl`` at ``ERROR``; warnings issued from
   ``tensorflow``, ``keras``, ``absl`` and ``ai_edge_litert`` ignored (the package's own
-  warnings still show);
+  warnings still show, each as one line ``keras-eigenconv: warning: ...``);
 - file descriptor 2 redirected to an anonymous temporary file, and ``sys.stderr`` pointed at
   a duplicate of the original descriptor: lines that C++ writes to fd 2 before absl's log
   is initialized (``WARNING: All log messages before absl::InitializeLog()``, oneDNN,
@@ -121,6 +121,11 @@ def is_silenced() -> bool:
     return bool(_STATE)
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """A warning as one line, without the source line (the command line's own format)."""
+    return f"keras-eigenconv: warning: {' '.join(str(message).split())}\n"
+
+
 def silence() -> None:
     """Silence TensorFlow, absl and LiteRT output in this process (see the module docstring).
 
@@ -133,6 +138,7 @@ def silence() -> None:
     for name in ("tensorflow", "absl"):
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", module=NOISY_MODULES)
+    warnings.formatwarning = _one_line_warning
     try:
         sys.stderr.flush()
         saved = os.dup(2)

@@ -36,36 +36,38 @@ def _png_size(path):
     return len(data), width, height
 
 
-@pytest.fixture(scope="module")
-def quick_demo(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("demo")
-    out = tmp / "out"
+def test_quick_demo_as_a_user_runs_it(tmp_path):
+    # one run (a subprocess, as a user types it) checked four ways; one test function so
+    # that pytest-xdist never runs the demo twice
+    out = tmp_path / "out"
     proc = subprocess.run(
         [sys.executable, "-m", "keras_eigenconv", "demo", "--quick", "--out", str(out)],
         capture_output=True,
         text=True,
         timeout=600,
-        env=_user_env(tmp),
+        env=_user_env(tmp_path),
     )
-    return proc, out
-
-
-def test_quick_demo_prints_no_tensorflow_log_line(quick_demo):
-    proc, _ = quick_demo
     assert proc.returncode == 0, proc.stderr[-3000:]
+    _no_tensorflow_log_line(proc)
+    _table_and_ship_line(proc, out)
+    _results_are_consistent(out)
+    _summary_png(out)
+
+
+def _no_tensorflow_log_line(proc):
     both = proc.stdout + proc.stderr
     found = TF_LOG.findall(both)
     assert not found, f"log lines leaked: {found[:5]}\n{both[:3000]}"
-    # stderr holds only the demo's own progress: one line per step when not a terminal
+    # stderr holds only the demo's own progress (one line per step when not a terminal) and
+    # the package's own warnings, one line each
     lines = proc.stderr.strip().splitlines()
-    assert lines and all(re.match(r"\[demo \d+/\d+\] ", line) for line in lines), lines
+    own = re.compile(r"\[demo \d+/\d+\] |keras-eigenconv: warning: ")
+    assert lines and all(own.match(line) for line in lines), lines
     assert any("training the baseline" in line for line in lines)
     assert any("timing" in line and "LiteRT" in line for line in lines)
 
 
-def test_quick_demo_table_and_ship_line(quick_demo):
-    proc, out = quick_demo
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def _table_and_ship_line(proc, out):
     text = proc.stdout
     for header in ("variant", "MACs", "tflite KB", "int8 acc", "p10-p90 ms", "latency ratio"):
         assert header in text
@@ -77,9 +79,7 @@ def test_quick_demo_table_and_ship_line(quick_demo):
     assert "| # | variant |" in md and "**Ship #" in md and "Command: `keras-eigenconv demo" in md
 
 
-def test_quick_demo_results_are_consistent(quick_demo):
-    proc, out = quick_demo
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def _results_are_consistent(out):
     res = json.loads((out / "results.json").read_text())
     rows = res["rows"]
     variants = [r["variant"] for r in rows]
@@ -114,9 +114,7 @@ def test_quick_demo_results_are_consistent(quick_demo):
     assert [la["name"] for la in layers][:5] == ["conv0", "conv1", "conv2", "conv3", "conv4"]
 
 
-def test_quick_demo_summary_png(quick_demo):
-    proc, out = quick_demo
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def _summary_png(out):
     size, width, height = _png_size(out / "summary.png")
     assert size > 30_000 and width >= 1000 and height >= 700, (size, width, height)
 
