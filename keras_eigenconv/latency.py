@@ -555,7 +555,6 @@ def _time_table(
 
     table.seconds_fn = seconds
     for path, layer, shapes, offers in entries:
-        orig = seconds(timer, {"orig": {"orig": [layer]}}, shapes)["orig"]
         cands = {
             # train: the compressed layer itself, timed as it trains ("auto": its training
             # choice); LiteRT: its inference arrangements
@@ -566,7 +565,12 @@ def _time_table(
             )
             for i, (m, r, _, opts) in enumerate(offers)
         }
-        costs = seconds(predictor or timer, cands, shapes)
+        if predictor is None:  # the original and its candidates timed interleaved together
+            costs = seconds(timer, {"orig": {"orig": [layer]}, **cands}, shapes)
+            orig = costs.pop("orig")
+        else:
+            orig = seconds(timer, {"orig": {"orig": [layer]}}, shapes)["orig"]
+            costs = seconds(predictor, cands, shapes)
         table.rows.append(
             (path, layer, shapes, orig, [(*o, costs[i]) for i, o in enumerate(offers)], cands)
         )
