@@ -296,8 +296,9 @@ def goals(rows) -> list[str]:
 
 
 def write(rows, meta) -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "latency_budget.json").write_text(
+    out = Path(meta.get("out", RESULTS / "latency_budget"))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(
         json.dumps({"meta": meta, "rows": rows}, indent=1, default=str)
     )
     md = [
@@ -340,7 +341,7 @@ def write(rows, meta) -> None:
             f"{r.get('convert_s', 0):.0f} | {', '.join(r.get('methods', []))} |"
         )
     md += goals(rows)
-    (RESULTS / "latency_budget.md").write_text("\n".join(md) + "\n")
+    out.with_suffix(".md").write_text("\n".join(md) + "\n")
 
 
 def main(argv=None) -> int:
@@ -357,6 +358,11 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=15)
     p.add_argument("--quick", action="store_true", help="small_resnet 64, MobileNetV2 96")
+    p.add_argument(
+        "--out",
+        default=str(RESULTS / "latency_budget"),
+        help="results path without suffix (.json and .md are written)",
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.models, args.rounds, args.ranks = "small_resnet:64,mobilenetv2:96", 9, 3
@@ -379,6 +385,7 @@ def main(argv=None) -> int:
         "timing": args.timing,
         "seed": 0,
         "cache": os.environ.get("KERAS_EIGENCONV_TIMING_CACHE", "default"),
+        "out": args.out,
     }
     rows: list[dict] = []
     for spec in args.models.split(","):
