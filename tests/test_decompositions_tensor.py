@@ -166,6 +166,7 @@ def test_tt_svd_messages_and_float64():
     full = dec.tt_full(ints)
     assert full.dtype == np.float64 and full.shape == (2, 3) and np.all(full == 2.0)
     assert dec.tt_full([g.astype(np.float32) for g in ints]).dtype == np.float64
+    assert dec.tt_full([np.ones((1, 3, 1), int)]).dtype == np.float64  # one core
 
 
 def test_tt_max_ranks_of_matrix_and_conv_layouts():
@@ -289,6 +290,9 @@ def test_vbmf_rank_threshold_within_6_percent_at_any_scale(shape):
 def test_vbmf_rank_inputs():
     assert dec.vbmf_rank(np.ones((1, 5))) == 0  # one row: allowed
     assert dec.vbmf_rank(np.zeros((3, 1))) == 0
+    one = np.zeros((5, 8))
+    one[0, 0] = 1.0  # largest singular value exactly 1, no noise: one component
+    assert dec.vbmf_rank(one) == 1
     for bad in (np.ones(4), np.ones((2, 2, 2)), np.zeros((0, 3)), np.array([[1.0, np.nan]])):
         with pytest.raises(ValueError, match=r"^vbmf_rank needs a finite 2-D matrix, got shape"):
             dec.vbmf_rank(bad)
