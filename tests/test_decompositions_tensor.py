@@ -126,6 +126,7 @@ def test_balanced_modes_exact_factorizations():
         got = dec.balanced_modes(n, d)
         assert got == want and all(type(m) is int for m in got), (n, d, got)
     assert dec.balanced_modes(1, 3) == (1, 1, 1)
+    assert dec.balanced_modes(2, 2) == (2, 1) and dec.balanced_modes(2, 1) == (2,)
     with pytest.raises(ValueError, match=r"balanced_modes needs n >= 1 and d >= 1, got n=4, d=0"):
         dec.balanced_modes(4, 0)
 
