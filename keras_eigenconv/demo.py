@@ -645,8 +645,9 @@ def run_demo(
         conversions.append(conv)
         if report.budget_met is False:
             notes.append(
-                f"Budget missed: {c.label} (the converter's own whole-model measurement; "
-                "the table's latency ratio is this run's)."
+                f"Budget missed: {c.label}: the converter reports budget_met=False (see "
+                f"{c.slug}_conversion.md); the latency ratio in the table is this run's own "
+                "measurement."
             )
         bar.done(f"{report.macs_ratio:.2f} of the MACs")
         extra = {"conversion": c.slug}
@@ -795,7 +796,7 @@ def _plot_summary(rows, conversions, ship, path) -> bool:
     ax_p.set_ylabel("int8 test accuracy (%)")
     ax_p.set_title("Accuracy vs measured latency (original: black star)")
     ax_p.grid(alpha=0.3)
-    ax_p.legend(fontsize=6.5, loc="best")
+    ax_p.legend(fontsize=6, loc="best", framealpha=0.6, markerscale=0.6)
 
     # the layers every conversion report lists (the model's convs and dense, in order)
     names = [la["name"] for la in (conversions[0]["layers"] if conversions else [])]

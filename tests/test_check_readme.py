@@ -57,3 +57,18 @@ def test_selector_errors(check_readme):
         check_readme.select(data, "rows[m=a]*.x")
     with pytest.raises(KeyError, match="no element"):
         check_readme.select(data, "rows[m=c]*.x|min")
+
+
+def test_the_demo_table_is_checked_against_its_run(check_readme, monkeypatch):
+    # every row of docs/demo/results.json, the ship line and the command line are claims
+    readme = (ROOT / "README.md").read_text()
+    res = json.loads((ROOT / "docs/demo/results.json").read_text())
+    demo = [c for c in check_readme._claims() if "docs/demo" in c[1]]
+    assert len(demo) == len(res["rows"]) + 2
+    monkeypatch.setattr(check_readme, "_claims", lambda: demo)
+    assert check_readme.check(readme) == []
+    macs = res["rows"][1]["MACs"]
+    broken = readme.replace(f"| {macs:,} |", f"| {macs + 1:,} |")
+    assert broken != readme
+    errors = check_readme.check(broken)
+    assert len(errors) == 1 and "docs/demo/results.json" in errors[0]
