@@ -865,7 +865,8 @@ def convert(model: keras.Model, method="decef", budget=None, target=None, **kwar
         ranks_per_layer,
         original_it,
     )
-    kwargs = {k: v for k, v in kwargs.items() if k not in ("include", "exclude", "skip_first")}
+    planned = ("include", "exclude", "skip_first", "rank", "energy", "round_to")
+    kwargs = {k: v for k, v in kwargs.items() if k not in planned}  # the plan decides these
     kwargs.pop("require_saving", None)
 
     def build(chosen, **extra):

@@ -385,3 +385,36 @@ def test_a_budget_just_below_the_planned_floor_is_measured_not_refused(model, sh
         assert "measured" in str(err) or "offered rank the model takes" in str(err)
     if x is not None:  # the whole model did meet it: the measurement decided
         assert rep.latency.feedback and x <= 0.3
+
+
+def test_cli_convert_to_a_latency_budget(model, shared_cache, tmp_path, monkeypatch, capsys):
+    from keras_eigenconv.cli.main import main as cli_main
+
+    monkeypatch.setenv("KERAS_EIGENCONV_TIMING_CACHE", str(shared_cache))
+    src = tmp_path / "m.keras"
+    model.save(src)
+    out_json = tmp_path / "r.json"
+    code = cli_main(
+        [
+            "convert", str(src), "--method", "svd", "--budget-latency", "0.8",
+            "--target", "litert-fp32", "--feedback-rounds", "1", "--no-strict",
+            "--no-progress", "--json", str(out_json), "-o", str(tmp_path / "new.keras"),
+        ]
+    )  # fmt: skip
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "| layer | method | rank |" in printed and "whole model measured" in printed
+    got = json.loads(out_json.read_text())
+    assert got["latency"]["budget"] == 0.8 and len(got["latency"]["feedback"]) == 1
+    assert got["latency"]["target"].startswith("litert-fp32")
+    new = keras.models.load_model(tmp_path / "new.keras")
+    replaced = {p["name"] for p in got["latency"]["layers"] if p["method"]}
+    assert {lay.name for lay in new.layers if type(lay).__name__ == "SVDConv2D"} == replaced
+    # wrong combinations fail before the model is loaded or timed
+    for argv, msg in (
+        (["--method", "auto"], "needs --budget-latency"),
+        (["--method", "svd", "--target", "litert-int8"], "--target is used with"),
+        (["--method", "svd", "--budget-latency", "1.5"], "(0, 1]"),
+    ):
+        assert cli_main(["convert", str(tmp_path / "missing.keras"), *argv]) == 1
+        assert msg in capsys.readouterr().err

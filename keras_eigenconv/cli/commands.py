@@ -126,15 +126,30 @@ def _parse_shape(text: str) -> tuple[int, ...]:
 
 def _cli_convert(args) -> int:
     # everything that can be checked before loading a (large) model
-    get_method(args.method)
+    latency = args.budget_latency is not None
+    if args.method == "auto" and not latency:
+        raise ValueError("--method auto chooses per layer on a target: it needs --budget-latency.")
+    if args.method != "auto":
+        get_method(args.method)
+    if args.target is not None and not latency:
+        raise ValueError("--target is used with --budget-latency only.")
+    if latency and not 0.0 < args.budget_latency <= 1.0:
+        raise ValueError(
+            f"--budget-latency {args.budget_latency}: a share of the original latency in "
+            "(0, 1], e.g. 0.7."
+        )
+    if latency and args.round_to is not None:
+        raise ValueError("--round-to cannot be combined with --budget-latency (it picks ranks).")
     if args.energy is not None:
         rk.energy_rank([1.0], args.energy)
     budget = None
-    if args.budget_macs is not None:
+    if latency:
+        budget = {"latency": args.budget_latency}
+    elif args.budget_macs is not None:
         budget = {"macs": args.budget_macs}
     elif args.budget_params is not None:
         budget = {"params": args.budget_params}
-    if budget is not None:
+    if budget is not None and not latency:
         rk.parse_budget(budget)
     if args.output and not args.output.endswith(".keras"):
         raise ValueError(
@@ -152,7 +167,19 @@ def _cli_convert(args) -> int:
             scale=args.calibration_scale,
             limit=args.calibration_samples,
         )
-    new_model, report = convert(
+    extra = {}
+    if latency:
+        from ..latency import convert as latency_convert
+        from ..latency import parse_target
+
+        tgt = parse_target(args.target or "litert-fp32")
+        if args.threads is not None and tgt.runtime == "litert":
+            tgt = type(tgt)(tgt.runtime, tgt.precision, args.threads, tgt.batch)
+        extra = {"target": tgt, "feedback_rounds": args.feedback_rounds}
+        run = latency_convert
+    else:
+        run = convert
+    new_model, report = run(
         model,
         method=args.method,
         rank=args.rank,
@@ -167,15 +194,21 @@ def _cli_convert(args) -> int:
         strict=not args.no_strict,
         progress=False if args.no_progress else "auto",
         calibration_data=calibration,
+        **extra,
     )
     print(report)
+    plan = getattr(report, "latency", None)
+    if plan is not None:
+        print(plan)
     if args.output:
         save_model_atomically(new_model, args.output)
         print(f"saved {args.output}")
     if args.markdown:
         atomic_write_text(args.markdown, report.to_markdown(), what="Markdown file")
     if args.json:
-        _write_json(args.json, report.to_dict())
+        _write_json(
+            args.json, {**report.to_dict(), **({"latency": plan.to_dict()} if plan else {})}
+        )
     return 0
 
 
@@ -196,6 +229,8 @@ def add_convert(subparsers) -> None:
         "  keras-eigenconv convert resnet50 --method decef --energy 0.9 -o resnet50_decef.keras\n"
         "  keras-eigenconv convert mobilenetv2 --weights none --method svd --budget-macs 0.6\n"
         "  keras-eigenconv convert model.keras --method svd --rank vbmf --round-to 8\n"
+        "  keras-eigenconv convert model.keras --method auto --budget-latency 0.7 "
+        "--target litert-int8\n"
         f"methods: {', '.join(registered_methods())} (available: "
         f"{', '.join(available_methods())})",
     )
@@ -218,6 +253,31 @@ def add_convert(subparsers) -> None:
     )
     g.add_argument(
         "--budget-params", type=_positive_float, metavar="X", help="same for the parameter count"
+    )
+    g.add_argument(
+        "--budget-latency",
+        type=float,
+        metavar="X",
+        help="plan per layer (timed on --target) so the model takes at most X of its latency; "
+        "--method auto picks the method per layer",
+    )
+    p.add_argument(
+        "--target",
+        choices=("litert-fp32", "litert-fp16", "litert-int8", "train"),
+        help="with --budget-latency: the runtime and precision timed (default litert-fp32)",
+    )
+    p.add_argument(
+        "--threads",
+        type=_positive_int,
+        metavar="N",
+        help="with --budget-latency on LiteRT: interpreter threads (default 2)",
+    )
+    p.add_argument(
+        "--feedback-rounds",
+        type=int,
+        default=4,
+        metavar="K",
+        help="with --budget-latency: whole-model measurements to correct the plan (default 4)",
     )
     p.add_argument(
         "--round-to", type=_positive_int, metavar="M", help="round ranks up to multiples of M"
