@@ -48,6 +48,25 @@ MUTANTS = {
         "    u = u[:, :rank].reshape(kh, 1, c, rank)",
         "    u = -u[:, :rank].reshape(kh, 1, c, rank)",
     ),
+    # bugs the tests added in the mutation-testing session catch (tests/test_cli.py,
+    # tests/test_pruning_unit.py, tests/test_analysis.py)
+    "factorized_bias": (
+        "keras_eigenconv/layers/base.py",
+        "        if conv.use_bias:\n"
+        "            layer.bias.assign(ops.convert_to_numpy(conv.bias))\n"
+        "        return layer\n\n    def folded_kernel_and_bias",
+        "        return layer\n\n    def folded_kernel_and_bias",
+    ),
+    "prune_smallest": (
+        "keras_eigenconv/training/pruning.py",
+        '    order = np.argsort(-a, kind="stable")',
+        '    order = np.argsort(a, kind="stable")',
+    ),
+    "vbmf_tolerance": (
+        "keras_eigenconv/decompositions/tensor.py",
+        '            options={"xatol": 1e-6 * lower},\n',
+        "",
+    ),
 }
 root = pathlib.Path(sys.argv[1])
 name = sys.argv[2]

@@ -35,6 +35,11 @@ def saved_model(tmp_path):
             L.Dense(4),
         ]
     )
+    rng = np.random.default_rng(0)
+    for layer in model.layers:  # trained-looking: non-zero biases, kernels of mixed scales
+        if layer.weights:
+            layer.kernel.assign(rng.normal(size=layer.kernel.shape).astype("float32") * 0.2)
+            layer.bias.assign(rng.normal(size=layer.bias.shape).astype("float32"))
     path = tmp_path / "model.keras"
     model.save(path)
     return path, model
@@ -68,8 +73,52 @@ def test_convert_a_keras_file(tmp_path, saved_model, capsys):
     assert "| layer |" in md.read_text()
     small = keras.saving.load_model(out)
     assert any(isinstance(lay, keras_eigenconv.SVDConv2D) for lay in small.layers)
-    x = np.random.default_rng(0).random((2, 10, 10, 3)).astype("float32")
-    assert np.asarray(small(x)).shape == np.asarray(model(x)).shape
+    # the report's numbers: MACs of the saved file, each layer's kernel error and bias
+    from keras_eigenconv.cost import model_cost
+
+    assert report["macs_ratio"] == pytest.approx(
+        model_cost(small).total.macs / model_cost(model).total.macs
+    )
+    assert report["total_after"]["macs"] == model_cost(small).total.macs
+    rows = {r["name"]: r for r in report["layers"]}
+    expected = keras.models.clone_model(model)
+    expected.set_weights(model.get_weights())
+    for layer in small.layers:
+        if not isinstance(layer, keras_eigenconv.SVDConv2D):
+            continue
+        row, src = rows[layer.name], model.get_layer(layer.name)
+        assert row["replaced"] and row["method"] == "svd"
+        w, w_r = np.asarray(src.kernel), np.asarray(layer.to_source().kernel)
+        err = np.linalg.norm(w - w_r) / np.linalg.norm(w)
+        assert row["relative_error"] == pytest.approx(err, rel=1e-3, abs=1e-6)
+        np.testing.assert_allclose(np.asarray(layer.to_source().bias), np.asarray(src.bias))
+        expected.get_layer(layer.name).kernel.assign(w_r)
+    assert sum(r["replaced"] for r in rows.values()) == report["replaced"]
+    # the saved file computes the original network with exactly those rebuilt kernels
+    x = np.random.default_rng(1).random((8, 10, 10, 3)).astype("float32")
+    y_small, y_expected = np.asarray(small(x)), np.asarray(expected(x))
+    np.testing.assert_allclose(y_small, y_expected, atol=1e-4 * np.abs(y_expected).max())
+    # ... and exporting it gives a .tflite that agrees with Keras, as its report says
+    np.save(tmp_path / "check.npy", x)
+    tfl, ej = tmp_path / "small.tflite", tmp_path / "e.json"
+    code = main(
+        ["export", str(out), "-o", str(tfl), "--check-data", str(tmp_path / "check.npy"),
+         "--json", str(ej)]
+    )  # fmt: skip
+    assert code == 0
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_path=str(tfl))
+    interp.resize_tensor_input(interp.get_input_details()[0]["index"], x.shape)
+    interp.allocate_tensors()
+    interp.set_tensor(interp.get_input_details()[0]["index"], x)
+    interp.invoke()
+    y_tfl = interp.get_tensor(interp.get_output_details()[0]["index"])
+    exported = json.loads(ej.read_text())
+    assert exported["passed"] is True and exported["num_samples"] == 8
+    measured = float(np.abs(y_tfl - y_small).max())
+    assert measured <= 1e-4 * np.abs(y_small).max()
+    assert exported["max_abs_error"] == pytest.approx(measured, rel=0.5, abs=1e-6)
 
 
 def test_convert_an_application_by_name(capsys):
