@@ -301,6 +301,11 @@ def test_singular_energies_are_never_negative():
         e = mx.singular_energies(a)
         assert np.all(e >= 0.0)
         np.testing.assert_allclose(e[1:], 0.0, atol=1e-12)
+        with warnings.catch_warnings():  # the SVD takes no square root of a negative value
+            warnings.simplefilter("error")
+            u, s, vt = mx.gram_svd(a)
+        assert np.all(s[1:] == 0.0) and np.all(u[:, 1:] == 0.0)
+        assert np.all(mx._gram_eigh(a)[0] >= 0.0)  # nor does the cache hold one
 
 
 def test_gram_svd_of_an_empty_matrix():
