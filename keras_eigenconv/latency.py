@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
+import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -58,6 +59,7 @@ from .compress import calibration as cal
 from .compress import convert as compress_convert
 from .compress import ranks as rk
 from .compress.registry import available_methods, get_method
+from .compress.report import Progress
 from .deploy.litert import convert_model, make_interpreter, random_representative, tflite_converter
 from .deploy.rewrite import candidate_arrangements, prepare_for_inference
 from .deploy.timing import (
@@ -515,6 +517,7 @@ def _time_table(
     cache_path,
     ranks_per_layer,
     original_interpreter,
+    show_progress: bool = False,
 ) -> _Table:
     timer = (
         TrainStepTimer(cache_path, batch=target.batch)
@@ -567,7 +570,9 @@ def _time_table(
         return total
 
     table.seconds_fn = seconds
+    prog = Progress(len(entries), show_progress, prefix=f"timing on {target}")
     for path, layer, shapes, offers in entries:
+        prog.step(path)
         cands = {
             # train: the compressed layer itself, timed as it trains ("auto": its training
             # choice); LiteRT: its inference arrangements
@@ -850,6 +855,8 @@ def convert(model: keras.Model, method="decef", budget=None, target=None, **kwar
             "conv is kept with skip_first=True). Use method='auto' or another method, or "
             "skip_first=False."
         )
+    progress = kwargs.get("progress", "auto")
+    show_progress = progress is True or (progress == "auto" and sys.stderr.isatty())
     original_it = _interpreter(model, tgt)
     table = _time_table(
         model,
@@ -864,6 +871,7 @@ def convert(model: keras.Model, method="decef", budget=None, target=None, **kwar
         cache_path,
         ranks_per_layer,
         original_it,
+        show_progress,
     )
     planned = ("include", "exclude", "skip_first", "rank", "energy", "round_to")
     kwargs = {k: v for k, v in kwargs.items() if k not in planned}  # the plan decides these
@@ -934,6 +942,13 @@ def convert(model: keras.Model, method="decef", budget=None, target=None, **kwar
                 tried[key] = _ratio_stats(*samples[key])
         got = {"share": plan.share, "planned_ratio": plan.ratio, **tried[key]}
         history.append((got, plan, chosen))
+        if show_progress:
+            sys.stderr.write(
+                f"measured {k + 1}/{feedback_rounds}: the whole model at "
+                f"{got['ratio']:.3f} of the original's latency (planned {plan.ratio:.3f}, "
+                f"budget {x})\n"
+            )
+            sys.stderr.flush()
         points.append((plan.share, got["ratio"]))
         if x - 0.05 <= got["ratio"] <= x or k == feedback_rounds - 1:
             break

@@ -229,7 +229,7 @@ def test_paired_ratio_times_interleaved_rounds():
     assert got["rounds"] in (5, 10, 15)  # more rounds only while the spread is wide
 
 
-def test_feedback_measures_the_whole_model_and_keeps_the_best(model, shared_cache):
+def test_feedback_measures_the_whole_model_and_keeps_the_best(model, shared_cache, capsys):
     x = 0.6
     new, rep = ke.convert(
         model,
@@ -239,8 +239,11 @@ def test_feedback_measures_the_whole_model_and_keeps_the_best(model, shared_cach
         strict=False,
         cache_path=shared_cache,
         feedback_rounds=3,
+        progress=True,
     )
     plan = rep.latency
+    err = capsys.readouterr().err  # the steps, named, on stderr
+    assert "timing on litert-fp32 (2 threads) [" in err and "measured 1/3: the whole" in err
     assert 1 <= len(plan.feedback) <= 3
     for f in plan.feedback:
         assert set(f) >= {"share", "planned_ratio", "ratio", "p10", "p90"}

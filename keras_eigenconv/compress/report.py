@@ -214,11 +214,13 @@ class Progress:
         total: The number of steps.
         enabled: Whether to draw the bar (it is never drawn for 0 steps).
         stream: The stream to write to, ``sys.stderr`` when None.
+        prefix: The step's name, written before the bar.
     """
 
-    def __init__(self, total: int, enabled: bool, stream=None):
+    def __init__(self, total: int, enabled: bool, stream=None, prefix: str = "converting"):
         self.total, self.enabled, self.n = total, enabled and total > 0, 0
         self.stream = stream or sys.stderr
+        self.prefix = prefix
         self.start = time.perf_counter()
 
     def step(self, label: str) -> None:
@@ -229,7 +231,7 @@ class Progress:
         done = int(width * self.n / self.total)
         elapsed = time.perf_counter() - self.start
         self.stream.write(
-            f"\rconverting [{'#' * done}{'.' * (width - done)}] {self.n}/{self.total} "
+            f"\r{self.prefix} [{'#' * done}{'.' * (width - done)}] {self.n}/{self.total} "
             f"{elapsed:5.1f}s {label[:40]:<40}"
         )
         if self.n == self.total:
