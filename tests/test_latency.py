@@ -267,6 +267,9 @@ def test_feedback_measures_the_whole_model_and_keeps_the_best(model, shared_cach
         if p.method is not None:
             assert row.rank == p.rank
     assert "whole model measured" in plan.to_markdown()
+    # the conversion report carries the plan: Markdown and JSON-ready dict
+    assert "### Latency plan" in rep.to_markdown() and "whole model measured" in rep.to_markdown()
+    assert json.loads(json.dumps(rep.to_dict()))["latency"]["measured_ratio"] == plan.measured_ratio
     with pytest.raises(ValueError, match="feedback_rounds"):
         ke.convert(model, method="svd", budget={"latency": x}, feedback_rounds=-1)
 

@@ -206,9 +206,7 @@ def _cli_convert(args) -> int:
     if args.markdown:
         atomic_write_text(args.markdown, report.to_markdown(), what="Markdown file")
     if args.json:
-        _write_json(
-            args.json, {**report.to_dict(), **({"latency": plan.to_dict()} if plan else {})}
-        )
+        _write_json(args.json, report.to_dict())
     return 0
 
 

@@ -85,6 +85,9 @@ class ConversionReport:
             steps done and their seconds, and the whole model's output agreement against
             the original on the held-out samples (``top1_agreement`` for class outputs,
             ``relative_error`` of the outputs).
+        latency: With a latency budget: the plan (``keras_eigenconv.latency.LatencyPlan``:
+            per layer the method, rank and seconds; the whole-model measurements); in
+            ``to_dict`` and ``to_markdown`` too.
     """
 
     method: str
@@ -96,6 +99,7 @@ class ConversionReport:
     seconds: float = 0.0
     budget_met: bool | None = None
     calibration: dict | None = None
+    latency: object | None = None
 
     @property
     def replaced(self) -> list[LayerReport]:
@@ -131,6 +135,7 @@ class ConversionReport:
             "seconds": self.seconds,
             "budget_met": self.budget_met,
             "calibration": self.calibration,
+            "latency": None if self.latency is None else self.latency.to_dict(),
         }
 
     _COLUMNS = (
@@ -204,7 +209,10 @@ class ConversionReport:
     def to_markdown(self) -> str:
         fmt = {"rel. error": ".4f", "output error": ".4f"}
         summary = "\n".join(f"- {line}" for line in self._summary())
-        return f"{summary}\n\n{markdown_table(self._rows(), self._COLUMNS, fmt)}\n"
+        text = f"{summary}\n\n{markdown_table(self._rows(), self._COLUMNS, fmt)}\n"
+        if self.latency is not None:
+            text += f"\n### Latency plan\n\n{self.latency.to_markdown()}"
+        return text
 
 
 class Progress:
