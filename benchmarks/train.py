@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -98,6 +99,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     keras.utils.set_random_seed(0)
+    load_start = os.getloadavg()[0]
     rng = np.random.default_rng(0)
     x = rng.random((args.batch * 4, 32, 32, 3), dtype=np.float32)
     y = rng.integers(0, 10, args.batch * 4).astype("int32")
@@ -184,6 +186,8 @@ def main(argv=None) -> int:
         "steps": args.steps,
         "repeats": args.repeats,
         "device": "GPU" if tf.config.list_physical_devices("GPU") else "CPU",
+        "load_average_1min": [load_start, os.getloadavg()[0]],  # at the start and the end
+        "command": "benchmarks/train.py " + " ".join(argv if argv is not None else sys.argv[1:]),
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
