@@ -493,7 +493,8 @@ def run_demo(
     The baseline (``baseline_cnn``) is trained on digits (``load_digits_images``), then
     converted by each ``Conversion`` of ``demo_plan`` with ``keras_eigenconv.convert``
     (data-aware ones with ``calibration_data`` = the first ``calibration_samples`` training
-    images; the latency budget with ``method="auto"`` on ``"litert-int8"``). Every variant
+    images; the latency budget on ``"litert-int8"``, with ``method="auto"``, or the first
+    method in a quick run, whose candidates are predicted by the cost model). Every variant
     (each conversion as converted, and fine-tuned for ``finetune_epochs`` where the plan
     says so) is exported to an int8 ``.tflite`` calibrated on 200 training images and
     checked on the whole test split, whose accuracy is the table's; then all files are
@@ -503,8 +504,10 @@ def run_demo(
 
     Files in ``out_dir``: ``<variant>_int8.tflite``, ``original.keras`` and the shipped
     variant's ``.keras``, ``<conversion>_conversion.md``, ``summary.png`` (with matplotlib),
-    ``results.json`` (rows, per-layer ranks/MACs/errors, command, machine, versions, seed,
-    settings, seconds) and ``results.md``.
+    ``results.json`` (rows, per-layer ranks/MACs/errors, command, machine with its load
+    average at the start and the end, versions, seed, settings, seconds) and ``results.md``.
+    A seed fixes the data split, the initialization and the training; the LiteRT timings
+    (and so a latency-budget plan) vary with the machine and its load.
 
     Args:
         out_dir: The output folder (created).
