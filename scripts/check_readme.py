@@ -246,13 +246,14 @@ def _claims() -> list[tuple[str, str, list[str]]]:
         for name in json.loads(mutation.read_text())["modules"]:
             claims.append(
                 (
-                    "| `{}` | {} | {} | {} | {} |",
+                    "| `{}` | {} | {} | {} | {} | {} |",
                     "mutation.json",
                     [
                         f"modules.{name}.module:s",
                         f"modules.{name}.total:d",
                         f"modules.{name}.killed:d",
                         f"modules.{name}.survived:d",
+                        f"modules.{name}.explained:d",
                         f"modules.{name}.score:.1%",
                     ],
                 )
@@ -294,7 +295,7 @@ def _claims() -> list[tuple[str, str, list[str]]]:
     # files are committed in docs/demo/ (scripts/demo_readme.py writes the README block)
     demo = ROOT / "docs" / "demo" / "results.json"
     if demo.exists():
-        name = "../../docs/demo/results.json"
+        name = str(demo)  # absolute: RESULTS / name is this file wherever RESULTS points
         res = json.loads(demo.read_text())
         for i, row in enumerate(res["rows"]):
             ft = f"{row['fine-tuned']} ep" if row["fine-tuned"] else "-"
