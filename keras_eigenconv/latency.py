@@ -60,7 +60,7 @@ from .compress import convert as compress_convert
 from .compress import ranks as rk
 from .compress.registry import available_methods, get_method
 from .compress.report import Progress
-from .deploy.litert import convert_model, make_interpreter, random_representative, tflite_converter
+from .deploy.litert import convert_for_timing, make_interpreter, random_representative
 from .deploy.rewrite import candidate_arrangements, prepare_for_inference
 from .deploy.timing import (
     CostModel,
@@ -422,9 +422,7 @@ def _interpreter(model, target: Target):
     if target.runtime == "train":
         return TrainStep(model, batch=target.batch)
     shape = tuple(model.inputs[0].shape)
-    content = convert_model(
-        tflite_converter(model, target.quantize, random_representative((1, *shape[1:])))
-    )
+    content = convert_for_timing(model, target.quantize, random_representative((1, *shape[1:])))
     return make_interpreter(content, target.threads)
 
 
@@ -605,6 +603,9 @@ def _allocate(table: _Table, share: float, budget: float, timing: str):
     rounds = 0
     while True:
         rounds += 1
+        if table.original_total <= goal * (1 + 1e-9):  # keeping every layer fits: no error
+            alloc = {id(t[1]): None for t in table.rows}
+            break
         items = []
         for _path, layer, _shapes, orig, opts_list, _ in table.rows:
             c = np.array(

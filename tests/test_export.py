@@ -291,3 +291,30 @@ def test_latency_benchmark_quick(tmp_path):
     for r in data["rows"]:
         assert r["latency_ms"] > 0 and r["max_abs_error"] < 1e-4
         assert 0 < r["mac_ratio"] <= 1.0
+
+
+@pytest.mark.parametrize("quantize", [None, "int8"])
+def test_timing_flatbuffer_has_the_exports_ops(quantize):
+    from keras_eigenconv import compress
+    from keras_eigenconv.deploy.litert import (
+        convert_for_timing,
+        convert_model,
+        random_representative,
+        tflite_converter,
+        tflite_ops,
+    )
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((16, 16, 8))
+    y = keras.layers.Conv2D(16, 3, padding="same", use_bias=False)(inp)
+    y = keras.layers.ReLU()(keras.layers.BatchNormalization()(y))
+    y = keras.layers.Conv2D(16, 3, padding="same")(y)
+    y = keras.layers.GlobalAveragePooling2D()(y)
+    model, _ = compress.convert(
+        keras.Model(inp, keras.layers.Dense(4)(y)), method="svd", rank=4, progress=False
+    )
+    rep = random_representative((1, 16, 16, 8))
+    fast = convert_for_timing(model, quantize, rep)
+    full = convert_model(tflite_converter(model, quantize, rep))
+    assert tflite_ops(fast) == tflite_ops(full)
+    assert abs(len(fast) - len(full)) < 0.05 * len(full)  # the same weights, as constants

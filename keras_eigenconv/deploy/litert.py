@@ -22,6 +22,7 @@ import numpy as np
 
 __all__ = [
     "QUANTIZE_MODES",
+    "convert_for_timing",
     "convert_model",
     "make_interpreter",
     "random_representative",
@@ -120,9 +121,14 @@ def tflite_converter(model, quantize: str | None, representative=None, int8_io: 
     Raises:
         ValueError: When ``model`` is not a ``keras.Model`` with known inputs.
     """
-    import tensorflow as tf
 
     converter = _quiet_keras_converter(model)
+    return _set_up(converter, quantize, representative, int8_io)
+
+
+def _set_up(converter, quantize, representative, int8_io):
+    import tensorflow as tf
+
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     if quantize is not None:
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -135,6 +141,43 @@ def tflite_converter(model, quantize: str | None, representative=None, int8_io: 
             converter.inference_input_type = tf.int8
             converter.inference_output_type = tf.int8
     return converter
+
+
+def convert_for_timing(model, quantize: str | None, representative=None) -> bytes:
+    """A ``.tflite`` flatbuffer of ``model`` for timing, about 6x faster to make.
+
+    ``model(x, training=False)`` is traced to a concrete function whose variables are
+    folded into constants and converted from there: no SavedModel is written and read
+    back. The ops are those of ``tflite_converter``'s flatbuffer (checked on conv, BatchNorm
+    and int8 graphs); the bytes may differ (no signature, other tensor names), so it is for
+    timing candidates, not for shipping. Other backends than TensorFlow take the
+    ``tflite_converter`` path.
+
+    Args:
+        model: A ``keras.Model`` with one known input.
+        quantize: ``None``, ``"float16"``, ``"dynamic"`` or ``"int8"``.
+        representative: A generator function of calibration batches (int8).
+
+    Returns:
+        The flatbuffer.
+    """
+    import keras
+    import tensorflow as tf
+
+    if keras.backend.backend() != "tensorflow" or len(model.inputs or []) != 1:
+        return convert_model(tflite_converter(model, quantize, representative))
+    from tensorflow.python.framework.convert_to_constants import (
+        convert_variables_to_constants_v2,
+    )
+
+    x = model.inputs[0]
+    spec = tf.TensorSpec(x.shape, x.dtype)
+    fn = tf.function(lambda t: model(t, training=False)).get_concrete_function(spec)
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(
+        [convert_variables_to_constants_v2(fn)]
+    )
+    _set_up(converter, quantize, representative, False)
+    return converter.convert()
 
 
 def make_interpreter(content: bytes, num_threads: int):

@@ -44,10 +44,9 @@ from ..cost import OP_TIME, layer_cost
 from ..layers import ChannelTile
 from .litert import (
     QUANTIZE_MODES,
-    convert_model,
+    convert_for_timing,
     make_interpreter,
     random_representative,
-    tflite_converter,
 )
 
 __all__ = [
@@ -139,7 +138,7 @@ def _convert_layers(layers: list, input_shape, quantize: str | None) -> bytes:
         fresh = type(layer).from_config(layer.get_config())  # new weights: timing only
         y = fresh(y)
     model = keras.Model(x, y)
-    return convert_model(tflite_converter(model, quantize, random_representative((1, *shape))))
+    return convert_for_timing(model, quantize, random_representative((1, *shape)))
 
 
 def interleaved_samples(
