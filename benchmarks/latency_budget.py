@@ -1,27 +1,34 @@
 """Latency budgets against MAC budgets: achieved LiteRT latency, executed MACs, output error.
 
-For each model, precision (fp32, int8) and target ``x`` (0.7, 0.5), the model is converted
+For each model, precision (fp32, int8) and target ``x`` (``--targets``, 0.7 and 0.5), the
+model is converted
 
 - with ``budget={"latency": x}, target="litert-<precision>"`` by each method alone and by
-  ``method="auto"`` (``keras_eigenconv.convert``: the per-layer plan timed in LiteRT), and
-- with ``budget={"macs": x}`` by each method alone (``compress.convert``, the MAC path),
+  ``method="auto"`` (``keras_eigenconv.convert``: the per-layer plan timed in LiteRT, then
+  corrected by whole-model measurements, ``feedback_rounds``), and
+- with ``budget={"macs": m}`` by each of ``--mac-methods`` (svd, decef, tucker2) at each of
+  ``--mac-targets`` (``compress.convert``, the MAC path), and
+- for MobileNetV2, the natively thinner network (``--alpha``, 0.75) and each MAC method at
+  exactly its MAC share (the issue's anchor: a compressed MobileNetV2 against a thinner one
+  at equal MACs),
 
-then every converted model is rewritten for inference (``prepare_for_inference`` in that
-precision), exported, and timed *interleaved with the original* (``bench_tflite``, batch 1,
-``--threads``) in one run per model and precision. Written per row: the achieved latency
-ratio (median over the original's median, and the p10-p90 of both), the executed MAC ratio
-(MACs of the graph LiteRT runs, after ``prepare_for_inference``), the output error
-(relative L2 of the Keras outputs against the original's on random inputs) and, for the
-latency path, the plan's own latency ratio (sum of per-layer timings), the conversion
-seconds and how far the plan's predicted per-layer times were from the measured ones.
+then every model is rewritten for inference (``prepare_for_inference`` in that precision),
+exported, and timed *interleaved with the original* (``bench_tflite``, batch 1,
+``--threads``, ~20 ms of calls per round) in one run per model and precision. Written per
+row: the latency ratio (the median over rounds of converted/original in the same round,
+with the p10-p90 of those ratios), the executed MAC ratio (MACs of the graph LiteRT runs,
+after ``prepare_for_inference``), the output error (relative L2 of the Keras outputs
+against the original's on random inputs) and, for the latency path, the plan's own ratio
+(sum of per-layer timings), the whole-model ratios ``convert`` measured, the conversion
+seconds; then a section that checks the issue's goals on the rows.
 
     python benchmarks/latency_budget.py --quick       # small models (what fits in minutes)
     python benchmarks/latency_budget.py               # ResNet50, MobileNetV2, EfficientNetB0
                                                       # at 224x224 (hours on 2 cores)
 
 Weights are random (no downloads); latency does not depend on them. Results:
-``benchmarks/results/latency_budget.{json,md}`` (rewritten after each model, so a partial
-run keeps what it finished).
+``--out`` (default ``benchmarks/results/latency_budget``) ``.json`` and ``.md``, rewritten
+after each model, so a partial run keeps what it finished.
 """
 
 from __future__ import annotations
