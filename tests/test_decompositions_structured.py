@@ -35,7 +35,11 @@ def test_pattern_validation_messages():
         for bad in (-1, 1.0, True):
             with pytest.raises(ValueError, match=rf"^{name} must be a non-negative int, got "):
                 _pattern(groups=2, **{name: bad})
-    with pytest.raises(ValueError, match=r"= 0 \+ 0 must be in \[1, groups=2\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"= 0 \+ 0 must be in \[1, groups=2\]: each filter group reaches that many channel "
+        r"groups\. Lower the spans or raise groups\.$",
+    ):
         _pattern(groups=2, kernel_span=0, pointwise_span=0)
     with pytest.raises(ValueError, match=r"= 2 \+ 1 must be in \[1, groups=2\]"):
         _pattern(groups=2, kernel_span=2, pointwise_span=1)
@@ -164,17 +168,21 @@ def test_grouped_layout_of_the_compact_weights():
     np.testing.assert_array_equal(dense[0, 0], want)
 
 
-def test_full_pointwise_and_grouped_dense_index_maps():
-    p = _pattern(c=4, n=4, k=(3, 3), groups=2, kernel_span=1, pointwise_span=1)
+@pytest.mark.parametrize("layout", ["contiguous", "interleaved"])
+def test_full_pointwise_and_grouped_dense_index_maps(layout):
+    p = _pattern(c=4, n=4, k=(3, 3), groups=2, kernel_span=1, pointwise_span=1, layout=layout)
     pw = np.arange(1.0, 1.0 + np.prod(p.pointwise_shape)).reshape(p.pointwise_shape)
     flat = np.r_[pw.ravel(), 0.0]
     m = p.full_pointwise_index_map()
     assert m.shape == (1, 1, 4, 4) and m.dtype == np.int64
     dense = st.ssc_dense_kernel(p, np.zeros(p.kernel_shape), pw)
     np.testing.assert_array_equal(flat[m][0, 0], dense[1, 1])
+    np.testing.assert_array_equal(p.full_pointwise_index_map("natural"), m)
     g = p.full_pointwise_index_map("grouped")
     np.testing.assert_array_equal(flat[g][0, 0], dense[1, 1][:, p.filter_perm])
-    with pytest.raises(ValueError, match="reaches every group"):
+    with pytest.raises(
+        ValueError, match=r"^grouped_dense_index_map needs a part that reaches every group\.$"
+    ):
         p.grouped_dense_index_map("kernel")
     full = _pattern(c=4, n=4, k=(3, 3), groups=2, kernel_span=2, layout="interleaved")
     k = np.arange(1.0, 1.0 + np.prod(full.kernel_shape)).reshape(full.kernel_shape)
@@ -188,6 +196,16 @@ def test_full_pointwise_and_grouped_dense_index_maps():
     assert gm.shape == (1, 1, 4, 4)
     dense = st.ssc_dense_kernel(pwf, np.zeros(pwf.kernel_shape), pw)
     np.testing.assert_array_equal(pw.ravel()[gm][0, 0], dense[1, 1][:, pwf.filter_perm])
+
+
+def test_dense_kernel_checks_the_sizes_of_the_compact_weights():
+    p = _pattern(c=4, n=4, k=(3, 3), groups=2, kernel_span=1, pointwise_span=1)
+    k, pw = np.ones(p.kernel_shape), np.ones(p.pointwise_shape)
+    assert st.ssc_dense_kernel(p, k.ravel(), pw.ravel()).shape == (3, 3, 4, 4)  # flat is fine
+    with pytest.raises(ValueError):
+        st.ssc_dense_kernel(p, np.ones(5), pw)
+    with pytest.raises(ValueError):
+        st.ssc_dense_kernel(p, k, np.ones(5))
 
 
 def test_project_checks_the_shape():
@@ -214,10 +232,26 @@ def test_shift_energies_by_brute_force_and_best_shift():
         ]
         np.testing.assert_allclose(e, brute, rtol=1e-10)
         assert st.ssc_best_shift(w, **kw) == int(np.argmax(brute))
+    # the defaults (G=1, a=1, b=0) are the dense conv: every shift keeps everything
+    np.testing.assert_allclose(st.ssc_shift_energies(w), np.full(6, (w**2).sum()), rtol=1e-12)
+    assert st.ssc_best_shift(w) == 0
+    # an odd number of channels (the inverse FFT's length)
+    w5 = rng.normal(size=(3, 3, 5, 5))
+    e = st.ssc_shift_energies(w5, groups=5, kernel_span=1, pointwise_span=1)
+    brute = [
+        (st.ssc_dense_kernel(p, *st.ssc_project(w5, p)) ** 2).sum()
+        for p in (
+            _pattern(c=5, n=5, k=(3, 3), groups=5, kernel_span=1, pointwise_span=1, shift=s)
+            for s in range(5)
+        )
+    ]
+    assert e.shape == (5,)
+    np.testing.assert_allclose(e, brute, rtol=1e-10)
     # ties: the smallest shift; a kernel living on channels 2-3 wants shift 2 for G=3
     w = np.zeros((1, 1, 6, 3))
     w[0, 0, 2:4, 0] = 1.0
     assert st.ssc_best_shift(w, groups=3, kernel_span=1) == 2
+    assert st.ssc_best_shift(1e-7 * w, groups=3, kernel_span=1) == 2  # tie test is relative
     assert st.ssc_best_shift(np.zeros((1, 1, 4, 2)), groups=2) == 0  # all equal: the first
     w = np.ones((1, 1, 4, 2))  # every shift keeps the same energy
     assert st.ssc_best_shift(w, groups=2) == 0
@@ -232,11 +266,11 @@ def test_channel_shuffle_plan_exact_values():
     assert st.channel_shuffle_plan([1, 3, 5, 2, 4, 0]) == (1, 3, 2)
     assert st.channel_shuffle_plan(np.array([3, 0, 1, 2])) == (3, 1, 4)
     assert all(type(v) is int for v in st.channel_shuffle_plan(np.array([1, 0])))
-    with pytest.raises(ValueError, match="not a permutation"):
+    with pytest.raises(ValueError, match=r"^index is not a permutation of its own length\.$"):
         st.channel_shuffle_plan([0, 0, 1])
     with pytest.raises(ValueError, match="not a permutation"):
         st.channel_shuffle_plan([])
-    with pytest.raises(ValueError, match="not a rolled transpose"):
+    with pytest.raises(ValueError, match=r"^index is not a rolled transpose\.$"):
         st.channel_shuffle_plan([0, 2, 1, 3, 5, 4])
 
 
@@ -261,6 +295,10 @@ def test_center_tap_window_reads_the_tap(padding):
         (6, 4, 3, 1, 1),
         (5, 3, 1, 2, 0),
         (10, 3, 3, 1, 2),
+        (7, 3, 1, 1, 2),
+        (7, 3, 1, 1, 0),
+        (2, 3, 1, 1, 1),
+        (1, 5, 2, 1, 4),
     ]:
         lo, hi, start, trim = st.center_tap_window(length, kernel, stride, dilation, padding, tap)
         x = np.arange(length)
@@ -269,8 +307,13 @@ def test_center_tap_window_reads_the_tap(padding):
         assert got == _taps_read(length, kernel, stride, dilation, padding, tap), (
             length, kernel, stride, dilation, tap,
         )  # fmt: skip
-    # stride 1: independent of the length, which may be unknown
-    a = st.center_tap_window(None, 3, 1, 1, padding, 1)
-    assert a == st.center_tap_window(11, 3, 1, 1, padding, 1)
-    with pytest.raises(ValueError, match="needs a known length when stride > 1"):
+    # stride 1: independent of the length (at least the window), which may be unknown
+    for kernel in (1, 2, 3, 4):
+        for dilation in (1, 2, 3):
+            for tap in range(kernel):
+                want = st.center_tap_window(64, kernel, 1, dilation, padding, tap)
+                assert st.center_tap_window(None, kernel, 1, dilation, padding, tap) == want
+    with pytest.raises(
+        ValueError, match=r"^center_tap_window needs a known length when stride > 1\.$"
+    ):
         st.center_tap_window(None, 3, 2, 1, padding, 1)
