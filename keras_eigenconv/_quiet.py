@@ -121,6 +121,10 @@ def is_silenced() -> bool:
     return bool(_STATE)
 
 
+def _errors_only(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.ERROR
+
+
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:
     """A warning as one line, without the source line (the command line's own format)."""
     return f"keras-eigenconv: warning: {' '.join(str(message).split())}\n"
@@ -136,7 +140,10 @@ def silence() -> None:
         return
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
     for name in ("tensorflow", "absl"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+        logger = logging.getLogger(name)
+        logger.setLevel(logging.ERROR)
+        # a filter too: absl and TensorFlow may set their logger's level again on import
+        logger.addFilter(_errors_only)
     warnings.filterwarnings("ignore", module=NOISY_MODULES)
     warnings.formatwarning = _one_line_warning
     try:

@@ -616,16 +616,16 @@ def run_demo(
     export(base, "original", "original", 0, {})
     for c in plan:
         bar.step(f"converting: {c.label}")
-        kwargs = {"method": c.method, "budget": c.budget}
+        kwargs = {"method": c.method, "budget": c.budget, "progress": False}  # one bar: ours
         if c.data_aware:
             kwargs.update(calibration_data=calib, calibration_batch_size=64)
         if c.target:
             # every candidate timed in LiteRT (cached); quick: predicted by the cost model
-            # fitted to the timing cache, fewer ranks, no whole-model correction rounds (the
-            # table's timing measures the result)
+            # fitted to the timing cache, no whole-model correction rounds (the table's
+            # timing measures the result)
             kwargs.update(target=c.target, strict=False, cache_path=cache_path)
             if quick:
-                kwargs.update(timing="predict", ranks_per_layer=2, feedback_rounds=0)
+                kwargs.update(timing="predict", feedback_rounds=0)
         try:
             small, report = convert(base, **kwargs)
         except ValueError as err:
