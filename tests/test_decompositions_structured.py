@@ -301,6 +301,7 @@ def test_center_tap_window_reads_the_tap(padding):
         (1, 5, 2, 1, 4),
     ]:
         lo, hi, start, trim = st.center_tap_window(length, kernel, stride, dilation, padding, tap)
+        assert min(lo, hi, start, trim) >= 0  # pads and trims are amounts
         x = np.arange(length)
         padded = np.r_[np.full(lo, -1), x, np.full(hi, -1)]
         got = padded[start : len(padded) - trim : stride].tolist()
