@@ -87,9 +87,9 @@ def _results_are_consistent(out):
     free = rows[variants.index("svd, MACs<=0.50, data-free")]
     aware = [r for r in rows if r["variant"] == "svd, MACs<=0.50, data-aware"]
     assert [r["fine-tuned"] for r in aware] == [0, 1]
-    latency_rows = [r for r in rows if r["variant"].startswith("svd, latency<=0.80 int8")]
+    latency_rows = [r for r in rows if r["variant"].startswith("svd, latency<=0.85 int8")]
     # the latency-budget conversion is in the table, or the table says why not
-    assert latency_rows or any("svd, latency<=0.80" in n for n in res["notes"])
+    assert latency_rows or any("svd, latency<=0.85" in n for n in res["notes"])
     for r in [free, *aware]:
         assert 0.45 <= r["MAC ratio"] <= 0.51, r
         assert r["params"] < rows[0]["params"] and r["tflite KB"] < rows[0]["tflite KB"]
