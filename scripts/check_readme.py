@@ -246,13 +246,14 @@ def _claims() -> list[tuple[str, str, list[str]]]:
         for name in json.loads(mutation.read_text())["modules"]:
             claims.append(
                 (
-                    "| `{}` | {} | {} | {} | {} |",
+                    "| `{}` | {} | {} | {} | {} | {} |",
                     "mutation.json",
                     [
                         f"modules.{name}.module:s",
                         f"modules.{name}.total:d",
                         f"modules.{name}.killed:d",
                         f"modules.{name}.survived:d",
+                        f"modules.{name}.explained:d",
                         f"modules.{name}.score:.1%",
                     ],
                 )
