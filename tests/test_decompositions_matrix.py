@@ -179,6 +179,10 @@ def test_singular_energies_are_values_only(monkeypatch):
     assert mx._EIGH_CACHE == {}  # no eigenvectors computed or kept
     np.testing.assert_allclose(mx.gram_svd(m)[1] ** 2, want, rtol=1e-10)
     assert len(mx._EIGH_CACHE) == 1  # the decomposition caches eigh(M^T M)
+    bad = m.copy()
+    bad[0, 0] = np.nan  # non-finite weights: NaN energies, not a LinAlgError
+    got = mx.singular_energies(bad)
+    assert got.shape == (4,) and np.isnan(got).all()
 
 
 def _decef_rebuild(eigen, comb):

@@ -168,7 +168,10 @@ def singular_energies(matrix: np.ndarray) -> np.ndarray:
     """
     m = np.asarray(matrix, dtype=np.float64)
     m = m if m.shape[0] >= m.shape[1] else m.T
-    return np.clip(np.linalg.eigvalsh(m.T @ m)[::-1], 0.0, None)
+    gram = m.T @ m
+    if not np.isfinite(gram).all():  # NaN/Inf weights: NaN energies (callers name the layer)
+        return np.full(m.shape[1], np.nan)
+    return np.clip(np.linalg.eigvalsh(gram)[::-1], 0.0, None)
 
 
 def gram_svd(matrix: np.ndarray, rank: int | None = None):
