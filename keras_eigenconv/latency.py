@@ -678,7 +678,8 @@ def _plan_key(chosen) -> tuple:
 def _next_share(points, aim: float, floor: float) -> float:
     """The next planning share from the measured ``(share, ratio)`` points: linear
     interpolation between the two points around ``aim`` (``(1, 1)``, the original, is
-    always one), clamped to ``[floor, 1]``."""
+    always one), clamped to ``[floor, 1]``; the fastest plan (``floor``) when the points
+    say the ratio does not fall with the share."""
     pts = sorted({(1.0, 1.0), *points})
     below = [p for p in pts if p[1] <= aim]
     above = [p for p in pts if p[1] > aim]
@@ -688,6 +689,10 @@ def _next_share(points, aim: float, floor: float) -> float:
         (s0, r0), (s1, r1) = sorted(pts, key=lambda p: abs(p[1] - aim))[:2]
     if abs(r1 - r0) < 1e-9:
         share = min(s0, s1) - 0.05
+    elif (r1 - r0) * (s1 - s0) <= 0:
+        # the measured ratio does not fall with the planned share: the per-layer timings
+        # are off (e.g. cached on a busy machine); try the fastest plan
+        share = floor
     else:
         share = s0 + (aim - r0) * (s1 - s0) / (r1 - r0)
     return float(min(1.0, max(floor * (1 + 1e-6), share)))

@@ -207,6 +207,9 @@ def test_next_share_interpolates_the_measured_points():
     # never below the fastest plan, never above the original
     assert _next_share([(0.7, 0.95)], 0.5, 0.3) == pytest.approx(0.3 * (1 + 1e-6))
     assert _next_share([(0.7, 0.3)], 0.68, 0.1) <= 1.0
+    # measured slower than the original at a lower share: the per-layer timings are off,
+    # so the next try is the fastest plan, not an extrapolation back towards the original
+    assert _next_share([(0.6, 1.2)], 0.58, 0.3) == pytest.approx(0.3 * (1 + 1e-6))
 
 
 def test_paired_ratio_times_interleaved_rounds():

@@ -389,10 +389,12 @@ class TimingCache:
 class LiteRTTimer:
     """Times arrangements of layers in LiteRT on this machine, with a JSON cache.
 
-    ``time(candidates, input_shape)`` returns median seconds per call of each candidate
-    (a list of layers, converted alone to ``.tflite``) on a batch-1 input; entries are cached
-    by ops, shapes, threads, quantization and LiteRT version, with their op features (for
-    ``CostModel.from_cache``). A candidate that fails to convert (e.g. it needs a
+    ``time(candidates, input_shape)`` returns the seconds per call of each candidate (a list
+    of layers, converted alone to ``.tflite``) on a batch-1 input, in its fastest of
+    ``rounds`` interleaved rounds (an entry outlives the load it was timed under, and other
+    load only adds time: the median of a busy moment stayed in the cache at up to 4x);
+    entries are cached by ops, shapes, threads, quantization and LiteRT version, with their
+    op features (for ``CostModel.from_cache``). A candidate that fails to convert (e.g. it needs a
     non-built-in op) times as infinity, so it is never the choice.
 
     The cache is a ``TimingCache``: shared safely by threads and processes, and a corrupt,
@@ -442,6 +444,7 @@ class LiteRTTimer:
                 "threads": self.num_threads,
                 "quantize": self.quantize,
                 "litert": litert_version,
+                "stat": "min",
             },
             sort_keys=True,
         )
@@ -454,8 +457,8 @@ class LiteRTTimer:
             input_shape: The input shape; the batch axis is replaced by 1.
 
         Returns:
-            ``{name: median seconds per call}`` (infinity for a candidate that fails to
-            convert).
+            ``{name: seconds per call in the fastest round}`` (infinity for a candidate
+            that fails to convert).
         """
         keys = {name: self.key(layers, input_shape) for name, layers in candidates.items()}
         missing = {n: candidates[n] for n, k in keys.items() if k not in self.entries}
@@ -468,7 +471,10 @@ class LiteRTTimer:
                     failed[name] = math.inf
                     continue
                 invokers[name] = make_interpreter(content, self.num_threads).invoke
-            times = time_interleaved(invokers, rounds=self.rounds) if invokers else {}
+            # the fastest round, not the median: an entry outlives the load it was timed
+            # under, and other load only ever adds time
+            samples = interleaved_samples(invokers, rounds=self.rounds) if invokers else {}
+            times = {name: min(v) for name, v in samples.items()}
             times.update(failed)
             for name, seconds in times.items():
                 self.entries[keys[name]] = {
