@@ -494,8 +494,8 @@ def run_demo(
     converted by each ``Conversion`` of ``demo_plan`` with ``keras_eigenconv.convert``
     (data-aware ones with ``calibration_data`` = the first ``calibration_samples`` training
     images; the latency budget on ``"litert-int8"``, with ``method="auto"``, or the first
-    method in a quick run, whose candidates are predicted by the cost model). Every variant
-    (each conversion as converted, and fine-tuned for ``finetune_epochs`` where the plan
+    method in a quick run, with two ranks per layer and two whole-model measurements). Every
+    variant (each conversion as converted, and fine-tuned for ``finetune_epochs`` where the plan
     says so) is exported to an int8 ``.tflite`` calibrated on 200 training images and
     checked on the whole test split, whose accuracy is the table's; then all files are
     timed together in LiteRT (2 threads, batch 1, ``bench_rounds`` interleaved rounds, each
@@ -620,12 +620,12 @@ def run_demo(
         if c.data_aware:
             kwargs.update(calibration_data=calib, calibration_batch_size=64)
         if c.target:
-            # every candidate timed in LiteRT (cached); quick: predicted by the cost model
-            # fitted to the timing cache, no whole-model correction rounds (the table's
-            # timing measures the result)
+            # every candidate timed in LiteRT (cached); quick: two ranks per layer and two
+            # whole-model measurements (a cost model fitted to a fresh cache has nothing to
+            # learn from: it refused budgets the measured model met)
             kwargs.update(target=c.target, strict=False, cache_path=cache_path)
             if quick:
-                kwargs.update(timing="predict", feedback_rounds=0)
+                kwargs.update(ranks_per_layer=2, feedback_rounds=2)
         try:
             small, report = convert(base, **kwargs)
         except ValueError as err:
