@@ -332,6 +332,66 @@ def _claims() -> list[tuple[str, str, list[str]]]:
                 ["meta.command:s", "meta.seconds:.0f"],
             )
         )
+    # ---- latency budgets (README "Latency budgets", Measured)
+    lb, lb50 = "latency_budget.json", "latency_budget_resnet50.json"
+
+    thin = "rows[model=mobilenetv2,precision={},label=native alpha 0.75]"
+    svd_thin = "rows[model=mobilenetv2,precision=int8,label^=macs 0.698 svd]"
+
+    def lat(model, precision, label):
+        return f"rows[model={model},precision={precision},label={label}].latency_ratio:.3f"
+
+    claims.append(
+        (
+            "| ResNet50 (224) | fp32 | 0.7 | {} | - | {} |",
+            lb50,
+            [
+                lat("resnet50", "fp32", "latency 0.7 svd"),
+                lat("resnet50", "fp32", "latency 0.7 auto"),
+            ],
+        )
+    )
+    for prec in ("fp32", "int8"):
+        for x in ("0.7", "0.5"):
+            claims.append(
+                (
+                    f"| small ResNet (64) | {prec} | {x} | {{}} | {{}} | {{}} |",
+                    lb,
+                    [
+                        lat("small_resnet", prec, f"latency {x} {m}")
+                        for m in ("svd", "decef", "auto")
+                    ],
+                )
+            )
+    for x in ("0.7", "0.5"):
+        claims.append(
+            (
+                f"| MobileNetV2 (128) | fp32 | {x} | {{}} | - | {{}} |",
+                lb,
+                [lat("mobilenetv2", "fp32", f"latency {x} {m}") for m in ("svd", "auto")],
+            )
+        )
+    claims.append(
+        (
+            "Its natively thinner sibling (`alpha=0.75`, {} of the MACs) measured {} in int8 and\n"
+            "  {} in fp32. SVD at those MACs measured {} in int8 ({} executed MACs",
+            lb,
+            [
+                f"{thin.format('int8')}.executed_mac_ratio:.3f",
+                f"{thin.format('int8')}.latency_ratio:.3f",
+                f"{thin.format('fp32')}.latency_ratio:.3f",
+                f"{svd_thin}.latency_ratio:.3f",
+                f"{svd_thin}.executed_mac_ratio:.3f",
+            ],
+        )
+    )
+    claims.append(
+        (
+            "of 0.6, {}x (svd) and {}x (decef) of `clone_model` with weight copy",
+            "convert_macs.json",
+            ["rows[method=svd].ratio:.2f", "rows[method=decef].ratio:.2f"],
+        )
+    )
     return claims
 
 
