@@ -385,6 +385,24 @@ def _claims() -> list[tuple[str, str, list[str]]]:
             ],
         )
     )
+    lbd = "latency_budget_data.json"
+
+    def row(prec, label, key, fmt=".3f"):
+        return f"rows[model=small_resnet,precision={prec},label={label}].{key}:{fmt}"
+
+    data_cells = []
+    for prec in ("fp32", "int8"):
+        for m in ("auto", "svd"):
+            label = f"latency 0.7 {m}"
+            data_cells += [row(prec, label, "output_error"), row(prec, label, "latency_ratio")]
+    claims.append(
+        (
+            "output error at equal or lower latency in all four cases: fp32 0.7 auto {} at {} "
+            "(svd\n  {} at {}), int8 0.7 auto {} at {} (svd {} at {}).",
+            lbd,
+            data_cells,
+        )
+    )
     claims.append(
         (
             "of 0.6, {}x (svd) and {}x (decef) of `clone_model` with weight copy",
