@@ -207,7 +207,8 @@ class PlannedLayer:
         method: The chosen method, or None to keep the original.
         rank: The chosen rank, or None.
         error: The squared relative error of the choice (kernel, or response with data).
-        original_s: The original layer's measured seconds (LiteRT, batch 1).
+        original_s: The original layer's measured seconds on the target (LiteRT at batch 1,
+            or one training step at the target's batch).
         predicted_s: The seconds the plan used for the choice (measured or predicted).
         measured_s: The measured seconds of the choice (None when not timed).
         candidates: How many (method, rank) candidates were offered.
