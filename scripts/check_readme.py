@@ -385,6 +385,16 @@ def _claims() -> list[tuple[str, str, list[str]]]:
             ],
         )
     )
+    claims.append(
+        (
+            'budget of 0.8 on `target="train"` (svd, decef) trained at {}x with {} of the MACs.',
+            "train.json",
+            [
+                "rows[model^=latency@0.80].speed_vs_plain:.2f",
+                "rows[model^=latency@0.80].mac_ratio:.2f",
+            ],
+        )
+    )
     lbd = "latency_budget_data.json"
 
     def row(prec, label, key, fmt=".3f"):
