@@ -405,6 +405,21 @@ def _eligible(layer, m, path, include, exclude) -> bool:
     return not (exclude is not None and _matches(exclude, path, layer))
 
 
+def _candidate_sources(model, methods, include, exclude, skip_first) -> list:
+    """``(path, layer, [methods that may replace it])`` for every layer some method may
+    replace, in graph order (the first conv left out with ``skip_first``)."""
+    walked = list(graph.walk(model))
+    first = next((id(lay) for _, lay in walked if isinstance(lay, keras.layers.Conv2D)), None)
+    out = []
+    for path, layer in walked:
+        if skip_first and id(layer) == first:
+            continue
+        eligible = [m for m in methods if _eligible(layer, m, path, include, exclude)]
+        if eligible:
+            out.append((path, layer, eligible))
+    return out
+
+
 def _candidate_layers(m, layer, rank, opts, shape):
     """The fastest-arrangement candidates (plain layers) of ``m`` at ``rank`` (timing only:
     fresh weights)."""
@@ -529,19 +544,13 @@ def _time_table(
         else None
     )
     shape_map = graph.layer_input_shapes(model)
-    walked = list(graph.walk(model))
-    first = next((id(lay) for _, lay in walked if isinstance(lay, keras.layers.Conv2D)), None)
     entries = []  # (path, layer, shapes, [(method, rank, err2, opts)])
-    for path, layer in walked:
-        if skip_first and id(layer) == first:
-            continue
+    for path, layer, eligible in _candidate_sources(model, methods, include, exclude, skip_first):
         shapes = shape_map.get(id(layer), [])
         if not shapes or not all(d is not None for s in shapes for d in s[1:]):
             continue
         offers = []
-        for m in methods:
-            if not _eligible(layer, m, path, include, exclude):
-                continue
+        for m in eligible:
             opts = m.merged_options(options)
             stats = statistics_for(layer, m, opts)
             s = (
@@ -847,14 +856,7 @@ def convert(model: keras.Model, method="decef", budget=None, target=None, **kwar
         stats = spectra_stats.get(id(layer))
         return stats if stats is not None and m.needed_statistics(opts) else None
 
-    walked = list(graph.walk(model))
-    first = next((id(lay) for _, lay in walked if isinstance(lay, keras.layers.Conv2D)), None)
-    if not any(
-        _eligible(layer, m, path, include, exclude)
-        for path, layer in walked
-        if not (skip_first and id(layer) == first)
-        for m in methods
-    ):
+    if not _candidate_sources(model, methods, include, exclude, skip_first):
         raise ValueError(
             f"convert: no layer of model '{model.name}' can be replaced by "
             f"{', '.join(m.name for m in methods)} (plain Conv2D layers, groups=1, "
