@@ -247,6 +247,9 @@ class LatencyPlan:
         measured: The ``feedback`` entry of this plan, its ratio re-timed with the
             rounds of a second measurement added (``"confirmed": True``); None without
             feedback rounds.
+        floor: The least planned share of the original's latency (per-layer sums): every
+            candidate layer at its fastest offered choice. A budget below it is refused by
+            the plan, and measured as a whole model first unless it is below 0.6 of it.
     """
 
     target: Target
@@ -261,6 +264,7 @@ class LatencyPlan:
     share: float | None = None
     feedback: list = field(default_factory=list)
     measured: dict | None = None
+    floor: float | None = None
 
     @property
     def original_s(self) -> float:
@@ -327,6 +331,7 @@ class LatencyPlan:
             "met": self.met,
             "measured_ratio": self.measured_ratio,
             "share": self.share,
+            "floor": self.floor,
             "feedback": list(self.feedback),
             "prediction_error": self.prediction_error,
             "rounds": self.rounds,
@@ -672,6 +677,7 @@ def _allocate(table: _Table, share: float, budget: float, timing: str):
         table.target, budget, timing, table.model_s, table.rest, layers, rounds, table.timed
     )
     plan.share = share
+    plan.floor = table.floor_share()
     plan.seconds = time.perf_counter() - t0
     by_id = {
         id(t[1]): (t[4][alloc[id(t[1])]] if alloc[id(t[1])] is not None else None)
