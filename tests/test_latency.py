@@ -393,14 +393,15 @@ def test_a_budget_below_the_planned_floor_is_measured_before_it_is_refused(model
     except ValueError as err:
         measured = re.search(r"the fastest offered plan measured (\d\.\d+)", str(err))
         assert measured and float(measured.group(1)) > x, str(err)
-    else:  # the whole model met what the per-layer sums said it could not
-        assert rep.latency.feedback and rep.latency.measured_ratio <= x
-    # far below the floor, it is refused up front, naming the plan's floor
+    else:  # measured as a whole model, and the report says whether that met the budget
+        assert rep.latency.feedback and rep.budget_met == (rep.latency.measured_ratio <= x)
+    # far below the floor (the floor moves with the machine's load: 0.05 stays far below
+    # it), it is refused up front, naming the plan's floor
     with pytest.raises(ValueError, match="fastest offered rank the model takes"):
         ke.convert(
             model,
             method="svd",
-            budget={"latency": round(0.3 * floor, 3)},
+            budget={"latency": 0.05},
             ranks_per_layer=3,
             cache_path=shared_cache,
             feedback_rounds=2,
