@@ -329,17 +329,10 @@ def run_module(name: str, timeout: float) -> dict:
         The module's entry: counts, score, survivors, seconds, and whether it finished.
     """
     module, tests = MODULES[name]
-    files = subprocess.run(
-        ["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True, text=True
-    ).stdout.split("\0")
+    commit = _head()
     with tempfile.TemporaryDirectory(prefix="mutation-") as tmp:
         work = Path(tmp)
-        for f in filter(None, files):
-            if (ROOT / f).is_file():
-                (work / f).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(ROOT / f, work / f)
-        with open(work / "pyproject.toml", "a") as fh:
-            fh.write(CONFIG.format(module=module, tests=json.dumps(tests)))
+        _scratch_copy(work, module, tests, commit)
         start = time.perf_counter()
         try:
             subprocess.run([_mutmut(), "run"], cwd=work, timeout=timeout, capture_output=True)
@@ -359,6 +352,7 @@ def run_module(name: str, timeout: float) -> dict:
     killed, survived = stats.get("killed", 0), stats.get("survived", 0)
     return {
         "module": module,
+        "commit": commit,
         "tests": tests,
         "finished": finished,
         "seconds": round(seconds, 1),
@@ -371,6 +365,218 @@ def run_module(name: str, timeout: float) -> dict:
         "explained": explained,
         "survivors": survivors,
     }
+
+
+# modules whose tests need TensorFlow: sampled, run in one long-lived process (see below)
+SAMPLED = {"convert", "base", "rewrite", "export", "pruning"}
+# tests left out of a sampled run: they start a fresh Python process per run (slow), and
+# would import the installed package there, not the mutated one
+DESELECT = ["-k", "not fresh_process"]
+
+
+def _head() -> str:
+    return subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, check=True, text=True
+    ).stdout.strip()
+
+
+def _scratch_copy(work: Path, module: str, tests: list[str], commit: str) -> None:
+    """The repository at ``commit`` (not the working tree: a score belongs to a commit)."""
+    archive = subprocess.run(
+        ["git", "archive", "--format=tar", commit], cwd=ROOT, capture_output=True, check=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(work)], input=archive, check=True)
+    with open(work / "pyproject.toml", "a") as fh:
+        fh.write(CONFIG.format(module=module, tests=json.dumps(tests)))
+
+
+class _Worker:
+    """``scripts/mutation_worker.py`` in a scratch ``mutants/`` folder, restarted on a hang."""
+
+    def __init__(self, cwd: Path, args: list[str], log: Path):
+        self.cwd, self.args, self.log = cwd, args, log
+        self.proc = None
+
+    def _start(self) -> None:
+        import queue
+        import threading
+
+        env = dict(__import__("os").environ, MUTATION_WORKER_LOG=str(self.log))
+        env["TF_CPP_MIN_LOG_LEVEL"] = "3"
+        env.pop("MUTANT_UNDER_TEST", None)
+        self.proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "scripts" / "mutation_worker.py"), json.dumps(self.args)],
+            cwd=self.cwd,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        self.lines = queue.Queue()
+        proc = self.proc
+
+        def pump():
+            for line in proc.stdout:
+                self.lines.put(line)
+            self.lines.put(None)
+
+        threading.Thread(target=pump, daemon=True).start()
+        self._answer(600)  # {"ready": true}
+
+    def _answer(self, timeout: float):
+        import queue
+
+        try:
+            line = self.lines.get(timeout=timeout)
+        except queue.Empty:
+            return "timeout"
+        return "crash" if line is None else json.loads(line)
+
+    def run(self, name: str, timeout: float):
+        """Runs the tests with ``name`` active: the worker's answer, "timeout" or "crash"."""
+        if self.proc is None or self.proc.poll() is not None:
+            self._start()
+        self.proc.stdin.write(name + "\n")
+        self.proc.stdin.flush()
+        answer = self._answer(timeout)
+        if not isinstance(answer, dict):
+            self.close()
+        return answer
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+
+def _mutant_names(mutated: Path, dotted: str) -> list[str]:
+    text = mutated.read_text()
+    found = re.findall(r"^\s*(?:async )?def (x(?:_|ǁ\w+ǁ)\w+__mutmut_\d+)\(", text, re.M)
+    return [f"{dotted}.{n}" for n in found]
+
+
+def run_module_sampled(
+    name: str, sample: int, seed: int, timeout: float, previous: dict | None = None
+) -> dict:
+    """Mutation-test a random sample of one module's mutants in one long-lived process.
+
+    mutmut generates every mutant (the ``mutants/`` copy of the package, one trampoline per
+    function); a seeded random sample of ``sample`` of them is run, each with the module's
+    test files in ``scripts/mutation_worker.py`` (TensorFlow imported once, no fork). A
+    first run with mutmut's call recording gives the functions the tests reach: a sampled
+    mutant in a function no test reaches is counted under "no test covers it" without a run.
+
+    Args:
+        name: A key of ``MODULES``.
+        sample: How many mutants to draw (all of them if there are fewer).
+        seed: The draw's seed.
+        timeout: Seconds for the whole module; mutants left when it runs out are not run.
+        previous: The module's last entry: run only its survivors again (after new tests;
+            the draw and the other mutants' results are kept).
+
+    Returns:
+        The module's entry, with ``sampled`` (the draw's size and seed) and the 95% Wilson
+        interval of the score.
+    """
+    import random
+
+    module, tests = MODULES[name]
+    commit = _head()
+    dotted = module[:-3].replace("/", ".")
+    with tempfile.TemporaryDirectory(prefix="mutation-") as tmp:
+        work = Path(tmp)
+        _scratch_copy(work, module, tests, commit)
+        subprocess.run(
+            [sys.executable, "-c", "from mutmut.__main__ import create_mutants; create_mutants(1)"],
+            cwd=work,
+            check=True,
+            capture_output=True,
+        )
+        mutants = work / "mutants"
+        for f in work.rglob("*"):  # tests, conftest, pyproject (with the config): as mutmut
+            rel = f.relative_to(work)
+            if f.is_file() and rel.parts[0] not in ("mutants", "keras_eigenconv"):
+                (mutants / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(f, mutants / rel)
+        names = _mutant_names(mutants / module, dotted)
+        drawn = random.Random(seed).sample(names, min(sample, len(names)))
+        status = {}
+        if previous is not None:
+            status = dict(previous["status"])
+            seed = previous["sampled"]["seed"]
+            drawn = [n for n in status if n in set(names)]
+            if len(drawn) < len(status):
+                raise RuntimeError(f"{name}: the module changed since its last run: run it anew")
+            status = {n: v for n, v in status.items() if v not in ("survived", "no tests")}
+        worker = _Worker(mutants, [*tests, *DESELECT], work / "worker.log")
+        start = time.perf_counter()
+        stats = worker.run("stats", 1800)
+        if not isinstance(stats, dict) or stats["exit"] != 0:
+            raise RuntimeError(f"{name}: the tests fail without a mutant: {stats}")
+        forced = worker.run("fail", 1800)  # mutmut's check: every trampoline raises
+        if not isinstance(forced, dict) or forced["exit"] == 0:
+            raise RuntimeError(f"{name}: the tests do not run the mutated copy: {forced}")
+        reached = set(stats["hit"])
+        per_mutant = 3 * stats["seconds"] + 30
+        for n in drawn:
+            if n in status:
+                continue
+            if time.perf_counter() - start > timeout:
+                break
+            function = n.rpartition("__mutmut_")[0]
+            if function not in reached:
+                status[n] = "no tests"
+                continue
+            answer = worker.run(n, per_mutant)
+            if answer == "timeout":
+                status[n] = "timeout"
+            elif answer == "crash":
+                status[n] = "killed"  # the process died: a test run that cannot pass
+            else:
+                status[n] = {0: "survived", 5: "no tests"}.get(answer["exit"], "killed")
+            print(f"{name}: {len(status)}/{len(drawn)} {n.rpartition('.')[2]} {status[n]}")
+        worker.close()
+        seconds = time.perf_counter() - start
+    counts = {k: sum(v == k for v in status.values()) for k in STATUSES}
+    killed, survived = counts["killed"], counts["survived"]
+    survivors = [
+        {"name": n, "reason": EQUIVALENT.get(n, "not explained")}
+        for n in sorted(status)
+        if status[n] == "survived"
+    ]
+    return {
+        "module": module,
+        "commit": commit,
+        "tests": tests,
+        "finished": len(status) == len(drawn),
+        "test_seconds": stats["seconds"],
+        "seconds": round(seconds, 1),
+        "total": len(names),
+        "sampled": {"size": len(drawn), "run": len(status), "seed": seed},
+        "killed": killed,
+        "survived": survived,
+        "no_tests": counts["no tests"],
+        "timeout": counts["timeout"],
+        "score": round(killed / (killed + survived), 4) if killed + survived else None,
+        "interval": _wilson(killed, killed + survived),
+        "explained": sum(not sv["reason"].startswith("not explained") for sv in survivors),
+        "survivors": survivors,
+        "status": status,
+    }
+
+
+STATUSES = ("killed", "survived", "no tests", "timeout")
+
+
+def _wilson(k: int, n: int, z: float = 1.96) -> list[float] | None:
+    """The 95% Wilson score interval of a proportion k / n (for a sampled score)."""
+    if n == 0:
+        return None
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / (1 + z * z / n)
+    return [round(centre - half, 4), round(centre + half, 4)]
 
 
 def write(results: dict, meta: dict) -> None:
@@ -405,8 +611,15 @@ def write(results: dict, meta: dict) -> None:
             lines.append(f"| `{MODULES[name][0]}` | {why} | | | | | | | | | |")
             continue
         score = "" if r["score"] is None else f"{r['score']:.1%}"
+        total = str(r["total"])
+        if r.get("sampled"):
+            drawn = r["sampled"]
+            total = f"{drawn['run']} of {r['total']} (random sample, seed {drawn['seed']})"
+            if r.get("interval"):
+                lo, hi = r["interval"]
+                score += f" (95% interval {lo:.0%}-{hi:.0%})"
         lines.append(
-            f"| `{r['module']}` | {', '.join(Path(t).name for t in r['tests'])} | {r['total']} "
+            f"| `{r['module']}` | {', '.join(Path(t).name for t in r['tests'])} | {total} "
             f"| {r['killed']} | {r['survived']} | {r.get('explained', 0)} | {r['no_tests']} "
             f"| {r['timeout']} | {score} | {'yes' if r['finished'] else 'no'} "
             f"| {r['seconds']:.0f} |"
@@ -424,6 +637,18 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--modules", nargs="+", choices=sorted(MODULES), default=list(MODULES))
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds per module")
+    p.add_argument(
+        "--sample",
+        type=int,
+        default=60,
+        help=f"mutants drawn per TensorFlow-side module ({', '.join(sorted(SAMPLED))})",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the draw")
+    p.add_argument(
+        "--rerun-survivors",
+        action="store_true",
+        help="sampled modules: run only the last run's survivors again (after adding tests)",
+    )
     p.add_argument(
         "--relabel",
         action="store_true",
@@ -448,8 +673,17 @@ def main(argv=None) -> int:
         "mutmut": version("mutmut"),
     }
     for name in args.modules:
-        results[name] = {**run_module(name, args.timeout), "command": meta["command"]}
-        print(json.dumps({k: v for k, v in results[name].items() if k != "survivors"}))
+        if name in SAMPLED:
+            last = results.get(name) if args.rerun_survivors else None
+            entry = run_module_sampled(name, args.sample, args.seed, args.timeout, last)
+        else:
+            entry = run_module(name, args.timeout)
+        if path.exists():  # another run may have written other modules meanwhile
+            results = {**json.loads(path.read_text())["modules"], name: results.get(name)}
+        results[name] = {**entry, "command": meta["command"]}
+        print(
+            json.dumps({k: v for k, v in results[name].items() if k not in ("survivors", "status")})
+        )
         write(results, meta)
     return 0
 

@@ -1,0 +1,57 @@
+"""One long-lived pytest process that runs many mutants without importing TensorFlow again.
+
+Started by ``scripts/mutation.py --sample N`` inside a scratch copy's ``mutants/`` folder
+(mutmut's generated code, where every mutated function is a trampoline that reads the
+active mutant from ``MUTANT_UNDER_TEST`` at each call). It imports pytest once, then reads
+one mutant name per line from stdin, sets ``MUTANT_UNDER_TEST`` to it, runs the module's
+test files with ``pytest.main`` in this process (``-x``: the first failure kills the
+mutant) and answers one JSON line on the original stdout. TensorFlow and the test modules
+stay imported between mutants; nothing is forked (TensorFlow's thread pools do not survive
+``fork``, which is why mutmut's own runner hangs on these modules). The name ``stats``
+runs the tests once with mutmut's call recording on and answers the functions they reach.
+
+Usage (by mutation.py): ``python mutation_worker.py '<pytest args as JSON>'``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+
+def main() -> int:
+    args = json.loads(sys.argv[1])
+    proto = os.fdopen(os.dup(1), "w", buffering=1)
+    log = os.open(os.environ.get("MUTATION_WORKER_LOG", os.devnull), os.O_WRONLY | os.O_CREAT)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    sys.path.insert(0, os.getcwd())  # the mutated package, not the installed one
+    # mutmut wraps each mutated function in a trampoline (functools.wraps); Keras's
+    # Operation.__new__ reads a layer's __init__ with inspect.getfullargspec, which does not
+    # follow __wrapped__ and sees (*args, **kwargs). Follow it, in this process only.
+    import inspect
+
+    argspec = inspect.getfullargspec
+    inspect.getfullargspec = lambda func: argspec(inspect.unwrap(func))
+    import pytest
+    from mutmut.state import state
+
+    proto.write(json.dumps({"ready": True}) + "\n")
+    for line in sys.stdin:
+        name = line.strip()
+        if not name:
+            continue
+        os.environ["MUTANT_UNDER_TEST"] = name
+        start = time.perf_counter()
+        code = int(pytest.main(["-x", "-q", *args]))
+        answer = {"name": name, "exit": code, "seconds": round(time.perf_counter() - start, 2)}
+        if name == "stats":
+            answer["hit"] = sorted(state()._stats)
+        proto.write(json.dumps(answer) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
