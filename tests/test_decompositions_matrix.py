@@ -185,6 +185,81 @@ def test_singular_energies_are_values_only(monkeypatch):
     assert got.shape == (4,) and np.isnan(got).all()
 
 
+def _counting(monkeypatch, name):
+    """Count the calls of ``np.linalg.<name>`` (the real function runs)."""
+    calls = []
+    real = getattr(np.linalg, name)
+
+    def counted(*args, **kwargs):
+        calls.append(name)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(np.linalg, name, counted)
+    return calls
+
+
+@pytest.mark.parametrize("unfolding", ["channel", "spatial"])
+def test_shared_work_reuses_the_gram_matrix_bit_identically(monkeypatch, unfolding):
+    spectrum = mx.svd_channel_spectrum if unfolding == "channel" else mx.svd_spatial_spectrum
+    factors = mx.svd_channel_factors if unfolding == "channel" else mx.svd_spatial_factors
+    kernel = np.random.default_rng(3).normal(size=(3, 3, 5, 7)).astype(np.float32)
+    plain_s, plain_f = spectrum(kernel), factors(kernel, 4)
+    mx._EIGH_CACHE.clear()
+    owner = object()
+    with mx.shared_work():
+        k = mx.shared_array(owner, lambda: np.asarray(kernel, np.float64))
+        assert mx.shared_array(owner, lambda: 1 / 0) is k and not k.flags.writeable
+        grams = []
+        real_gram = mx._tall_gram
+        monkeypatch.setattr(mx, "_tall_gram", lambda m: grams.append(1) or real_gram(m))
+        s, f = spectrum(k), factors(k, 4)
+        assert grams == [1]  # one Gram matrix for the spectrum and the factors
+        np.testing.assert_array_equal(s, plain_s)  # bit-identical
+        for got, want in zip(f, plain_f):
+            np.testing.assert_array_equal(got, want)
+        mx.release_shared(owner)
+        assert mx._SHARED.get().nbytes == 0 and not mx._SHARED.get().owners
+    assert mx._SHARED.get() is None
+    assert mx.shared_array(owner, lambda: np.ones(2)).flags.writeable  # outside: as computed
+
+
+def test_shared_work_reuses_the_decef_svd_and_its_results_are_read_only(monkeypatch):
+    kernel = np.random.default_rng(4).normal(size=(3, 3, 6, 8))
+    plain_s, plain_f = mx.decef_spectrum(kernel), mx.decef_factors(kernel, 3)
+    calls = _counting(monkeypatch, "svd")
+    with mx.shared_work():
+        k = mx.shared_array("layer", lambda: kernel)
+        with mx.shared_work():  # nested: the outer block keeps the results
+            s = mx.decef_spectrum(k)
+        f = mx.decef_factors(k, 3)
+        assert calls == ["svd"]
+        np.testing.assert_array_equal(s, plain_s)
+        for got, want in zip(f, plain_f):
+            np.testing.assert_array_equal(got, want)
+        kept = mx._SHARED.get().arrays[id(k)][1]["decef_svd"]
+        assert all(not part.flags.writeable for part in kept)
+        writable = kernel.copy()  # not made by shared_array: computed every time
+        mx.decef_spectrum(writable)
+        mx.decef_spectrum(writable)
+        assert calls == ["svd"] * 3
+
+
+def test_shared_work_keeps_at_most_its_memory_limit(monkeypatch):
+    monkeypatch.setattr(mx, "_SHARED_BYTES", 3 * 4 * 8 * 8 + 4 * 4 * 8)  # 3 kernels + 1 Gram
+    calls = _counting(monkeypatch, "eigvalsh")
+    rng = np.random.default_rng(5)
+    kernels = [rng.normal(size=(1, 1, 4, 8)) for _ in range(4)]
+    with mx.shared_work():
+        ks = [mx.shared_array(i, lambda k=k: k) for i, k in enumerate(kernels)]
+        assert [k.flags.writeable for k in ks] == [False, False, False, True]  # 4th: no room
+        for k in ks:
+            mx.svd_channel_spectrum(k)
+        memo = mx._SHARED.get()
+        assert memo.nbytes <= mx._SHARED_BYTES
+        assert sum(bool(e[1]) for e in memo.arrays.values()) == 1  # one Gram had room
+    assert calls == ["eigvalsh"] * 4
+
+
 def _decef_rebuild(eigen, comb):
     kh, kw, c, r = eigen.shape
     n = comb.shape[-1]

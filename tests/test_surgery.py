@@ -414,3 +414,41 @@ def test_tucker2_meets_a_mac_budget():
     replaced = [r for r in report.layers if not r.reason]
     assert replaced and all(0 < r.relative_error < 1 for r in replaced)
     assert report.to_dict()["layers"]
+
+
+@pytest.mark.parametrize("method", ["svd", "decef"])
+def test_budget_conversion_computes_each_spectrum_once_and_matches_the_layers(monkeypatch, method):
+    """A budget conversion decomposes each layer from the Gram matrix (svd) or per-channel
+    SVD (decef) its rank choice computed (counted), and the replacements are bit-identical
+    to building each layer alone at the chosen rank."""
+    from keras_eigenconv.decompositions import matrix as mx
+
+    model = small_cnn()
+    monkeypatch.setattr(mx, "_EIGH_CACHE", {})  # nothing served from an earlier conversion
+    calls = []
+    real_gram = mx._tall_gram
+    monkeypatch.setattr(mx, "_tall_gram", lambda m: calls.append("gram") or real_gram(m))
+    for name in ("svd", "eigh", "eigvalsh"):
+        real = getattr(np.linalg, name)
+        monkeypatch.setattr(
+            np.linalg, name, lambda *a, _r=real, _n=name, **k: calls.append(_n) or _r(*a, **k)
+        )
+    new, report = convert(model, method=method, budget={"macs": 0.7}, progress=False)
+    replaced = [r for r in report.layers if r.replaced]
+    candidates = [
+        r
+        for r in report.layers
+        if r.rank is not None or r.reason == "the budget allocation keeps it"
+    ]
+    assert replaced
+    if method == "svd":  # one eigvalsh per candidate, one eigh per replaced layer
+        assert calls.count("eigvalsh") == len(candidates) and "svd" not in calls
+        assert calls.count("eigh") == len(replaced)
+        assert calls.count("gram") == len(candidates)  # the factors reuse the Gram matrix
+    else:  # one batched SVD per candidate, none again for the factors
+        assert calls.count("svd") == len(candidates)
+    monkeypatch.undo()
+    for row in replaced:
+        alone = registry.get_method(method).build(model.get_layer(row.name), rank=row.rank)
+        for got, want in zip(new.get_layer(row.name).weights, alone.weights):
+            np.testing.assert_array_equal(got.numpy(), want.numpy())

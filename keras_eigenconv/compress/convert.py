@@ -14,6 +14,7 @@ Methods come from ``registry`` only: this module has no per-method branches.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import math
 import sys
 import time
@@ -24,6 +25,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from .. import decompositions as dec
 from .. import graph
 from ..cost import Cost, layer_cost, model_cost
 from ..layers.base import IMPLEMENTATIONS
@@ -118,6 +120,19 @@ def _check_rank_arg(rank) -> None:
 # ---- the converter -----------------------------------------------------------------------
 
 
+def _sharing_work(fn):
+    """Run ``fn`` inside ``decompositions.shared_work()``: a layer's spectrum (rank choice)
+    and its decomposition share their Gram matrix or SVD (bit-identical results)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with dec.shared_work():
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+@_sharing_work
 def convert(
     model: keras.Model,
     method: str | Method | Mapping | Callable = "decef",
@@ -403,6 +418,9 @@ def convert(
                 continue
 
     # -- 3. build the replacements --------------------------------------------------------
+    for _, layer, _, _, _, _ in plans:  # what the layers kept computed is not needed again
+        if id(layer) not in chosen:
+            dec.release_shared(layer.kernel)
     replacements = {}
     for path, layer, m, opts, shapes, row in plans:
         if id(layer) not in chosen:
@@ -457,6 +475,7 @@ def convert(
         else:
             row.objective = "kernel"
             row.relative_error = _relative_error(new, layer, m, spectrum, opts)
+        dec.release_shared(layer.kernel)
         prog.step(path)
 
     # -- 4. clone, swap, copy weights -----------------------------------------------------

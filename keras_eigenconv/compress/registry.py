@@ -34,6 +34,7 @@ from ..layers import (
     TTDense,
     Tucker2Conv2D,
 )
+from ..layers.base import source_kernel
 
 __all__ = [
     "Method",
@@ -119,7 +120,7 @@ class Method:
     # ---- spectra and ranks -------------------------------------------------------------
 
     def kernel(self, layer) -> np.ndarray:
-        return np.asarray(keras.ops.convert_to_numpy(layer.kernel), dtype=np.float64)
+        return source_kernel(layer)
 
     def spectrum(self, layer, options: Mapping | None = None) -> np.ndarray:
         """Compute the energy kept by each extra rank, from the layer class's ``spectrum``.

@@ -14,7 +14,10 @@ layer API always means this share of the kernel's squared Frobenius norm.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import hashlib
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -29,6 +32,9 @@ __all__ = [
     "singular_energies",
     "entropy_rank",
     "relative_error",
+    "release_shared",
+    "shared_array",
+    "shared_work",
     "svd_channel_factors",
     "svd_channel_spectrum",
     "svd_spatial_factors",
@@ -130,24 +136,158 @@ _GRAM_RTOL = 1e-7
 _EIGH_CACHE: dict = {}
 _EIGH_CACHE_BYTES = 256 * 2**20  # whole-model conversions choose ranks for all layers first
 
+# Work shared between the spectrum and the factors of one kernel inside ``shared_work()``:
+# a _Shared per block; None outside one.
+_SHARED: contextvars.ContextVar[_Shared | None] = contextvars.ContextVar(
+    "keras_eigenconv_shared_work", default=None
+)
+_SHARED_BYTES = 512 * 2**20  # at most this much kept per block (beyond it: computed as usual)
+
+
+class _Shared:
+    """What one ``shared_work()`` block keeps: per array id ``(array, {kind: result})``
+    and per owner id ``(owner, array)``."""
+
+    def __init__(self):
+        self.arrays: dict[int, tuple[np.ndarray, dict]] = {}
+        self.owners: dict[int, tuple[object, np.ndarray]] = {}
+        self.nbytes = 0
+
+    def room(self, nbytes: int) -> bool:
+        return self.nbytes + nbytes <= _SHARED_BYTES
+
+
+def _nbytes(result) -> int:
+    return sum(p.nbytes for p in (result if isinstance(result, tuple) else (result,)))
+
+
+@contextlib.contextmanager
+def shared_work() -> Iterator[None]:
+    """A block in which the spectrum and the factors of one kernel share their work.
+
+    Rank selection asks for a kernel's spectrum (e.g. the eigenvalues of its Gram matrix,
+    or DeCEF's per-channel SVDs) and the decomposition then needs the same Gram matrix or
+    SVD again. Inside the block, a read-only array that owns its data (``writeable``
+    False, ``base`` None: its values cannot change; ``shared_array`` makes them) keeps
+    these intermediate results, keyed by the array object, so the second function reuses
+    them: the results are bit-identical to computing them again. Writeable arrays (and
+    everything outside a block) are computed as usual. At most 512 MiB is kept per block
+    (beyond it, results are computed as usual); ``release_shared`` drops an owner's
+    results early. Blocks nest (the outermost one holds the results); the results are
+    dropped when it ends.
+
+    Returns:
+        A context manager (use ``with shared_work(): ...``).
+    """
+    if _SHARED.get() is not None:  # nested: the outer block holds the results
+        yield
+        return
+    token = _SHARED.set(_Shared())
+    try:
+        yield
+    finally:
+        _SHARED.reset(token)
+
+
+def shared_array(owner, compute: Callable[[], np.ndarray]) -> np.ndarray:
+    """One read-only array per ``owner`` inside ``shared_work()``.
+
+    Inside a block, the first call for ``owner`` (any object, e.g. a layer's kernel
+    variable; compared by identity and kept alive until the block ends or
+    ``release_shared(owner)``) stores a read-only copy of ``compute()`` and later calls
+    return that same array, so the spectrum and the factors computed from it share their
+    work (``shared_work``). The owner's value must not change inside the block. Outside a
+    block (or when the block's memory limit is reached): ``compute()`` itself.
+
+    Args:
+        owner: the object the array belongs to.
+        compute: a function returning the array.
+
+    Returns:
+        The array (read-only and owning its data when it is kept).
+    """
+    memo = _SHARED.get()
+    if memo is None:
+        return compute()
+    hit = memo.owners.get(id(owner))
+    if hit is not None and hit[0] is owner:
+        return hit[1]
+    value = compute()
+    if not memo.room(value.nbytes):
+        return value
+    value = np.array(value)  # owns its data
+    value.setflags(write=False)
+    memo.owners[id(owner)] = (owner, value)
+    memo.arrays[id(value)] = (value, {})
+    memo.nbytes += value.nbytes
+    return value
+
+
+def release_shared(owner) -> None:
+    """Drop what ``shared_work()`` keeps for ``owner`` (its array and the results computed
+    from it), e.g. once a layer is decomposed; nothing happens outside a block.
+
+    Args:
+        owner: an object passed to ``shared_array``.
+    """
+    memo = _SHARED.get()
+    hit = None if memo is None else memo.owners.get(id(owner))
+    if hit is None or hit[0] is not owner:
+        return
+    del memo.owners[id(owner)]
+    _, results = memo.arrays.pop(id(hit[1]), (None, {}))
+    memo.nbytes -= hit[1].nbytes + sum(_nbytes(r) for r in results.values())
+
+
+def _shared(kind: str, array: np.ndarray, compute: Callable[[], object]):
+    """``compute()``, kept for ``array`` (by identity) inside ``shared_work()`` when the
+    array was made by ``shared_array`` (read-only, owning its data)."""
+    memo = _SHARED.get()
+    entry = None if memo is None else memo.arrays.get(id(array))
+    if entry is None or entry[0] is not array or array.flags.writeable:
+        return compute()
+    if kind not in entry[1]:
+        result = compute()
+        if not memo.room(_nbytes(result)):
+            return result
+        for part in result if isinstance(result, tuple) else (result,):
+            part.setflags(write=False)  # shared: nobody may change it in place
+        entry[1][kind] = result
+        memo.nbytes += _nbytes(result)
+    return entry[1][kind]
+
 
 def _gram_key(m: np.ndarray) -> tuple:
     return (m.shape, hashlib.blake2b(np.ascontiguousarray(m).data, digest_size=16).digest())
 
 
-def _gram_eigh(m: np.ndarray):
-    """``eigh(M^T M)`` for a tall float64 ``M``, descending; recent ones are cached (keyed by
-    the matrix bytes, 256 MiB at most) because rank selection and decomposition ask for the
-    same one."""
-    key = _gram_key(m)
+def _tall_gram(matrix) -> tuple[np.ndarray, np.ndarray]:
+    """``(M, M^T M)`` for the tall orientation ``M`` of ``matrix`` (float64)."""
+    m = np.asarray(matrix, dtype=np.float64)
+    m = m if m.shape[0] >= m.shape[1] else m.T
+    return m, m.T @ m
+
+
+def _gram_eigh(m: np.ndarray, gram: np.ndarray | None = None):
+    """``eigh(M^T M)`` for a tall float64 ``M``, descending (``gram``: ``M^T M`` when it is
+    already known); recent ones are cached, keyed by the Gram matrix's bytes (256 MiB at
+    most), because repeated conversions of one model decompose the same kernels."""
+    gram = m.T @ m if gram is None else gram
+    key = _gram_key(gram)
     hit = _EIGH_CACHE.get(key)
     if hit is None:
-        lam, v = np.linalg.eigh(m.T @ m)
+        lam, v = np.linalg.eigh(gram)
         hit = (np.clip(lam[::-1], 0.0, None), v[:, ::-1])
         _EIGH_CACHE[key] = hit
         while sum(e[1].nbytes for e in _EIGH_CACHE.values()) > _EIGH_CACHE_BYTES:
             _EIGH_CACHE.pop(next(iter(_EIGH_CACHE)))  # oldest first
     return hit
+
+
+def _energies(m: np.ndarray, gram: np.ndarray) -> np.ndarray:
+    if not np.isfinite(gram).all():  # NaN/Inf weights: NaN energies (callers name the layer)
+        return np.full(m.shape[1], np.nan)
+    return np.clip(np.linalg.eigvalsh(gram)[::-1], 0.0, None)
 
 
 def singular_energies(matrix: np.ndarray) -> np.ndarray:
@@ -156,9 +296,9 @@ def singular_energies(matrix: np.ndarray) -> np.ndarray:
     Computed from the eigenvalues of its smaller Gram matrix: ``min(m, n)^2`` memory and
     several times faster than an SVD. Only the eigenvalues are computed (``eigvalsh``, 3-6x
     faster than ``eigh`` at 512-1024 columns), and the eigendecomposition cache is not
-    touched (hashing a ResNet50's kernels for it took longer than the lookups saved): rank
-    selection asks for every layer's spectrum, the decomposition only for the layers it
-    replaces.
+    touched: rank selection asks for every layer's spectrum, the decomposition only for
+    the layers it replaces (inside ``shared_work()`` a kernel's spectrum and factors share
+    the Gram matrix).
 
     Args:
         matrix: a 2-D array ``(m, n)``.
@@ -166,12 +306,7 @@ def singular_energies(matrix: np.ndarray) -> np.ndarray:
     Returns:
         A float64 array of ``min(m, n)`` squared singular values, descending.
     """
-    m = np.asarray(matrix, dtype=np.float64)
-    m = m if m.shape[0] >= m.shape[1] else m.T
-    gram = m.T @ m
-    if not np.isfinite(gram).all():  # NaN/Inf weights: NaN energies (callers name the layer)
-        return np.full(m.shape[1], np.nan)
-    return np.clip(np.linalg.eigvalsh(gram)[::-1], 0.0, None)
+    return _energies(*_tall_gram(matrix))
 
 
 def gram_svd(matrix: np.ndarray, rank: int | None = None):
@@ -191,11 +326,16 @@ def gram_svd(matrix: np.ndarray, rank: int | None = None):
     Returns:
         A tuple ``(u, s, vt)``: ``u (m, r)``, ``s (r,)`` (descending) and ``vt (r, n)``.
     """
+    return _gram_svd(matrix, rank)
+
+
+def _gram_svd(matrix, rank: int | None, gram: np.ndarray | None = None):
+    """``gram_svd``; ``gram``: the tall orientation's Gram matrix when already known."""
     m = np.asarray(matrix, dtype=np.float64)
     if m.shape[0] < m.shape[1]:
-        v, s, ut = gram_svd(m.T, rank)
+        v, s, ut = _gram_svd(m.T, rank, gram)
         return ut.T, s, v.T
-    lam, v = _gram_eigh(m)
+    lam, v = _gram_eigh(m, gram)
     r = rank or m.shape[1]
     v = v[:, :r]
     s = np.sqrt(lam[:r])
@@ -214,7 +354,8 @@ def _decef_svd(w: np.ndarray):
     kh, kw, c, n = w.shape
     # (C, kh*kw, N): one matrix per input channel, rows are the k*k taps.
     per_channel = np.transpose(w, (2, 0, 1, 3)).reshape(c, kh * kw, n)
-    return np.linalg.svd(per_channel, full_matrices=False)  # u (C,kk,q) s (C,q) vt (C,q,N)
+    # u (C,kk,q) s (C,q) vt (C,q,N); the spectrum and the factors share it (shared_work)
+    return _shared("decef_svd", w, lambda: np.linalg.svd(per_channel, full_matrices=False))
 
 
 def decef_spectrum(kernel) -> np.ndarray:
@@ -285,7 +426,7 @@ def basis_spectrum(kernel) -> np.ndarray:
     Raises:
         ValueError: when ``kernel`` is not 4-D.
     """
-    return singular_energies(_filter_matrix(as_float64_kernel(kernel)))
+    return _energies(*_kernel_gram(as_float64_kernel(kernel), "filter"))
 
 
 def basis_factors(kernel, rank: int) -> tuple[np.ndarray, np.ndarray]:
@@ -309,7 +450,7 @@ def basis_factors(kernel, rank: int) -> tuple[np.ndarray, np.ndarray]:
     w = as_float64_kernel(kernel)
     kh, kw, c, n = w.shape
     wm = _filter_matrix(w)
-    u, _, _ = gram_svd(wm, rank)  # left vectors of W_m = right of H
+    u, _, _ = _gram_svd(wm, rank, _kernel_gram(w, "filter")[1])  # left vectors of W_m
     basis = u[:, :rank]
     comb = basis.T @ wm
     return basis.reshape(kh, kw, c, rank), comb.reshape(1, 1, rank, n)
@@ -350,12 +491,20 @@ def svd_channel_factors(kernel, rank: int):
     """
     w = as_float64_kernel(kernel)
     kh, kw, c, n = w.shape
-    u, s, vt = gram_svd(_filter_matrix(w), rank)
+    u, s, vt = _gram_svd(_filter_matrix(w), rank, _kernel_gram(w, "filter")[1])
     return (
         u[:, :rank].reshape(kh, kw, c, rank),
         s[:rank].copy(),
         vt[:rank].reshape(1, 1, rank, n),
     )
+
+
+def _kernel_gram(w: np.ndarray, unfolding: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(M, M^T M)`` of the tall orientation ``M`` of the kernel's ``"filter"`` or
+    ``"spatial"`` unfolding; the Gram matrix is shared inside ``shared_work()``."""
+    m = _filter_matrix(w) if unfolding == "filter" else _spatial_matrix(w)
+    tall = m if m.shape[0] >= m.shape[1] else m.T
+    return tall, _shared(unfolding + "_gram", w, lambda: _tall_gram(m)[1])
 
 
 def _spatial_matrix(w: np.ndarray) -> np.ndarray:
@@ -378,7 +527,7 @@ def svd_spatial_spectrum(kernel) -> np.ndarray:
     Raises:
         ValueError: when ``kernel`` is not 4-D.
     """
-    return singular_energies(_spatial_matrix(as_float64_kernel(kernel)))
+    return _energies(*_kernel_gram(as_float64_kernel(kernel), "spatial"))
 
 
 def svd_spatial_factors(kernel, rank: int):
@@ -397,7 +546,7 @@ def svd_spatial_factors(kernel, rank: int):
     """
     w = as_float64_kernel(kernel)
     kh, kw, c, n = w.shape
-    u, s, vt = gram_svd(_spatial_matrix(w), rank)
+    u, s, vt = _gram_svd(_spatial_matrix(w), rank, _kernel_gram(w, "spatial")[1])
     u = u[:, :rank].reshape(kh, 1, c, rank)
     v = np.transpose(vt[:rank].reshape(rank, kw, n), (1, 0, 2)).reshape(1, kw, rank, n)
     return u, s[:rank].copy(), v

@@ -44,6 +44,7 @@ __all__ = [
     "check_source",
     "conv_output_hw",
     "safe_depthwise_conv",
+    "source_kernel",
 ]
 
 IMPLEMENTATIONS = ("auto", "factorized", "dense")
@@ -191,6 +192,25 @@ def check_rank_or_energy(who: str, rank, energy) -> None:
         raise ValueError(f"{who}: pass rank or energy, not both.")
 
 
+def source_kernel(layer) -> np.ndarray:
+    """A source layer's kernel as a float64 array.
+
+    Inside ``decompositions.shared_work()`` it is one read-only array per kernel variable
+    (``decompositions.shared_array``), so that choosing the rank and decomposing share their
+    work (the layer's weights must not change inside the block).
+
+    Args:
+        layer: a built layer with a ``kernel``.
+
+    Returns:
+        The kernel as a float64 ``np.ndarray``.
+    """
+    return dec.shared_array(
+        layer.kernel,
+        lambda: np.asarray(ops.convert_to_numpy(layer.kernel), dtype=np.float64),
+    )
+
+
 def check_source(layer, source_type: type, who: str) -> np.ndarray:
     """Check a source layer and return its kernel.
 
@@ -231,7 +251,7 @@ def check_source(layer, source_type: type, who: str) -> np.ndarray:
                 f"{who}: Conv2D '{layer.name}' has groups={layer.groups}; only "
                 "groups=1 is supported. Leave grouped convolutions as they are."
             )
-    kernel = np.asarray(ops.convert_to_numpy(layer.kernel), dtype=np.float64)
+    kernel = source_kernel(layer)
     if not np.all(np.isfinite(kernel)):
         raise ValueError(
             f"{who}: the kernel of {kind} '{layer.name}' contains NaN or Inf. "
