@@ -9,9 +9,10 @@ held-out accuracy stays within 3 points (measured over seeds 0-2: 0.92-0.94 befo
 
 import keras
 import numpy as np
+import pytest
 
 from keras_eigenconv import SVDConv2D
-from keras_eigenconv.training import RankPruning, SingularValueL1, svd_ranks
+from keras_eigenconv.training import RankPruning, SingularValueL1, set_svd_rank, svd_ranks
 
 
 def _net():
@@ -56,3 +57,93 @@ def test_rank_pruning_shrinks_the_net_and_keeps_its_accuracy(digits):
     assert list(ranks.values())[1] < 32  # the wide layer lost rank ...
     assert model.count_params() <= 0.92 * params_before  # ... and the net >= 8% of its weights
     assert acc_after >= acc_before - 0.03, (acc_before, acc_after, ranks)
+
+
+# --- the callback's schedule, rule and checks, without fit (fast) ------------------------
+
+
+def _built_svd(rank=6, filters=8, channels=3):
+    layer = SVDConv2D(filters, 3, rank=rank, padding="same")
+    layer.build((None, 8, 8, channels))
+    return layer
+
+
+def _compiled(layer):
+    model = keras.Sequential([keras.Input((8, 8, 3)), layer])
+    model.compile("sgd", "mse")
+    return model
+
+
+def test_rank_pruning_prunes_on_its_schedule_only():
+    model = _compiled(_built_svd(rank=6))
+    cb = RankPruning(rule=lambda s: np.arange(s.size), start_epoch=1, every=2, stop_epoch=5)
+    cb.set_model(model)
+    for epoch in range(8):
+        cb.on_epoch_end(epoch)
+    assert [h["epoch"] for h in cb.history] == [1, 3, 5]
+
+
+def test_rank_pruning_rule_keeps_its_indices_and_must_keep_one(capsys):
+    layer = _built_svd(rank=6)
+    model = _compiled(layer)
+    s = np.abs(keras.ops.convert_to_numpy(layer.singular_values))
+    cb = RankPruning(rule=lambda v: [4, 1], verbose=1)
+    cb.set_model(model)
+    cb.on_epoch_end(0)
+    assert layer.rank == 2
+    np.testing.assert_allclose(np.abs(keras.ops.convert_to_numpy(layer.singular_values)), s[[4, 1]])
+    assert cb.history == [{"epoch": 0, "ranks": {layer.name: 2}}]
+    assert capsys.readouterr().out == f"RankPruning epoch 1: ranks {{'{layer.name}': 2}}\n"
+    empty = RankPruning(rule=lambda v: [])
+    empty.set_model(model)
+    with pytest.raises(ValueError, match=f"rule kept no singular value of '{layer.name}'"):
+        empty.on_epoch_end(0)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({}, r"pass energy=\.\.\. \(e\.g\. 0\.95\), threshold=\.\.\. \(e\.g\. 0\.05, relative "),
+        ({"energy": 0.0}, r"energy must be in \(0, 1\], got 0\.0\."),
+        ({"energy": 1.01}, r"energy must be in \(0, 1\], got 1\.01\."),
+        ({"threshold": 1.0}, r"threshold must be in \[0, 1\), got 1\.0\."),
+        ({"threshold": -0.1}, r"threshold must be in \[0, 1\), got -0\.1\."),
+        ({"energy": 0.9, "every": 0}, "every and min_rank must be >= 1, start_epoch >= 0"),
+        ({"energy": 0.9, "min_rank": 0}, "every and min_rank must be >= 1, start_epoch >= 0"),
+        ({"energy": 0.9, "start_epoch": -1}, "every and min_rank must be >= 1, start_epoch >= 0"),
+    ],
+)
+def test_rank_pruning_rejects_bad_arguments_by_name(kwargs, message):
+    with pytest.raises(ValueError, match="RankPruning: " + message):
+        RankPruning(**kwargs)
+
+
+def test_rank_pruning_accepts_the_ends_of_its_ranges():
+    assert RankPruning(energy=1.0).energy == 1.0
+    assert RankPruning(threshold=0.0).threshold == 0.0
+    cb = RankPruning(threshold=0.5, min_rank=2, every=3, start_epoch=0)
+    assert (cb.min_rank, cb.every, cb.start_epoch) == (2, 3, 0)
+
+
+def test_set_svd_rank_checks_keep_and_takes_integral_floats():
+    layer = _built_svd(rank=6)
+    for bad in ([0, 6], [], [1, 1], [-1, 2]):
+        with pytest.raises(ValueError, match=r"keep must hold distinct indices in \[0, 6\)"):
+            set_svd_rank(layer, bad)
+    s = np.abs(keras.ops.convert_to_numpy(layer.singular_values))
+    set_svd_rank(layer, np.array([5.0, 0.0]))  # e.g. read back from a JSON file
+    assert layer.rank == 2
+    np.testing.assert_allclose(np.abs(keras.ops.convert_to_numpy(layer.singular_values)), s[[5, 0]])
+
+
+def test_set_svd_rank_decides_auto_again_like_a_fresh_layer():
+    # "auto" picks dense or factorized from the rank: a layer cut to rank 1 decides as a
+    # fresh rank-1 layer of the same shape does (here: not as it did at full rank)
+    layer = SVDConv2D(64, 3, rank=192, padding="same", decomposition="spatial")  # full rank
+    layer.build((None, 16, 16, 64))
+    fresh = SVDConv2D(64, 3, rank=1, padding="same", decomposition="spatial")
+    fresh.build((None, 16, 16, 64))
+    before = layer.resolved_implementation
+    assert before != fresh.resolved_implementation
+    set_svd_rank(layer, [0])
+    assert layer.resolved_implementation == fresh.resolved_implementation
