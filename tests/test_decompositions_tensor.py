@@ -1,6 +1,7 @@
 """The tensor decompositions (TT-SVD, TT-matrix, TT-conv, naive TT, Tucker-2, CP, VBMF)."""
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -319,3 +320,28 @@ def test_cp_exact_when_filters_are_fewer_than_channels_and_balanced_factors():
     assert err == pytest.approx(dec.relative_error(k, dec.cp_full(*factors)))
     with pytest.raises(ValueError, match=r"^cp_factors: rank must be >= 1, got 0\.$"):
         dec.cp_factors(k, 0)
+
+
+@pytest.mark.parametrize(
+    "matrix, rank",
+    [
+        (np.diag([5.0, 0.0, 0.0, 0.0]), 1),
+        (np.diag([5.0, 3.0, 0.0, 0.0, 0.0, 0.0]), 2),
+        (np.outer(np.arange(8.0), np.arange(6.0)), 1),
+        # a zero column (e.g. a pruned filter) next to a rank-1 signal in noise
+        (
+            np.pad(
+                10 * np.outer(np.linspace(-1, 1, 30), np.cos(np.arange(20.0)))
+                + 0.1 * np.random.default_rng(0).normal(size=(30, 20)),
+                ((0, 0), (0, 5)),
+            ),
+            1,
+        ),
+    ],
+)
+def test_vbmf_rank_of_matrices_with_exact_zero_singular_values(matrix, rank):
+    # a zero singular value once put log(0) into the free energy (RuntimeWarning, and an
+    # infinite objective at every sigma^2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        assert dec.vbmf_rank(matrix) == rank

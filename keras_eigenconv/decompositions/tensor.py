@@ -558,8 +558,12 @@ def _evb_objective(sigma2, big_l, big_m, s, residual, xubar):
     z1 = x[x > xubar]
     z2 = x[x <= xubar]
     tau_z1 = _tau(z1, alpha)
+    # a zero singular value adds z - log z = log(M sigma^2) - log(0): the infinite part does
+    # not depend on sigma^2, so it is dropped (the minimizer is the same, without log(0))
+    zero = z2 <= 0
     return (
-        np.sum(z2 - np.log(z2))
+        np.sum(z2[~zero] - np.log(z2[~zero]))
+        + np.count_nonzero(zero) * np.log(big_m * sigma2)
         + np.sum(z1 - tau_z1)
         + np.sum(np.log((tau_z1 + 1) / z1))
         + alpha * np.sum(np.log(tau_z1 / alpha + 1))
