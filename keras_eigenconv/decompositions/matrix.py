@@ -194,10 +194,11 @@ def shared_array(owner, compute: Callable[[], np.ndarray]) -> np.ndarray:
 
     Inside a block, the first call for ``owner`` (any object, e.g. a layer's kernel
     variable; compared by identity and kept alive until the block ends or
-    ``release_shared(owner)``) stores a read-only copy of ``compute()`` and later calls
-    return that same array, so the spectrum and the factors computed from it share their
-    work (``shared_work``). The owner's value must not change inside the block. Outside a
-    block (or when the block's memory limit is reached): ``compute()`` itself.
+    ``release_shared(owner)``) keeps ``compute()`` (which must return a new array: it is
+    made read-only; a view is copied) and later calls return that same array, so the
+    spectrum and the factors computed from it share their work (``shared_work``). The
+    owner's value must not change inside the block. Outside a block (or when the block's
+    memory limit is reached): ``compute()`` itself.
 
     Args:
         owner: the object the array belongs to.
@@ -215,7 +216,8 @@ def shared_array(owner, compute: Callable[[], np.ndarray]) -> np.ndarray:
     value = compute()
     if not memo.room(value.nbytes):
         return value
-    value = np.array(value)  # owns its data
+    if value.base is not None or not value.flags.owndata:
+        value = np.array(value)  # owns its data
     value.setflags(write=False)
     memo.owners[id(owner)] = (owner, value)
     memo.arrays[id(value)] = (value, {})
