@@ -11,9 +11,17 @@ each method, times in the same run, interleaved, best of ``--repeats``:
 Goal: convert / clone <= 1.5. Also recorded: the decomposition share of the conversion and
 the MACs before and after. Written: ``benchmarks/results/convert.{json,md}``.
 
+With ``--latency x``: ``keras_eigenconv.convert(model, method=..., budget={"latency": x},
+target="litert-fp32")`` with a fresh timing cache (a temporary ``cache_path``), called
+twice: the first (cold) call times every candidate layer and the whole models of its
+feedback rounds; the second, identical (warm) call finds them in the cache. Each is
+timed against clone-only (interleaved: clones before, between and after). Goal: warm /
+clone <= 3. Written: ``benchmarks/results/convert_latency.{json,md}`` by default.
+
     python benchmarks/convert.py                       # ResNet50 + MobileNetV2 at 224x224
     python benchmarks/convert.py --quick               # 64x64 inputs, one repeat
     python benchmarks/convert.py --blas-threads 1      # pin BLAS threads (loaded machines)
+    python benchmarks/convert.py --models resnet50 --methods svd --latency 0.7
 """
 
 from __future__ import annotations
@@ -22,7 +30,9 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -88,6 +98,101 @@ def run(models, methods, size, energy, repeats, macs=None):
     return rows
 
 
+def run_latency(models, methods, size, budget, warm_calls=2):
+    """Cold then warm latency-budget conversions against clone-only, interleaved."""
+    from keras_eigenconv import latency
+
+    rows = []
+    for key in models:
+        model = getattr(keras.applications, MODELS[key])(weights=None, input_shape=(size, size, 3))
+        for method in methods:
+            with tempfile.TemporaryDirectory() as tmp:
+                cache = Path(tmp) / "timings.json"
+                clone_t, calls = [], []
+                for i in range(1 + warm_calls):
+                    t = time.perf_counter()
+                    clone_only(model)
+                    clone_t.append(time.perf_counter() - t)
+                    t = time.perf_counter()
+                    _, report = latency.convert(
+                        model,
+                        method=method,
+                        budget={"latency": budget},
+                        target="litert-fp32",
+                        cache_path=cache,
+                        progress=False,
+                        strict=False,
+                    )
+                    seconds = time.perf_counter() - t
+                    plan = report.latency
+                    calls.append(
+                        {
+                            "call": "cold" if i == 0 else "warm",
+                            "seconds": seconds,
+                            "model_timings": plan.model_timings,
+                            "reused": plan.reused,
+                            "layer_candidates_timed": plan.timed,
+                            "measured_ratio": plan.measured_ratio,
+                            "budget_met": report.budget_met,
+                            "ranks": [[p.name, p.rank] for p in plan.layers if p.method],
+                        }
+                    )
+                    print(json.dumps({"method": method, **calls[-1]}), flush=True)
+                t = time.perf_counter()
+                clone_only(model)
+                clone_t.append(time.perf_counter() - t)
+            clone_med = statistics.median(clone_t)
+            warm = [c["seconds"] for c in calls[1:]]
+            rows.append(
+                {
+                    "model": MODELS[key],
+                    "input": f"{size}x{size}",
+                    "method": method,
+                    "latency_budget": budget,
+                    "target": "litert-fp32",
+                    "clone_all_s": clone_t,
+                    "clone_s": clone_med,
+                    "cold_s": calls[0]["seconds"],
+                    "warm_s": min(warm),
+                    "warm_all_s": warm,
+                    "cold_ratio": calls[0]["seconds"] / clone_med,
+                    "warm_ratio": min(warm) / clone_med,
+                    "warm_ratio_max": max(warm) / clone_med,
+                    "goal_met": min(warm) / clone_med <= 3.0,
+                    "same_plan": all(c["ranks"] == calls[0]["ranks"] for c in calls),
+                    "calls": calls,
+                }
+            )
+    return rows
+
+
+def latency_markdown(rows, meta) -> str:
+    lines = [
+        f"Latency-budget conversion vs clone time ({meta['machine']}, BLAS threads: "
+        f"{meta['blas_threads']}, fresh timing cache, target litert-fp32; "
+        f"`{meta['command']}`). Cold: the first call (every candidate layer and each "
+        "feedback round's whole model exported and timed); warm: the same call again "
+        "(best of the warm calls, then the worst); clone: the median of the interleaved "
+        "clone-only runs.",
+        "",
+        "| model | input | method | budget | clone-only (s) | cold (s) | cold / clone | "
+        "warm (s) | warm / clone (best, worst) | goal warm <= 3 | whole models timed "
+        "(cold, warm) | measured latency ratio | same plan |",
+        "|---|---|---|---:|---:|---:|---:|---:|---|---|---|---:|---|",
+    ]
+    for r in rows:
+        c = r["calls"]
+        lines.append(
+            f"| {r['model']} | {r['input']} | {r['method']} | {r['latency_budget']} | "
+            f"{r['clone_s']:.2f} | {r['cold_s']:.1f} | {r['cold_ratio']:.1f} | "
+            f"{r['warm_s']:.2f} | {r['warm_ratio']:.2f}, {r['warm_ratio_max']:.2f} | "
+            f"{'yes' if r['goal_met'] else 'no'} | {c[0]['model_timings']}, "
+            f"{max(x['model_timings'] for x in c[1:])} | "
+            f"{c[0]['measured_ratio']:.3f} | {'yes' if r['same_plan'] else 'no'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def to_markdown(rows, meta) -> str:
     lines = [
         f"Conversion vs clone time ({meta['machine']}, BLAS threads: {meta['blas_threads']}, "
@@ -122,10 +227,17 @@ def main():
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--energy", type=float, default=0.9)
     p.add_argument("--macs", type=float, default=None, help="a MAC budget instead of energy")
+    p.add_argument(
+        "--latency",
+        type=float,
+        default=None,
+        help="a latency budget (litert-fp32): a cold, then warm calls with one timing cache",
+    )
+    p.add_argument("--warm-calls", type=int, default=2, help="warm calls after the cold one")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--blas-threads", type=int, default=None)
     p.add_argument("--quick", action="store_true", help="64x64 inputs, one repeat")
-    p.add_argument("--out", default=str(Path(__file__).parent / "results" / "convert"))
+    p.add_argument("--out", default=None, help="default results/convert (convert_latency)")
     args = p.parse_args()
     if args.quick:
         args.size, args.repeats = 64, 1
@@ -139,6 +251,23 @@ def main():
         "keras": keras.__version__,
     }
     models, methods = args.models.split(","), args.methods.split(",")
+    results = Path(__file__).parent / "results"
+    if args.latency is not None:
+        meta["latency_budget"] = args.latency
+        out = Path(args.out or results / "convert_latency")
+        run = run_latency
+        if args.blas_threads:
+            from threadpoolctl import threadpool_limits
+
+            with threadpool_limits(args.blas_threads, user_api="blas"):
+                rows = run(models, methods, args.size, args.latency, args.warm_calls)
+        else:
+            rows = run(models, methods, args.size, args.latency, args.warm_calls)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+        out.with_suffix(".md").write_text(latency_markdown(rows, meta))
+        print(latency_markdown(rows, meta))
+        return
     if args.blas_threads:
         from threadpoolctl import threadpool_limits
 
@@ -146,7 +275,7 @@ def main():
             rows = run(models, methods, args.size, args.energy, args.repeats, args.macs)
     else:
         rows = run(models, methods, args.size, args.energy, args.repeats, args.macs)
-    out = Path(args.out)
+    out = Path(args.out or results / "convert")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     out.with_suffix(".md").write_text(to_markdown(rows, meta))

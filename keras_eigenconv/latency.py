@@ -43,12 +43,17 @@ were measured; the measured plan closest to ``x`` from below is returned.
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
+import functools
+import hashlib
+import json
 import math
 import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -58,6 +63,7 @@ from ._table import markdown_table
 from .compress import calibration as cal
 from .compress import convert as compress_convert
 from .compress import ranks as rk
+from .compress.convert import shared_work
 from .compress.registry import available_methods, get_method
 from .compress.report import Progress
 from .deploy.litert import convert_for_timing, make_interpreter, random_representative
@@ -65,6 +71,7 @@ from .deploy.rewrite import candidate_arrangements, prepare_for_inference
 from .deploy.timing import (
     CostModel,
     LiteRTTimer,
+    TimingCache,
     TrainStep,
     TrainStepTimer,
     interleaved_samples,
@@ -250,6 +257,11 @@ class LatencyPlan:
         floor: The least planned share of the original's latency (per-layer sums): every
             candidate layer at its fastest offered choice. A budget below it is refused by
             the plan, and measured as a whole model first unless it is below 0.6 of it.
+        model_timings: Whole models this call exported and timed (the original's seconds
+            and each measured plan, confirmations included).
+        reused: Whole-model measurements this call took from the timing cache's
+            ``.models.json`` file instead of timing them (the per-layer table and the
+            original's seconds count as one; see ``convert``).
     """
 
     target: Target
@@ -265,6 +277,8 @@ class LatencyPlan:
     feedback: list = field(default_factory=list)
     measured: dict | None = None
     floor: float | None = None
+    model_timings: int = 0
+    reused: int = 0
 
     @property
     def original_s(self) -> float:
@@ -332,6 +346,8 @@ class LatencyPlan:
             "measured_ratio": self.measured_ratio,
             "share": self.share,
             "floor": self.floor,
+            "model_timings": self.model_timings,
+            "reused": self.reused,
             "feedback": list(self.feedback),
             "prediction_error": self.prediction_error,
             "rounds": self.rounds,
@@ -512,6 +528,9 @@ class _Table:
     seconds_fn: object
     measured: dict = field(default_factory=dict)
     timed: int = 0
+    records: _Records | None = None
+    reused: int = 0  # whole-model measurements taken from the records
+    model_timings: int = 0  # whole models timed by this call
 
     @property
     def original_total(self) -> float:
@@ -521,6 +540,97 @@ class _Table:
         """The least planned share: every layer at its fastest offered choice."""
         fastest = sum(min([t[3], *(o[4] for o in t[4])]) for t in self.rows)
         return (self.rest + fastest) / max(self.original_total, 1e-12)
+
+
+# ---- whole-model measurements kept across calls ----------------------------------------
+
+_RECORDS_VERSION = 1
+
+
+def _architecture_key(model, target: Target, names, settings: dict) -> str | None:
+    """A fingerprint of what a latency plan's timings depend on, or None when it cannot
+    be given (then nothing is kept or reused).
+
+    The timings of a layer, of the original model and of a converted model depend on the
+    architecture (a graph model's config: layers, their configs and connections, and the
+    weights' paths, shapes and dtypes), the target, the offered methods and ranks and the
+    options of the built layers, and the LiteRT/Keras versions, not on the weights'
+    values: dense float kernels run the same instructions whatever their values (fp32 and
+    fp16), and int8 models run the same integer kernels whatever their scales (timing
+    uses random representative data anyway). Subclassed models (whose ``call`` is not in
+    their config) and settings that are not plain JSON (e.g. a predicate in ``include``)
+    give None.
+    """
+    if not graph.is_graph_model(model):
+        return None
+    try:
+        from ai_edge_litert import __version__ as litert_version
+    except ImportError:  # the train target needs no LiteRT
+        litert_version = None
+    spec = {
+        "version": _RECORDS_VERSION,
+        "config": model.get_config(),
+        "weights": [[w.path, list(w.shape), str(w.dtype)] for w in model.weights],
+        "target": dataclasses.asdict(target),
+        "methods": list(names),
+        "settings": settings,
+        "keras": keras.__version__,
+        "litert": litert_version,
+    }
+    try:
+        text = json.dumps(spec, sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError):
+        return None
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()
+
+
+class _Records:
+    """Whole-model measurements of one architecture (``_architecture_key``) on one target,
+    kept across calls in ``<timing cache>.models.json`` (a ``deploy.TimingCache``: safe
+    under threads and processes, corrupt or unwritable files warned about, never fatal).
+
+    Entries: ``"table"`` (seconds: the original model's; features: every candidate layer's
+    original and offered seconds) and one per measured plan (``plan``: the sorted
+    ``[path, method, rank]`` of its replaced layers; seconds: the converted model's;
+    features: the measurement's statistics, and ``confirmed_*`` ones once confirmed).
+    """
+
+    def __init__(self, cache_path, architecture: str | None):
+        self.architecture = architecture
+        path = Path(cache_path)
+        self.cache = (
+            TimingCache(path.with_name(f"{path.stem}.models{path.suffix or '.json'}"))
+            if architecture is not None
+            else None
+        )
+        self.entries = self.cache.load() if self.cache is not None else {}
+
+    def _key(self, what: str, plan=None) -> str:
+        return json.dumps(
+            {"architecture": self.architecture, "what": what, "plan": plan}, sort_keys=True
+        )
+
+    def get(self, what: str, plan=None) -> dict | None:
+        """The stored entry, or None."""
+        return None if self.cache is None else self.entries.get(self._key(what, plan))
+
+    def put(self, what: str, seconds: float, features: dict, plan=None) -> None:
+        """Store an entry (merged into the file)."""
+        if self.cache is None:
+            return
+        entry = {"seconds": float(seconds), "features": {k: float(v) for k, v in features.items()}}
+        self.entries = self.cache.save({self._key(what, plan): entry})
+
+
+def _table_features(rows, model_s: float) -> dict:
+    """The per-layer seconds of a table as ``"<path>|orig"`` and ``"<path>|<i>|<method>|
+    <rank>"`` features, and the original model's as ``"model_s"``."""
+    out = {"model_s": model_s}
+    for path, _layer, _shapes, orig, opts_list, _ in rows:
+        out[f"{path}|orig"] = orig
+        for i, (m, r, _err2, _opts, cost) in enumerate(opts_list):
+            out[f"{path}|{i}|{m.name}|{r}"] = cost
+    return out
 
 
 def _time_table(
@@ -537,7 +647,11 @@ def _time_table(
     ranks_per_layer,
     original_interpreter,
     show_progress: bool = False,
+    architecture: str | None = None,
 ) -> _Table:
+    """The per-layer timings (``original_interpreter()`` gives the original's interpreter,
+    made only if it is timed); with ``architecture`` (``timing="measure"`` only) a table
+    kept by an earlier call on the same architecture is reused instead of timed."""
     timer = (
         TrainStepTimer(cache_path, batch=target.batch)
         if target.runtime == "train"
@@ -569,6 +683,36 @@ def _time_table(
         if offers:
             entries.append((path, layer, shapes, offers))
     table = _Table(target, [], 0.0, 0.0, timer, predictor, None)
+    table.records = _Records(timer.cache_path, architecture if timing == "measure" else None)
+    stored = table.records.get("table")
+    feats = stored["features"] if stored is not None else {}
+    if "model_s" in feats and all(
+        f"{path}|orig" in feats
+        and all(f"{path}|{i}|{m.name}|{r}" in feats for i, (m, r, _, _) in enumerate(offers))
+        for path, _, _, offers in entries
+    ):  # kept by an earlier call: nothing to build or time
+        for path, layer, shapes, offers in entries:
+            costs = [feats[f"{path}|{i}|{o[0].name}|{o[1]}"] for i, o in enumerate(offers)]
+            table.rows.append(
+                (
+                    path,
+                    layer,
+                    shapes,
+                    feats[f"{path}|orig"],
+                    [(*o, c) for o, c in zip(offers, costs)],
+                    None,
+                )
+            )
+        table.model_s = feats["model_s"]
+        table.rest = max(0.0, table.model_s - sum(t[3] for t in table.rows))
+        table.reused += 1
+        if show_progress:
+            sys.stderr.write(
+                f"timing on {target}: {len(entries)} layers' candidates and the original "
+                f"model kept by an earlier call ({table.records.cache.path})\n"
+            )
+            sys.stderr.flush()
+        return table
 
     def seconds(source, candidates, shapes):
         """Summed over the layer's calls: the fastest arrangement of each candidate."""
@@ -605,8 +749,10 @@ def _time_table(
         table.rows.append(
             (path, layer, shapes, orig, [(*o, costs[i]) for i, o in enumerate(offers)], cands)
         )
-    table.model_s = time_interleaved({"m": original_interpreter.invoke}, rounds=7)["m"]
+    table.model_s = time_interleaved({"m": original_interpreter().invoke}, rounds=7)["m"]
+    table.model_timings += 1
     table.rest = max(0.0, table.model_s - sum(t[3] for t in table.rows))
+    table.records.put("table", table.model_s, _table_features(table.rows, table.model_s))
     return table
 
 
@@ -714,6 +860,19 @@ def _next_share(points, aim: float, floor: float) -> float:
     return float(min(1.0, max(floor * (1 + 1e-6), share)))
 
 
+def _sharing_work(fn):
+    """Run ``fn`` inside ``shared_work()``: each layer's spectrum (offered ranks) and Gram
+    matrix or SVD serve every build of the call (bit-identical results)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with shared_work():
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+@_sharing_work
 def convert(model: keras.Model, method="decef", budget=None, target=None, **kwargs):
     """Convert a model, to a latency budget on a target runtime or as ``compress.convert``.
 
@@ -872,7 +1031,27 @@ def convert(model: keras.Model, method="decef", budget=None, target=None, **kwar
         )
     progress = kwargs.get("progress", "auto")
     show_progress = progress is True or (progress == "auto" and sys.stderr.isatty())
-    original_it = _interpreter(model, tgt)
+    interpreters: dict = {}
+
+    def original_it():
+        """The original's interpreter, made when it is first timed."""
+        if "original" not in interpreters:
+            interpreters["original"] = _interpreter(model, tgt)
+        return interpreters["original"]
+
+    architecture = _architecture_key(
+        model,
+        tgt,
+        names,
+        {
+            "options": None if options is None else dict(options),
+            "ranks_per_layer": ranks_per_layer,
+            "include": include,
+            "exclude": exclude,
+            "skip_first": skip_first,
+            "implementation": kwargs.get("implementation", "auto"),
+        },
+    )
     table = _time_table(
         model,
         methods,
@@ -887,7 +1066,34 @@ def convert(model: keras.Model, method="decef", budget=None, target=None, **kwar
         ranks_per_layer,
         original_it,
         show_progress,
+        architecture,
     )
+    paths = {id(t[1]): t[0] for t in table.rows}
+
+    def stored_plan(chosen) -> list:
+        """The plan as the records key it: sorted ``[path, method, rank]``."""
+        return sorted([paths[i], v[0].name, int(v[1])] for i, v in chosen.items() if v is not None)
+
+    def record(chosen, o, c, first: int, confirmed: bool) -> None:
+        """Keep a plan's per-round seconds (the first ``first`` rounds: its measurement;
+        all of them: its confirmation when ``confirmed``)."""
+        feats = {"first_rounds": first, "confirmed": float(confirmed)}
+        feats.update({f"o|{i}": v for i, v in enumerate(o)})
+        feats.update({f"c|{i}": v for i, v in enumerate(c)})
+        table.records.put("plan", float(np.median(c)), feats, stored_plan(chosen))
+
+    def recalled(chosen):
+        """A plan's per-round seconds kept by an earlier call: ``(o, c, first rounds,
+        confirmed)``, or None."""
+        entry = table.records.get("plan", stored_plan(chosen))
+        if entry is None:
+            return None
+        f = entry["features"]
+        n = sum(1 for k in f if k.startswith("o|"))
+        o = [f[f"o|{i}"] for i in range(n)]
+        c = [f[f"c|{i}"] for i in range(n)]
+        return o, c, int(f["first_rounds"]), bool(f["confirmed"])
+
     planned = ("include", "exclude", "skip_first", "rank", "energy", "round_to")
     kwargs = {k: v for k, v in kwargs.items() if k not in planned}  # the plan decides these
     kwargs.pop("require_saving", None)
@@ -912,6 +1118,30 @@ def convert(model: keras.Model, method="decef", budget=None, target=None, **kwar
     points, tried, history = [], {}, []
     interps: dict = {}
     samples: dict = {}
+    kept: dict = {}  # plan key -> (o, c) of an earlier call's confirmation
+
+    def interpreter_of(chosen):
+        """The target's interpreter (or training step) of the plan's converted model."""
+        timing_model, _ = build(
+            chosen,
+            options=options,
+            implementation=kwargs.get("implementation", "auto"),
+            progress=False,
+            strict=False,
+        )
+        prepared = (
+            timing_model  # trains as built: "auto" layers run their training choice
+            if tgt.runtime == "train"
+            else prepare_for_inference(
+                timing_model,
+                num_threads=tgt.threads,
+                quantize=tgt.quantize,
+                cache_path=table.timer.cache_path,
+                check=False,
+            )
+        )
+        return _interpreter(prepared, tgt)
+
     try:
         plan, chosen = _allocate(table, float(x), float(x), timing)
         refused = None
@@ -928,33 +1158,24 @@ def convert(model: keras.Model, method="decef", budget=None, target=None, **kwar
         if all(v is None for v in chosen.values()):  # the original itself: nothing to time
             tried[key] = dict.fromkeys(("ratio", "p10", "p90"), 1.0)
             tried[key].update(original_s=table.model_s, candidate_s=table.model_s, rounds=0)
+        earlier = recalled(chosen) if key not in tried else None
+        if earlier is not None:  # measured by an earlier call: its rounds, replayed
+            o, c, first, confirmed = earlier
+            samples[key] = (o[:first], c[:first])
+            tried[key] = _ratio_stats(*samples[key])
+            kept[key] = (o, c) if confirmed else None
+            table.reused += 1
         if key not in tried:
-            timing_model, _ = build(
-                chosen,
-                options=options,
-                implementation=kwargs.get("implementation", "auto"),
-                progress=False,
-                strict=False,
-            )
-            prepared = (
-                timing_model  # trains as built: "auto" layers run their training choice
-                if tgt.runtime == "train"
-                else prepare_for_inference(
-                    timing_model,
-                    num_threads=tgt.threads,
-                    quantize=tgt.quantize,
-                    cache_path=table.timer.cache_path,
-                    check=False,
-                )
-            )
-            interps[key] = _interpreter(prepared, tgt)
-            samples[key] = _paired_samples(original_it, interps[key], 15, 0.25)
+            interps[key] = interpreter_of(chosen)
+            samples[key] = _paired_samples(original_it(), interps[key], 15, 0.25)
             tried[key] = _ratio_stats(*samples[key])
             planned = plan.ratio
             if not 0.5 * planned <= tried[key]["ratio"] <= 2.0 * planned:
                 # far from the plan: likely a burst of load on one side; time it again
-                samples[key] = _paired_samples(original_it, interps[key], 15, 0.25, *samples[key])
+                samples[key] = _paired_samples(original_it(), interps[key], 15, 0.25, *samples[key])
                 tried[key] = _ratio_stats(*samples[key])
+            table.model_timings += 1
+            record(chosen, *samples[key], len(samples[key][0]), False)
         got = {"share": plan.share, "planned_ratio": plan.ratio, **tried[key]}
         history.append((got, plan, chosen))
         if show_progress:
@@ -986,11 +1207,19 @@ def convert(model: keras.Model, method="decef", budget=None, target=None, **kwar
             else min(history, key=lambda h: h[0]["ratio"])
         )
         key = _plan_key(chosen)
-        if key in interps:  # confirm the returned plan with as many rounds again
-            samples[key] = _paired_samples(original_it, interps[key], 15, 0.25, *samples[key])
+        if kept.get(key) is not None:  # confirmed by an earlier call
+            got = {**got, **_ratio_stats(*kept[key]), "confirmed": True}
+        elif key in samples:  # confirm the returned plan with as many rounds again
+            first = len(samples[key][0])
+            if key not in interps:  # measured by an earlier call, not confirmed
+                interps[key] = interpreter_of(chosen)
+            samples[key] = _paired_samples(original_it(), interps[key], 15, 0.25, *samples[key])
             got = {**got, **_ratio_stats(*samples[key]), "confirmed": True}
+            table.model_timings += 1
+            record(chosen, *samples[key], first, True)
         plan.feedback = [h[0] for h in history]
         plan.measured = got
+    plan.model_timings, plan.reused = table.model_timings, table.reused
     new_model, report = build(chosen, **kwargs)
     names = {p.name for p in plan.layers if p.method is None}
     for row in report.layers:

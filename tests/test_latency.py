@@ -247,7 +247,9 @@ def test_feedback_measures_the_whole_model_and_keeps_the_best(model, shared_cach
     )
     plan = rep.latency
     err = capsys.readouterr().err  # the steps, named, on stderr
-    assert "timing on litert-fp32 (2 threads) [" in err and "measured 1/3: the whole" in err
+    # the per-layer timings: a progress bar, or (kept by an earlier test's call on this
+    # model and cache) a line saying so
+    assert "timing on litert-fp32 (2 threads)" in err and "measured 1/3: the whole" in err
     assert 1 <= len(plan.feedback) <= 3
     for f in plan.feedback:
         assert set(f) >= {"share", "planned_ratio", "ratio", "p10", "p90"}
@@ -439,3 +441,58 @@ def test_cli_convert_to_a_latency_budget(model, shared_cache, tmp_path, monkeypa
     ):
         assert cli_main(["convert", str(tmp_path / "missing.keras"), *argv]) == 1
         assert msg in capsys.readouterr().err
+
+
+def test_a_repeated_conversion_reuses_the_whole_model_measurements(model, tmp_path, monkeypatch):
+    """A second identical call on the same architecture and target exports and times no
+    model (counted: interpreters made, interleaved timings run) and replays the first
+    call's measurements: the same plan, feedback and model."""
+    from keras_eigenconv import latency
+
+    calls = []
+    for name in ("_interpreter", "_paired_samples", "time_interleaved"):
+        real = getattr(latency, name)
+        monkeypatch.setattr(
+            latency, name, lambda *a, _r=real, _n=name, **k: calls.append(_n) or _r(*a, **k)
+        )
+    path = tmp_path / "timings.json"
+    kw = dict(
+        method="svd",
+        budget={"latency": 0.7},
+        ranks_per_layer=3,
+        feedback_rounds=2,
+        strict=False,
+        cache_path=path,
+        progress=False,
+    )
+    new1, rep1 = ke.convert(model, **kw)
+    p1 = rep1.latency
+    assert p1.reused == 0 and p1.model_timings >= 2  # the original, then each plan
+    assert "_interpreter" in calls and "_paired_samples" in calls
+    assert (tmp_path / "timings.models.json").is_file()
+    calls.clear()
+    new2, rep2 = ke.convert(model, **kw)
+    p2 = rep2.latency
+    assert calls == []  # no model exported, nothing timed
+    assert p2.model_timings == 0 and p2.timed == 0 and p2.reused == 1 + len(p1.feedback)
+    assert [(q.name, q.method, q.rank) for q in p2.layers] == [
+        (q.name, q.method, q.rank) for q in p1.layers
+    ]
+    assert p2.feedback == p1.feedback and p2.measured == p1.measured and p2.model_s == p1.model_s
+    for a, b in zip(new1.weights, new2.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    # same architecture, other weights: the timings do not depend on the values (the
+    # per-layer table and the original's seconds are reused; new plans are measured)
+    other = keras.Model.from_config(model.get_config())  # e.g. the model reloaded
+    other.set_weights([w * 2.0 + 0.5 for w in model.get_weights()])
+    calls.clear()
+    _, rep3 = ke.convert(other, **kw)
+    assert rep3.latency.reused >= 1 and "time_interleaved" not in calls
+    # another architecture (another input size): nothing is reused
+    x = keras.Input((20, 20, 16))
+    y = x
+    for layer in model.layers[1:]:
+        y = layer.__class__.from_config(layer.get_config())(y)
+    smaller = keras.Model(x, y)
+    _, rep4 = ke.convert(smaller, **{**kw, "feedback_rounds": 1})
+    assert rep4.latency.reused == 0 and rep4.latency.model_timings >= 1

@@ -28,13 +28,14 @@ import numpy as np
 from .. import decompositions as dec
 from .. import graph
 from ..cost import Cost, layer_cost, model_cost
+from ..decompositions import shared_work
 from ..layers.base import IMPLEMENTATIONS
 from . import calibration as cal
 from . import ranks as rk
 from .registry import Method, get_method
 from .report import ConversionReport, LayerReport, Progress
 
-__all__ = ["RANK_RULES", "convert"]
+__all__ = ["RANK_RULES", "convert", "shared_work"]
 
 RANK_RULES = ("full", "effective", "entropy", "vbmf")
 _LISTED_TYPES = (

@@ -428,7 +428,8 @@ def basis_spectrum(kernel) -> np.ndarray:
     Raises:
         ValueError: when ``kernel`` is not 4-D.
     """
-    return _energies(*_kernel_gram(as_float64_kernel(kernel), "filter"))
+    w = as_float64_kernel(kernel)
+    return _shared("filter_energies", w, lambda: _energies(*_kernel_gram(w, "filter")))
 
 
 def basis_factors(kernel, rank: int) -> tuple[np.ndarray, np.ndarray]:
@@ -529,7 +530,8 @@ def svd_spatial_spectrum(kernel) -> np.ndarray:
     Raises:
         ValueError: when ``kernel`` is not 4-D.
     """
-    return _energies(*_kernel_gram(as_float64_kernel(kernel), "spatial"))
+    w = as_float64_kernel(kernel)
+    return _shared("spatial_energies", w, lambda: _energies(*_kernel_gram(w, "spatial")))
 
 
 def svd_spatial_factors(kernel, rank: int):
