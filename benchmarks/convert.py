@@ -27,6 +27,7 @@ clone <= 3. Written: ``benchmarks/results/convert_latency.{json,md}`` by default
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -57,18 +58,19 @@ def run(models, methods, size, energy, repeats, macs=None):
     for key in models:
         model = getattr(keras.applications, MODELS[key])(weights=None, input_shape=(size, size, 3))
         before = model_cost(model).total
-        clone_model = None
         for method in methods:
             clone_t, conv_t, report = [], [], None
             for _ in range(repeats):  # interleaved: both see the same machine state
+                gc.collect()  # neither pays for the other's garbage
                 t = time.perf_counter()
                 clone_model = clone_only(model)
                 clone_t.append(time.perf_counter() - t)
+                del clone_model
+                gc.collect()
                 t = time.perf_counter()
                 sel = {"budget": {"macs": macs}} if macs else {"energy": energy}
                 new, report = convert(model, method=method, progress=False, **sel)
                 conv_t.append(time.perf_counter() - t)
-            del clone_model
             after = model_cost(new).total
             per_round = [c / k for c, k in zip(conv_t, clone_t)]
             rows.append(
@@ -88,6 +90,8 @@ def run(models, methods, size, energy, repeats, macs=None):
                     "clone_all_s": clone_t,
                     "convert_all_s": conv_t,
                     "round_ratios": per_round,
+                    "round_ratio_min": min(per_round),
+                    "round_ratio_max": max(per_round),
                     "first_ratio": per_round[0],
                     "macs_before": before.macs,
                     "macs_after": after.macs,
@@ -110,9 +114,11 @@ def run_latency(models, methods, size, budget, warm_calls=2):
                 cache = Path(tmp) / "timings.json"
                 clone_t, calls = [], []
                 for i in range(1 + warm_calls):
+                    gc.collect()
                     t = time.perf_counter()
                     clone_only(model)
                     clone_t.append(time.perf_counter() - t)
+                    gc.collect()
                     t = time.perf_counter()
                     _, report = latency.convert(
                         model,
@@ -255,14 +261,13 @@ def main():
     if args.latency is not None:
         meta["latency_budget"] = args.latency
         out = Path(args.out or results / "convert_latency")
-        run = run_latency
         if args.blas_threads:
             from threadpoolctl import threadpool_limits
 
             with threadpool_limits(args.blas_threads, user_api="blas"):
-                rows = run(models, methods, args.size, args.latency, args.warm_calls)
+                rows = run_latency(models, methods, args.size, args.latency, args.warm_calls)
         else:
-            rows = run(models, methods, args.size, args.latency, args.warm_calls)
+            rows = run_latency(models, methods, args.size, args.latency, args.warm_calls)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
         out.with_suffix(".md").write_text(latency_markdown(rows, meta))
