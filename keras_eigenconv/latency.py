@@ -39,6 +39,13 @@ median of per-round ratios), and the share the allocator plans at is corrected b
 interpolating the measured ``(share, ratio)`` points (the original, ``(1, 1)``, is one) until
 the measured ratio is at most ``x`` and within 0.05 of it, or ``feedback_rounds`` models
 were measured; the measured plan closest to ``x`` from below is returned.
+
+The whole-model measurements (the per-layer table with the original's seconds, and each
+measured plan's interleaved rounds) are kept next to the timing cache in
+``<cache>.models.json``, keyed by the architecture, target, methods and options (not the
+weights' values, which latency does not depend on: see ``_architecture_key``), so an
+identical later call replays them and exports and times no model
+(``LatencyPlan.model_timings`` and ``LatencyPlan.reused`` count both).
 """
 
 from __future__ import annotations
@@ -892,7 +899,8 @@ def convert(model: keras.Model, method="decef", budget=None, target=None, **kwar
             (default ``"litert-fp32"``); otherwise it must be None.
         **kwargs: The other arguments of ``compress.convert``; with a latency budget also
             ``timing`` (``"measure"``, default, or ``"predict"``), ``cache_path`` (the
-            timing cache, default ``deploy.default_cache_path()``) and
+            timing cache, default ``deploy.default_cache_path()``; the whole-model
+            measurements are kept next to it in ``<name>.models.json``) and
             ``ranks_per_layer`` (default 4) and ``feedback_rounds`` (default 4: how many
             times the whole converted model may be exported and timed against the original,
             interleaved, to correct the plan until its measured latency ratio is at most
@@ -1090,9 +1098,13 @@ def convert(model: keras.Model, method="decef", budget=None, target=None, **kwar
             return None
         f = entry["features"]
         n = sum(1 for k in f if k.startswith("o|"))
-        o = [f[f"o|{i}"] for i in range(n)]
-        c = [f[f"c|{i}"] for i in range(n)]
-        return o, c, int(f["first_rounds"]), bool(f["confirmed"])
+        try:
+            o = [f[f"o|{i}"] for i in range(n)]
+            c = [f[f"c|{i}"] for i in range(n)]
+            first, confirmed = int(f["first_rounds"]), bool(f["confirmed"])
+        except KeyError:  # not an entry this module wrote: measure again
+            return None
+        return (o, c, first, confirmed) if 0 < first <= n else None
 
     planned = ("include", "exclude", "skip_first", "rank", "energy", "round_to")
     kwargs = {k: v for k, v in kwargs.items() if k not in planned}  # the plan decides these

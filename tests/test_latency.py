@@ -496,3 +496,29 @@ def test_a_repeated_conversion_reuses_the_whole_model_measurements(model, tmp_pa
     smaller = keras.Model(x, y)
     _, rep4 = ke.convert(smaller, **{**kw, "feedback_rounds": 1})
     assert rep4.latency.reused == 0 and rep4.latency.model_timings >= 1
+
+
+def test_kept_measurements_that_are_not_whole_are_measured_again(model, tmp_path):
+    """A plan entry of the models file missing its rounds (edited by hand) is measured
+    again, not trusted and not a crash."""
+    path = tmp_path / "timings.json"
+    kw = dict(
+        method="svd",
+        budget={"latency": 0.7},
+        ranks_per_layer=3,
+        feedback_rounds=1,
+        strict=False,
+        cache_path=path,
+        progress=False,
+    )
+    _, rep1 = ke.convert(model, **kw)
+    models = tmp_path / "timings.models.json"
+    data = json.loads(models.read_text())
+    plans = [k for k in data["entries"] if json.loads(k)["what"] == "plan"]
+    assert plans
+    for k in plans:
+        data["entries"][k]["features"].pop("first_rounds")
+    models.write_text(json.dumps(data))
+    _, rep2 = ke.convert(model, **kw)
+    assert rep2.latency.reused == 1  # the per-layer table only
+    assert rep2.latency.model_timings >= 1 and rep2.latency.measured is not None
