@@ -51,7 +51,10 @@ MODULES = {
         "keras_eigenconv/compress/convert.py",
         ["tests/test_surgery.py", "tests/test_planted_bugs.py"],
     ),
-    "base": ("keras_eigenconv/layers/base.py", ["tests/test_contract.py"]),
+    "base": (
+        "keras_eigenconv/layers/base.py",
+        ["tests/test_contract.py", "tests/test_layer_checks.py"],
+    ),
     "rewrite": (
         "keras_eigenconv/deploy/rewrite.py",
         ["tests/test_inference.py", "tests/test_planted_bugs.py"],
@@ -385,6 +388,17 @@ def _head() -> str:
     ).stdout.strip()
 
 
+def _blob(commit: str, path: str) -> str:
+    """The git object id of ``path`` at ``commit`` (equal ids: the same file content)."""
+    return subprocess.run(
+        ["git", "rev-parse", f"{commit}:{path}"],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+        text=True,
+    ).stdout.strip()
+
+
 def _scratch_copy(work: Path, module: str, tests: list[str], commit: str) -> None:
     """The repository at ``commit`` (not the working tree: a score belongs to a commit)."""
     archive = subprocess.run(
@@ -508,6 +522,8 @@ def run_module_sampled(
         drawn = random.Random(seed).sample(names, min(sample, len(names)))
         status = {}
         if previous is not None:
+            if _blob(previous["commit"], module) != _blob(commit, module):
+                raise RuntimeError(f"{name}: {module} changed since its last run: run it anew")
             status = dict(previous["status"])
             seed = previous["sampled"]["seed"]
             drawn = [n for n in status if n in set(names)]
