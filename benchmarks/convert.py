@@ -102,18 +102,20 @@ def run(models, methods, size, energy, repeats, macs=None):
     return rows
 
 
-def run_latency(models, methods, size, budget, warm_calls=2):
-    """Cold then warm latency-budget conversions against clone-only, interleaved."""
+def run_latency(models, methods, size, budget, warm_calls=2, cache_path=None, seed=0):
+    """Cold then warm latency-budget conversions against clone-only, interleaved (with
+    ``cache_path``, a kept cache: the first call is warm when an earlier run filled it)."""
     from keras_eigenconv import latency
 
     rows = []
     for key in models:
+        keras.utils.set_random_seed(seed)  # the same weights in every run: the same plans
         model = getattr(keras.applications, MODELS[key])(weights=None, input_shape=(size, size, 3))
         for method in methods:
             with tempfile.TemporaryDirectory() as tmp:
-                cache = Path(tmp) / "timings.json"
+                cache = Path(cache_path) if cache_path else Path(tmp) / "timings.json"
                 clone_t, calls = [], []
-                for i in range(1 + warm_calls):
+                for _ in range(1 + warm_calls):
                     gc.collect()
                     t = time.perf_counter()
                     clone_only(model)
@@ -133,7 +135,7 @@ def run_latency(models, methods, size, budget, warm_calls=2):
                     plan = report.latency
                     calls.append(
                         {
-                            "call": "cold" if i == 0 else "warm",
+                            "call": "warm" if plan.model_timings == 0 and plan.reused else "cold",
                             "seconds": seconds,
                             "model_timings": plan.model_timings,
                             "reused": plan.reused,
@@ -148,7 +150,8 @@ def run_latency(models, methods, size, budget, warm_calls=2):
                 clone_only(model)
                 clone_t.append(time.perf_counter() - t)
             clone_med = statistics.median(clone_t)
-            warm = [c["seconds"] for c in calls[1:]]
+            cold = [c["seconds"] for c in calls if c["call"] == "cold"]
+            warm = [c["seconds"] for c in calls if c["call"] == "warm"]
             rows.append(
                 {
                     "model": MODELS[key],
@@ -156,15 +159,17 @@ def run_latency(models, methods, size, budget, warm_calls=2):
                     "method": method,
                     "latency_budget": budget,
                     "target": "litert-fp32",
+                    "first_call": calls[0]["call"],  # warm with a kept --latency-cache
                     "clone_all_s": clone_t,
                     "clone_s": clone_med,
-                    "cold_s": calls[0]["seconds"],
-                    "warm_s": min(warm),
+                    "cold_s": cold[0] if cold else None,
+                    "warm_s": min(warm) if warm else None,
                     "warm_all_s": warm,
-                    "cold_ratio": calls[0]["seconds"] / clone_med,
-                    "warm_ratio": min(warm) / clone_med,
-                    "warm_ratio_max": max(warm) / clone_med,
-                    "goal_met": min(warm) / clone_med <= 3.0,
+                    "cold_ratio": cold[0] / clone_med if cold else None,
+                    "first_ratio": calls[0]["seconds"] / clone_med,
+                    "warm_ratio": min(warm) / clone_med if warm else None,
+                    "warm_ratio_max": max(warm) / clone_med if warm else None,
+                    "goal_met": bool(warm) and min(warm) / clone_med <= 3.0,
                     "same_plan": all(c["ranks"] == calls[0]["ranks"] for c in calls),
                     "calls": calls,
                 }
@@ -178,7 +183,8 @@ def latency_markdown(rows, meta) -> str:
         f"{meta['blas_threads']}, fresh timing cache, target litert-fp32; "
         f"`{meta['command']}`). Cold: the first call (every candidate layer and each "
         "feedback round's whole model exported and timed); warm: the same call again "
-        "(best of the warm calls, then the worst); clone: the median of the interleaved "
+        "(best of the warm calls, then the worst; with a kept `--latency-cache` the first "
+        "call of a new process is warm too); clone: the median of the interleaved "
         "clone-only runs.",
         "",
         "| model | input | method | budget | clone-only (s) | cold (s) | cold / clone | "
@@ -186,14 +192,20 @@ def latency_markdown(rows, meta) -> str:
         "(cold, warm) | measured latency ratio | same plan |",
         "|---|---|---|---:|---:|---:|---:|---:|---|---|---|---:|---|",
     ]
+
+    def f(v, fmt):
+        return "-" if v is None else format(v, fmt)
+
     for r in rows:
         c = r["calls"]
+        cold = [x["model_timings"] for x in c if x["call"] == "cold"]
+        warm = [x["model_timings"] for x in c if x["call"] == "warm"]
         lines.append(
             f"| {r['model']} | {r['input']} | {r['method']} | {r['latency_budget']} | "
-            f"{r['clone_s']:.2f} | {r['cold_s']:.1f} | {r['cold_ratio']:.1f} | "
-            f"{r['warm_s']:.2f} | {r['warm_ratio']:.2f}, {r['warm_ratio_max']:.2f} | "
-            f"{'yes' if r['goal_met'] else 'no'} | {c[0]['model_timings']}, "
-            f"{max(x['model_timings'] for x in c[1:])} | "
+            f"{r['clone_s']:.2f} | {f(r['cold_s'], '.1f')} | {f(r['cold_ratio'], '.1f')} | "
+            f"{f(r['warm_s'], '.2f')} | {f(r['warm_ratio'], '.2f')}, "
+            f"{f(r['warm_ratio_max'], '.2f')} | {'yes' if r['goal_met'] else 'no'} | "
+            f"{max(cold) if cold else '-'}, {max(warm) if warm else '-'} | "
             f"{c[0]['measured_ratio']:.3f} | {'yes' if r['same_plan'] else 'no'} |"
         )
     return "\n".join(lines) + "\n"
@@ -240,6 +252,12 @@ def main():
         help="a latency budget (litert-fp32): a cold, then warm calls with one timing cache",
     )
     p.add_argument("--warm-calls", type=int, default=2, help="warm calls after the cold one")
+    p.add_argument(
+        "--latency-cache",
+        default=None,
+        help="the timing cache to use and keep (default: a fresh temporary one); run twice "
+        "to time a warm call in a new process",
+    )
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--blas-threads", type=int, default=None)
     p.add_argument("--quick", action="store_true", help="64x64 inputs, one repeat")
@@ -265,9 +283,13 @@ def main():
             from threadpoolctl import threadpool_limits
 
             with threadpool_limits(args.blas_threads, user_api="blas"):
-                rows = run_latency(models, methods, args.size, args.latency, args.warm_calls)
+                rows = run_latency(
+                    models, methods, args.size, args.latency, args.warm_calls, args.latency_cache
+                )
         else:
-            rows = run_latency(models, methods, args.size, args.latency, args.warm_calls)
+            rows = run_latency(
+                models, methods, args.size, args.latency, args.warm_calls, args.latency_cache
+            )
         out.parent.mkdir(parents=True, exist_ok=True)
         out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
         out.with_suffix(".md").write_text(latency_markdown(rows, meta))
