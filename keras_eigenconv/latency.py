@@ -563,8 +563,9 @@ def _architecture_key(model, target: Target, names, settings: dict) -> str | Non
     weights' paths, shapes and dtypes), the target, the offered methods and ranks and the
     options of the built layers, and the LiteRT/Keras versions, not on the weights'
     values: dense float kernels run the same instructions whatever their values (fp32 and
-    fp16), and int8 models run the same integer kernels whatever their scales (timing
-    uses random representative data anyway). Subclassed models (whose ``call`` is not in
+    fp16; denormal values, which can slow float math on x86, are the case this ignores),
+    and int8 models run the same integer kernels whatever their scales (timing uses random
+    representative data anyway). Subclassed models (whose ``call`` is not in
     their config) and settings that are not plain JSON (e.g. a predicate in ``include``)
     give None.
     """
