@@ -121,6 +121,25 @@ def test_training_and_inference_implementations_follow_their_own_cost_models():
     assert differing > 0
 
 
+def _depthwise_reference(x, kernel, strides, padding):
+    """NumPy depthwise conv (multiplier 1), padded as TensorFlow's "same" pads."""
+    (kh, kw), (sh, sw) = kernel.shape[:2], strides
+    _, h, w, c = x.shape
+    if padding == "same":
+        out = (-(-h // sh), -(-w // sw))
+        th = max((out[0] - 1) * sh + kh - h, 0)
+        tw = max((out[1] - 1) * sw + kw - w, 0)
+        x = np.pad(x, ((0, 0), (th // 2, th - th // 2), (tw // 2, tw - tw // 2), (0, 0)))
+    else:
+        out = ((h - kh) // sh + 1, (w - kw) // sw + 1)
+    y = np.zeros((x.shape[0], *out, c), np.float64)
+    for i in range(out[0]):
+        for j in range(out[1]):
+            patch = x[:, i * sh : i * sh + kh, j * sw : j * sw + kw, :]
+            y[:, i, j, :] = np.einsum("bhwc,hwc->bc", patch, kernel[..., 0])
+    return y
+
+
 @pytest.mark.parametrize("strides", [(1, 2), (2, 3), (3, 1)])
 @pytest.mark.parametrize("shape", [(1, 9, 13, 3), (1, 14, 7, 5)])
 def test_unequal_strides_depthwise_equals_keras_on_non_square_inputs(strides, shape):
@@ -132,3 +151,51 @@ def test_unequal_strides_depthwise_equals_keras_on_non_square_inputs(strides, sh
         want = np.asarray(keras.ops.depthwise_conv(x, kernel, strides=strides, padding=padding))
         assert got.shape == want.shape
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="a TensorFlow trace")
+def test_unequal_strides_depthwise_with_unknown_spatial_dims():
+    import tensorflow as tf
+
+    # 1x1 kernel, stride 1 rows: "same" pads nothing (total 0), also when the height is a
+    # tensor in the trace
+    kernel = np.random.default_rng(2).normal(size=(1, 3, 2, 1)).astype("float32")
+    traced = tf.function(
+        lambda t: safe_depthwise_conv(t, kernel, (1, 2), "same"),
+        input_signature=[tf.TensorSpec((None, None, None, 2), tf.float32)],
+    )
+    x = np.random.default_rng(3).normal(size=(1, 6, 8, 2)).astype("float32")
+    got = np.asarray(traced(x))
+    np.testing.assert_allclose(got, _depthwise_reference(x, kernel, (1, 2), "same"), atol=1e-5)
+
+
+def test_set_output_projection_replaces_the_last_map_and_maybe_the_bias():
+    layer = DeCEFConv2D.from_conv2d(_conv(filters=6, channels=4), rank=3)
+    name = layer._output_factor
+    old_bias = np.asarray(layer.bias).copy()
+    shape = tuple(getattr(layer, name).shape)
+    new = np.random.default_rng(4).normal(size=shape).astype("float32")
+    layer.set_output_projection(new, None)
+    np.testing.assert_array_equal(np.asarray(getattr(layer, name)), new)
+    np.testing.assert_array_equal(np.asarray(layer.bias), old_bias)
+    layer.set_output_projection(new, np.arange(6.0))
+    np.testing.assert_array_equal(np.asarray(layer.bias), np.arange(6.0, dtype="float32"))
+    cp = CPConv2D.from_conv2d(_conv(), rank=2)  # no output factor of its own
+    with pytest.raises(NotImplementedError, match="CPConv2D has no refittable output map"):
+        cp.set_output_projection(new, None)
+
+
+def test_a_3d_input_is_refused_by_the_input_spec():
+    layer = SVDConv2D(4, 3, rank=2)
+    layer.build((None, 8, 8, 3))
+    with pytest.raises(ValueError, match="expected ndim=4, found ndim=3"):
+        layer(np.zeros((8, 8, 3), "float32"))
+
+
+def test_spatial_svd_ranks_from_its_own_statistics():
+    conv = _conv(filters=6, channels=4)
+    kernel = np.asarray(conv.kernel)
+    rows = {"rows": np.eye(3 * 4)}  # (kh*C, kh*C): white rows, the data-free spectrum
+    free = SVDConv2D.rank_for(kernel, energy=0.9, decomposition="spatial")
+    aware = SVDConv2D.from_conv2d(conv, energy=0.9, decomposition="spatial", statistics=rows)
+    assert aware.rank == free
