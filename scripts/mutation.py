@@ -431,13 +431,13 @@ class _Worker:
             text=True,
             env=env,
         )
-        self.lines = queue.Queue()
-        proc = self.proc
+        self.lines = lines = queue.Queue()  # this process's own queue: a killed one's
+        proc = self.proc  # last lines must not reach its successor's
 
         def pump():
             for line in proc.stdout:
-                self.lines.put(line)
-            self.lines.put(None)
+                lines.put(line)
+            lines.put(None)
 
         threading.Thread(target=pump, daemon=True).start()
         self._answer(600)  # {"ready": true}
@@ -458,6 +458,8 @@ class _Worker:
         self.proc.stdin.write(name + "\n")
         self.proc.stdin.flush()
         answer = self._answer(timeout)
+        if isinstance(answer, dict) and answer.get("name") != name:
+            raise RuntimeError(f"mutation worker: asked for {name}, answered {answer}")
         if not isinstance(answer, dict):
             self.close()
         return answer
