@@ -579,7 +579,13 @@ def test_two_input_export_advice_works(tmp_path):
 def test_lambda_model_advice_works(tmp_path):
     inp = keras.Input((8, 8, 3))
     model = keras.Model(inp, L.Lambda(lambda t: t * 2.0)(L.Conv2D(4, 3)(inp)))
-    with pytest.raises(ValueError, match="pass prepare=False to export_tflite"):
+    with pytest.raises(
+        ValueError,
+        match=r"cannot rebuild model '.*' for inference: .* To export the model as it is, "
+        r"without the inference rewrite, pass prepare=False to export_tflite \(keras-eigenconv "
+        r"export --no-prepare\), or replace the layer \(e\.g\. a Lambda by a registered "
+        r"custom layer\)\.",
+    ):
         export_tflite(model, tmp_path / "l.tflite", strategy="cost_model", verbose=False)
     report = export_tflite(model, tmp_path / "l.tflite", prepare=False, verbose=False)
     assert report.passed
