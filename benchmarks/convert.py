@@ -180,7 +180,13 @@ def run_latency(models, methods, size, budget, warm_calls=2, cache_path=None, se
 def latency_markdown(rows, meta) -> str:
     lines = [
         f"Latency-budget conversion vs clone time ({meta['machine']}, BLAS threads: "
-        f"{meta['blas_threads']}, fresh timing cache, target litert-fp32; "
+        f"{meta['blas_threads']}, "
+        + (
+            "a timing cache an earlier run filled (every call warm)"
+            if rows and rows[0].get("first_call") == "warm"
+            else "an empty timing cache"
+        )
+        + ", target litert-fp32; "
         f"`{meta['command']}`). Cold: the first call (every candidate layer and each "
         "feedback round's whole model exported and timed); warm: the same call again "
         "(best of the warm calls, then the worst; with a kept `--latency-cache` the first "
