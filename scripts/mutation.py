@@ -49,7 +49,7 @@ MODULES = {
     ),
     "convert": (
         "keras_eigenconv/compress/convert.py",
-        ["tests/test_surgery.py", "tests/test_planted_bugs.py"],
+        ["tests/test_surgery.py", "tests/test_planted_bugs.py", "tests/test_convert_checks.py"],
     ),
     "base": (
         "keras_eigenconv/layers/base.py",

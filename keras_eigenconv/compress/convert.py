@@ -391,7 +391,10 @@ def convert(
             s = spectrum(layer, m, opts)
             cand = rk.candidate_ranks(len(s), round_to)
             err2 = rk.relative_errors(s)[cand - 1] ** 2
-            costs = m.rank_costs(layer, cand, shapes, opts)[:, idx]
+            # unknown input sizes (a params budget): costed at the nominal size, whose
+            # parameter counts are those of any size
+            sized = shapes if _known(shapes) else _shapes(layer, shape_map, nominal=True)
+            costs = m.rank_costs(layer, cand, sized, opts)[:, idx]
             orig = row.params_before if metric == "params" else row.macs_before
             kept_cost += orig
             items.append(rk.BudgetItem(id(layer), cand, err2, costs, float(orig)))
