@@ -538,12 +538,12 @@ def run_module_sampled(
         if previous is not None:
             if _blob(previous["commit"], module) != _blob(commit, module):
                 raise RuntimeError(f"{name}: {module} changed since its last run: run it anew")
-            status = dict(previous["status"])
-            seed = previous["sampled"]["seed"]
-            drawn = [n for n in status if n in set(names)]
-            if len(drawn) < len(status):
-                raise RuntimeError(f"{name}: the module changed since its last run: run it anew")
-            status = {n: v for n, v in status.items() if v not in ("survived", "no tests")}
+            # the same source: the same mutants, and the same seeded draw
+            seed, size = previous["sampled"]["seed"], previous["sampled"]["size"]
+            drawn = random.Random(seed).sample(names, size)
+            status = {
+                n: v for n, v in previous["status"].items() if v not in ("survived", "no tests")
+            }  # killed and timed-out mutants stay so (tests were only added); the rest run
         select = " and ".join(filter(None, [DESELECT, SKIP.get(name)]))
         worker = _Worker(mutants, [*tests, "-k", select], work / "worker.log")
         start = time.perf_counter()
