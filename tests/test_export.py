@@ -318,3 +318,11 @@ def test_timing_flatbuffer_has_the_exports_ops(quantize):
     full = convert_model(tflite_converter(model, quantize, rep))
     assert tflite_ops(fast) == tflite_ops(full)
     assert abs(len(fast) - len(full)) < 0.05 * len(full)  # the same weights, as constants
+
+
+@pytest.mark.parametrize("name, value", [("num_calibration_steps", 0), ("num_check_samples", -1)])
+def test_bad_export_counts_are_refused_by_name_before_any_work(tmp_path, name, value):
+    model = keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Conv2D(2, 3)])
+    with pytest.raises(ValueError, match=rf"^export_tflite: {name} must be an int >= 1, got "):
+        export_tflite(model, tmp_path / "m.tflite", verbose=False, **{name: value})
+    assert not (tmp_path / "m.tflite").exists()
