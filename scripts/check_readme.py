@@ -243,7 +243,27 @@ def _claims() -> list[tuple[str, str, list[str]]]:
     # ---- mutation score (README "Development"): one row per module in the results file
     mutation = RESULTS / "mutation.json"
     if mutation.exists():
-        for name in json.loads(mutation.read_text())["modules"]:
+        for name, entry in json.loads(mutation.read_text())["modules"].items():
+            if entry.get("sampled"):  # the TensorFlow-side modules: a random sample
+                claims.append(
+                    (
+                        "| `{}` | {} | {} | {} | {} | {} | {} | {} ({}-{}) |",
+                        "mutation.json",
+                        [
+                            f"modules.{name}.module:s",
+                            f"modules.{name}.total:d",
+                            f"modules.{name}.sampled.run:d",
+                            f"modules.{name}.killed:d",
+                            f"modules.{name}.survived:d",
+                            f"modules.{name}.no_tests:d",
+                            f"modules.{name}.explained:d",
+                            f"modules.{name}.score:.1%",
+                            f"modules.{name}.interval.0:.0%",
+                            f"modules.{name}.interval.1:.0%",
+                        ],
+                    )
+                )
+                continue
             claims.append(
                 (
                     "| `{}` | {} | {} | {} | {} | {} |",
@@ -513,8 +533,8 @@ def select(data, selector: str):
             elif len(hits) != 1:
                 raise KeyError(f"{selector}: {part} matches {len(hits)} elements, not 1")
             nodes = hits
-        else:
-            nodes = [node[part] for node in nodes]
+        else:  # a key, or a list index
+            nodes = [node[int(part)] if isinstance(node, list) else node[part] for node in nodes]
     if many:
         if agg not in ("min", "max"):
             raise KeyError(f"{selector}: a [...]* selector must end in |min or |max")

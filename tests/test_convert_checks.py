@@ -159,3 +159,22 @@ def test_a_missed_budget_warns_with_that_message_when_not_strict(net):
         )
     missed = [str(w.message) for w in seen if "was missed" in str(w.message)]
     assert (rep.budget_met is False) == bool(missed)
+
+
+def test_frozen_weights_count_in_the_parameters_with_unknown_input_size():
+    # without a fixed input size the parameters are counted from the layers' weights,
+    # trainable and not (a frozen basis)
+    free = _net(hw=None)
+    new, rep = ke.convert(
+        free, method="basis", rank=4, skip_first=False, options={"trainable_basis": False}
+    )
+    for row in rep.replaced:
+        layer = new.get_layer(row.name)
+        assert layer.non_trainable_weights  # the frozen basis
+        assert row.params_after == layer.count_params()
+    assert rep.total_after.total_params == new.count_params()
+    assert (
+        rep.total_after.fixed_params
+        == sum(int(np.prod(w.shape)) for w in new.non_trainable_weights)
+        > 0
+    )

@@ -11,7 +11,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_eigenconv import CPConv2D, DeCEFConv2D, SVDConv2D
+from keras_eigenconv import BasisConv2D, CPConv2D, DeCEFConv2D, SVDConv2D
 from keras_eigenconv.layers.base import (
     AUTO_FACTORIZED_THRESHOLD,
     AUTO_TRAINING_THRESHOLD,
@@ -199,3 +199,41 @@ def test_spatial_svd_ranks_from_its_own_statistics():
     free = SVDConv2D.rank_for(kernel, energy=0.9, decomposition="spatial")
     aware = SVDConv2D.from_conv2d(conv, energy=0.9, decomposition="spatial", statistics=rows)
     assert aware.rank == free
+
+
+def test_rank_and_energy_together_are_refused_naming_the_layer_class():
+    with pytest.raises(ValueError, match=r"^SVDConv2D: pass rank or energy, not both\.$"):
+        SVDConv2D.rank_for(np.asarray(_conv().kernel), rank=2, energy=0.9)
+
+
+def test_from_source_passes_the_statistics_on():
+    conv = _conv(filters=6, channels=4)
+    stats = {"response": np.diag([1e-3, 1e-3, 1e-3, 1e-3, 1e-3, 1.0])}
+    via_source = SVDConv2D.from_source(conv, rank=1, statistics=stats)
+    direct = SVDConv2D.from_conv2d(conv, rank=1, statistics=stats)
+    free = SVDConv2D.from_source(conv, rank=1)
+    for a, b in zip(via_source.get_weights(), direct.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert not np.allclose(via_source.get_weights()[0], free.get_weights()[0])
+
+
+def test_a_frozen_basis_is_a_non_trainable_weight():
+    layer = BasisConv2D(8, 3, rank=4, trainable_basis=False)
+    layer.build((None, 8, 8, 3))
+    assert [w.name for w in layer.non_trainable_weights] == ["basis"]
+    assert "basis" not in [w.name for w in layer.trainable_weights]
+    trainable = BasisConv2D(8, 3, rank=4, trainable_basis=True)
+    trainable.build((None, 8, 8, 3))
+    assert "basis" in [w.name for w in trainable.trainable_weights]
+
+
+def test_the_training_estimate_spreads_the_rebuild_of_the_c_channel_kernel():
+    from keras_eigenconv.layers.base import OP_TIME_PER_MAC_TRAINING
+
+    layer = SVDConv2D(32, 3, rank=8, padding="same")
+    shape = (None, 12, 12, 48)  # H != C: the rebuild is counted over the C input channels
+    layer.build(shape)
+    est = sum(OP_TIME_PER_MAC_TRAINING[k] * m for k, m in layer.op_macs(shape))
+    for batch in (1, 16):
+        want = est / (layer.dense_macs(shape) + layer.rebuild_macs(48) / batch)
+        assert layer.training_time_ratio_estimate(shape, batch=batch) == pytest.approx(want)

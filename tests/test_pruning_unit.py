@@ -12,7 +12,16 @@ import numpy as np
 import pytest
 
 from keras_eigenconv import SVDConv2D
-from keras_eigenconv.training import RankPruning, SingularValueL1, set_svd_rank, svd_ranks
+from keras_eigenconv.training import (
+    RankPruning,
+    SingularValueHoyer,
+    SingularValueL1,
+    add_svd_regularization,
+    prune_svd_ranks,
+    pruning_keep,
+    set_svd_rank,
+    svd_ranks,
+)
 
 
 def _net():
@@ -147,3 +156,36 @@ def test_set_svd_rank_decides_auto_again_like_a_fresh_layer():
     assert before != fresh.resolved_implementation
     set_svd_rank(layer, [0])
     assert layer.resolved_implementation == fresh.resolved_implementation
+
+
+def _svd_net():
+    model = keras.Sequential(
+        [keras.Input((8, 8, 3)), SVDConv2D(8, 3, rank=6, padding="same", name="s")]
+    )
+    rng = np.random.default_rng(0)
+    model.set_weights([rng.normal(size=w.shape).astype("float32") for w in model.get_weights()])
+    return model
+
+
+def test_model_wide_helpers_refuse_bad_arguments_with_their_advice():
+    model = _svd_net()
+    with pytest.raises(ValueError, match=r"^add_svd_regularization: pass l1 or hoyer, not both\.$"):
+        add_svd_regularization(model, l1=0.1, hoyer=0.1)
+    with pytest.raises(ValueError, match=r"^prune_svd_ranks: pass energy=\.\.\. or threshold="):
+        prune_svd_ranks(model)
+
+
+def test_add_svd_regularization_sets_the_l1_and_hoyer_regularizers():
+    model = _svd_net()
+    l1 = add_svd_regularization(model, l1=0.25).get_layer("s").singular_value_regularizer
+    assert isinstance(l1, SingularValueL1) and l1.get_config()["l1"] == 0.25
+    hoyer = add_svd_regularization(model, hoyer=0.5).get_layer("s").singular_value_regularizer
+    assert isinstance(hoyer, SingularValueHoyer)
+    assert model.get_layer("s").singular_value_regularizer is None  # the input is untouched
+
+
+def test_prune_svd_ranks_by_threshold_keeps_what_pruning_keep_keeps():
+    model = _svd_net()
+    s = np.abs(keras.ops.convert_to_numpy(model.get_layer("s").singular_values))
+    small = prune_svd_ranks(model, threshold=0.5)
+    assert small.get_layer("s").rank == pruning_keep(s, threshold=0.5).size < 6

@@ -201,6 +201,13 @@ def test_rank_pruning_keeps_optimizer_state_and_trains_on(digits, tmp_path):
     name = layer.singular_values.path.replace("/", "_") + "_momentum"
     slot = next(v for v in new.variables if v.name == name)
     np.testing.assert_allclose(keras.ops.convert_to_numpy(slot), grab.state[name][keep])
+    # the 4-D factors' slots are sliced along their rank axis (left: 3, right: 2)
+    for var, axis in ((layer.left_vectors, 3), (layer.right_vectors, 2)):
+        name = var.path.replace("/", "_") + "_momentum"
+        slot = next(v for v in new.variables if v.name == name)
+        np.testing.assert_allclose(
+            keras.ops.convert_to_numpy(slot), np.take(grab.state[name], keep, axis=axis)
+        )
     # training goes on with the small layers, then saves and reloads exactly
     w0 = keras.ops.convert_to_numpy(layer.right_vectors).copy()
     hist = model.fit(x[:256], y[:256], epochs=2, batch_size=32, verbose=0)
