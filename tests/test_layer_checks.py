@@ -237,3 +237,19 @@ def test_the_training_estimate_spreads_the_rebuild_of_the_c_channel_kernel():
     for batch in (1, 16):
         want = est / (layer.dense_macs(shape) + layer.rebuild_macs(48) / batch)
         assert layer.training_time_ratio_estimate(shape, batch=batch) == pytest.approx(want)
+
+
+def test_grouped_convs_and_bad_geometry_are_refused_by_name():
+    grouped = keras.layers.Conv2D(8, 3, groups=2, name="g")
+    grouped.build((None, 8, 8, 4))
+    with pytest.raises(
+        ValueError,
+        match=r"^SVDConv2D\.from_conv2d: Conv2D .g. has groups=2; only groups=1 is supported\. "
+        r"Leave grouped "
+        r"convolutions as they are\.$",
+    ):
+        SVDConv2D.from_conv2d(grouped, rank=2)
+    with pytest.raises(ValueError, match=r"^SVDConv2D 'k': kernel_size must be "):
+        SVDConv2D(4, (3, 3, 3), rank=2, name="k")
+    with pytest.raises(ValueError, match=r"^SVDConv2D 'd': dilation_rate must be "):
+        SVDConv2D(4, 3, rank=2, dilation_rate=(1, 0), name="d")
