@@ -178,3 +178,80 @@ def test_frozen_weights_count_in_the_parameters_with_unknown_input_size():
         == sum(int(np.prod(w.shape)) for w in new.non_trainable_weights)
         > 0
     )
+
+
+@pytest.fixture(scope="module")
+def bn_net():
+    rng = np.random.default_rng(0)
+    inp = keras.Input((12, 12, 3))
+    x = keras.layers.Conv2D(16, 3, padding="same", name="c1")(inp)
+    x = keras.layers.BatchNormalization(name="b1")(x)
+    x = keras.layers.ReLU()(x)
+    x = keras.layers.Conv2D(24, 3, padding="same", name="c2")(x)
+    x = keras.layers.BatchNormalization(name="b2")(x)
+    x = keras.layers.ReLU()(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inp, keras.layers.Dense(5, activation="softmax", name="d")(x))
+    model.set_weights(
+        [
+            np.abs(rng.normal(size=w.shape)).astype("float32") + 0.5
+            if "variance" in w.path
+            else rng.normal(size=w.shape).astype("float32")
+            for w in model.weights
+        ]
+    )
+    return model, rng.normal(size=(64, 12, 12, 3)).astype("float32")
+
+
+@pytest.mark.parametrize("batchnorm", ["correct", "reestimate", None])
+def test_the_calibration_report_of_each_batchnorm_mode(bn_net, batchnorm):
+    model, data = bn_net
+    _, rep = ke.convert(
+        model,
+        method="svd",
+        energy=0.6,
+        skip_first=False,
+        calibration_data=data,
+        batchnorm=batchnorm,
+    )
+    cal = rep.calibration
+    assert set(cal) == {
+        "fit_samples",
+        "heldout_samples",
+        "heldout_is_fit_data",
+        "top1_agreement",
+        "relative_error",
+        "batchnorm",
+        "batchnorms_changed",
+        "seconds",
+    }
+    assert (cal["fit_samples"], cal["heldout_samples"], cal["heldout_is_fit_data"]) == (
+        48,
+        16,
+        False,
+    )
+    assert cal["batchnorm"] == batchnorm
+    assert cal["batchnorms_changed"] == (0 if batchnorm is None else 2)
+    assert 0.0 <= cal["top1_agreement"] <= 1.0 and cal["relative_error"] >= 0.0
+    steps = {"statistics", "reconstruct", "measure"}
+    if batchnorm == "reestimate":
+        steps.add("reestimate_batchnorm")
+    assert set(cal["seconds"]) == steps
+    assert all(isinstance(v, float) and v > 0 for v in cal["seconds"].values())
+    assert [r.objective for r in rep.replaced] == ["data+refit", "data+refit"]
+    if batchnorm == "correct":  # the corrected statistics restore the outputs
+        assert cal["top1_agreement"] > 0.9 and cal["relative_error"] < 0.05
+
+
+def test_without_refit_or_batchnorm_the_objective_is_the_data_alone(bn_net):
+    model, data = bn_net
+    _, rep = ke.convert(
+        model,
+        method="svd",
+        energy=0.6,
+        skip_first=False,
+        calibration_data=data,
+        batchnorm=None,
+        refit=False,
+    )
+    assert [r.objective for r in rep.replaced] == ["data", "data"]
