@@ -390,3 +390,63 @@ def test_singular_energies_are_never_negative():
 def test_gram_svd_of_an_empty_matrix():
     u, s, vt = mx.gram_svd(np.zeros((3, 0)))
     assert u.shape == (3, 0) and s.shape == (0,) and vt.shape == (0, 0)
+
+
+@pytest.mark.parametrize(
+    "spectrum, factors, shape",
+    [
+        ("svd_channel_spectrum", "svd_channel_factors", (3, 3, 5, 7)),  # wide filter matrix
+        ("svd_channel_spectrum", "svd_channel_factors", (3, 3, 2, 30)),  # tall one
+        ("svd_spatial_spectrum", "svd_spatial_factors", (3, 3, 5, 7)),
+        ("basis_spectrum", "basis_factors", (3, 3, 4, 6)),
+    ],
+)
+def test_inside_shared_work_the_factors_reuse_the_spectrums_gram_matrix(
+    monkeypatch, spectrum, factors, shape
+):
+    # every eigendecomposition the factors need is handed the Gram matrix the spectrum
+    # computed (the same object), in either orientation of the unfolding; no second one
+    kernel = np.random.default_rng(6).normal(size=shape)
+    mx._EIGH_CACHE.clear()
+    grams, real = [], mx._gram_eigh
+    monkeypatch.setattr(mx, "_gram_eigh", lambda m, gram=None: grams.append(gram) or real(m, gram))
+    with mx.shared_work():
+        k = mx.shared_array("layer", lambda: kernel)
+        getattr(mx, spectrum)(k)
+        kept = {
+            id(v) for v in mx._SHARED.get().arrays[id(k)][1].values() if isinstance(v, np.ndarray)
+        }
+        getattr(mx, factors)(k, 2)
+        assert grams and all(g is not None and id(g) in kept for g in grams), grams
+        # the spectrum itself is kept too: asking again computes nothing
+        calls = _counting(monkeypatch, "eigvalsh")
+        getattr(mx, spectrum)(k)
+        assert calls == []
+
+
+def test_shared_work_bookkeeping_on_views_unknown_owners_and_kept_results():
+    big = np.random.default_rng(7).normal(size=(2, 3, 3, 4, 6))
+    assert mx.release_shared("anything") is None  # outside a block: nothing to do
+    with mx.shared_work():
+        k = mx.shared_array("view", lambda: big[1])  # a view: kept as a copy of its own
+        assert k.flags.owndata and k.base is None and not k.flags.writeable
+        assert big.flags.writeable  # the caller's array is not frozen
+        np.testing.assert_array_equal(k, big[1])
+        mx.release_shared("never seen")  # an unknown owner: nothing to do
+        mx.svd_channel_spectrum(k)
+        kept = mx._SHARED.get().arrays[id(k)][1]
+        assert kept and all(
+            not part.flags.writeable
+            for v in kept.values()
+            for part in (v if isinstance(v, tuple) else (v,))
+        )
+        mx.release_shared("view")
+        assert mx._SHARED.get().nbytes == 0
+
+
+@pytest.mark.parametrize("shape", [(3, 3, 5, 7), (3, 3, 2, 30)])
+def test_nan_kernels_give_nan_spectra_of_the_full_length(shape):
+    kernel = np.random.default_rng(8).normal(size=shape)
+    kernel[0, 0, 0, 0] = np.nan
+    s = mx.svd_channel_spectrum(kernel)
+    assert s.shape == (min(9 * shape[2], shape[3]),) and np.isnan(s).all()
