@@ -183,8 +183,8 @@ _TENSOR = [
         "a tie at the threshold (a continuous value): equivalent in practice",
     ),
     (
-        "_evb_objective__mutmut_18 _evb_objective__mutmut_19 _evb_objective__mutmut_39 "
-        "_evb_objective__mutmut_40 _evb_objective__mutmut_41 vbmf_rank__mutmut_64",
+        "_evb_objective__mutmut_21 _evb_objective__mutmut_22 _evb_objective__mutmut_49 "
+        "_evb_objective__mutmut_50 _evb_objective__mutmut_51 vbmf_rank__mutmut_64",
         "a term multiplied by residual = 0 or by L - H = 0: equivalent",
     ),
     (
@@ -197,8 +197,8 @@ _TENSOR = [
         "a minimum at the bound)",
     ),
     (
-        "_tau__mutmut_6 _tau__mutmut_8 _tau__mutmut_15 _evb_objective__mutmut_21 "
-        "_evb_objective__mutmut_32 _evb_objective__mutmut_38 vbmf_rank__mutmut_30 "
+        "_tau__mutmut_6 _tau__mutmut_8 _tau__mutmut_15 _evb_objective__mutmut_24 "
+        "_evb_objective__mutmut_42 _evb_objective__mutmut_48 vbmf_rank__mutmut_30 "
         "vbmf_rank__mutmut_37 vbmf_rank__mutmut_42 vbmf_rank__mutmut_44 vbmf_rank__mutmut_45",
         _VBMF,
     ),
@@ -318,6 +318,52 @@ EQUIVALENT = {
     "option is the current hull point itself (the cheapest at its error): nothing changes",
     _R + "budget_lower_bound__mutmut_42": "at total == target further segments are taken "
     "with share min(1, 0 / saved) = 0: the same bound",
+    **{
+        _M + name: reason
+        for names, reason in [
+            ("_decef_svd__mutmut_28 _decef_svd__mutmut_30 _decef_svd__mutmut_31", _FULL),
+            (
+                "_gram_eigh__mutmut_3 _shared_array__mutmut_14 shared_array__mutmut_14 "
+                "shared_array__mutmut_15 shared_array__mutmut_16",
+                "performance only: recomputes the Gram matrix the caller passed, or copies "
+                "an array that already owns its data; the same values (not pinned: no test "
+                "counts matrix products or copies)",
+            ),
+            (
+                "_gram_svd__mutmut_34",
+                "the fallback is only used when s is empty, where the comparison has no "
+                "entries: equivalent",
+            ),
+            (
+                "_kernel_gram__mutmut_13",
+                "the returned orientation of a square unfolding: its callers use only its "
+                "shape (the NaN path), the same either way: equivalent",
+            ),
+            (
+                "_kernel_gram__mutmut_15 _kernel_gram__mutmut_22 _kernel_gram__mutmut_23 "
+                "basis_spectrum__mutmut_3 basis_spectrum__mutmut_9 basis_spectrum__mutmut_10 "
+                "svd_spatial_spectrum__mutmut_3 svd_spatial_spectrum__mutmut_9 "
+                "svd_spatial_spectrum__mutmut_10",
+                "another name for a kept result: the names only need to differ from the other "
+                "kinds kept for the same kernel, and they still do: equivalent",
+            ),
+            (
+                "_nbytes__mutmut_3",
+                "iterating an array's rows sums the same bytes as the array: equivalent",
+            ),
+            (
+                "_shared__mutmut_8",
+                "differs only for a kept entry whose array is writeable, and kept arrays are "
+                "read-only: equivalent",
+            ),
+            (
+                "release_shared__mutmut_15 release_shared__mutmut_17",
+                "the default of pop is never used: an owner's array is always among the kept "
+                "arrays: equivalent",
+            ),
+        ]
+        for name in names.split()
+    },
     # the TensorFlow-side modules (sampled)
     "keras_eigenconv.training.pruning.x__replace_variable__mutmut_1": "scope '' instead of "
     "None: graph.replace_variable enters `scope or nullcontext()`, the same for both "

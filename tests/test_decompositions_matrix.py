@@ -450,3 +450,17 @@ def test_nan_kernels_give_nan_spectra_of_the_full_length(shape):
     kernel[0, 0, 0, 0] = np.nan
     s = mx.svd_channel_spectrum(kernel)
     assert s.shape == (min(9 * shape[2], shape[3]),) and np.isnan(s).all()
+
+
+def test_a_square_unfolding_is_decomposed_exactly():
+    # a square filter matrix (kh*kw*C == N): its Gram matrix must be M^T M, not M M^T
+    w = np.random.default_rng(9).normal(size=(3, 3, 2, 18))
+    for r in (18, 5):
+        ref = np.linalg.svd(w.reshape(18, 18), compute_uv=False)
+        u, s, v = mx.svd_channel_factors(w, r)
+        np.testing.assert_allclose(s, ref[:r], rtol=1e-9)
+        rebuilt = np.einsum("hwcr,r,rn->hwcn", u, s, v[0, 0])
+        np.testing.assert_allclose(((w - rebuilt) ** 2).sum(), (ref[r:] ** 2).sum(), atol=1e-8)
+        f, b = mx.basis_factors(w, r)
+        rebuilt = np.einsum("hwcm,mn->hwcn", f, b[0, 0])
+        np.testing.assert_allclose(((w - rebuilt) ** 2).sum(), (ref[r:] ** 2).sum(), atol=1e-8)
