@@ -165,6 +165,13 @@ def test_prepare_is_equivalent_and_leaves_the_model_alone(_timing_cache, tmp_pat
     for r in report.rows:
         assert r["choice"] == min(r["times"], key=r["times"].get)
         assert all(t > 0 for t in r["times"].values())
+    # the printed report: one line per layer with its choice and times, then the folds
+    lines = str(report).splitlines()
+    assert lines[0] == "prepare_for_inference (measure):"
+    for line, r in zip(lines[1:4], report.rows, strict=True):
+        times = ", ".join(f"{k} {v * 1e3:.3f} ms" for k, v in r["times"].items())
+        assert line == f"  {r['name']} {r['input_shape']}: {r['choice']}  ({times})"
+    assert lines[4:] == ["  folded BatchNorms: 3", "  dropped: dropout"]
     # the cache holds every candidate; a second run measures nothing
     entries = json.loads(_timing_cache.read_text())["entries"]
     assert len(entries) == report.measured == sum(len(r["times"]) for r in report.rows)
