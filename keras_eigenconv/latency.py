@@ -56,6 +56,8 @@ import functools
 import hashlib
 import json
 import math
+import os
+import platform
 import sys
 import time
 from collections.abc import Mapping
@@ -551,7 +553,34 @@ class _Table:
 
 # ---- whole-model measurements kept across calls ----------------------------------------
 
-_RECORDS_VERSION = 1
+_RECORDS_VERSION = 2
+
+
+def _machine() -> dict:
+    """What a timing depends on besides the model: the library versions and the CPU."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from . import __version__
+
+    try:
+        tf_version = version("tensorflow")
+    except PackageNotFoundError:
+        tf_version = None
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            cpu = next(
+                (ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), cpu
+            )
+    except OSError:
+        pass
+    return {
+        "keras_eigenconv": __version__,
+        "tensorflow": tf_version,
+        "machine": platform.machine(),
+        "cpu": cpu,
+        "cpus": os.cpu_count(),
+    }
 
 
 def _architecture_key(model, target: Target, names, settings: dict) -> str | None:
@@ -561,7 +590,8 @@ def _architecture_key(model, target: Target, names, settings: dict) -> str | Non
     The timings of a layer, of the original model and of a converted model depend on the
     architecture (a graph model's config: layers, their configs and connections, and the
     weights' paths, shapes and dtypes), the target, the offered methods and ranks and the
-    options of the built layers, and the LiteRT/Keras versions, not on the weights'
+    options of the built layers, the library versions (LiteRT, Keras, TensorFlow, this
+    package) and the CPU (model, core count, architecture), not on the weights'
     values: dense float kernels run the same instructions whatever their values (fp32 and
     fp16; denormal values, which can slow float math on x86, are the case this ignores),
     and int8 models run the same integer kernels whatever their scales (timing uses random
@@ -584,6 +614,8 @@ def _architecture_key(model, target: Target, names, settings: dict) -> str | Non
         "settings": settings,
         "keras": keras.__version__,
         "litert": litert_version,
+        # another library version or another CPU: measured again, never replayed
+        **_machine(),
     }
     try:
         text = json.dumps(spec, sort_keys=True, allow_nan=False)

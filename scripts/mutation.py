@@ -323,7 +323,7 @@ EQUIVALENT = {
         for names, reason in [
             ("_decef_svd__mutmut_28 _decef_svd__mutmut_30 _decef_svd__mutmut_31", _FULL),
             (
-                "_gram_eigh__mutmut_3 _shared_array__mutmut_14 shared_array__mutmut_14 "
+                "_gram_eigh__mutmut_3 shared_array__mutmut_14 "
                 "shared_array__mutmut_15 shared_array__mutmut_16",
                 "performance only: recomputes the Gram matrix the caller passed, or copies "
                 "an array that already owns its data; the same values (not pinned: no test "
@@ -602,7 +602,7 @@ def run_module_sampled(
         drawn = random.Random(seed).sample(names, min(sample, len(names)))
         status = {}
         if previous is not None:
-            if _blob(previous["commit"], module) != _blob(commit, module):
+            if _blob(previous.get("commit", commit), module) != _blob(commit, module):
                 raise RuntimeError(f"{name}: {module} changed since its last run: run it anew")
             # the same source: the same mutants, and the same seeded draw
             seed, size = previous["sampled"]["seed"], previous["sampled"]["size"]
@@ -631,13 +631,16 @@ def run_module_sampled(
                 status[n] = "no tests"
                 continue
             answer = worker.run(n, per_mutant)
-            if answer == "timeout":
-                status[n] = "timeout"
-            elif answer == "crash":
-                status[n] = "killed"  # the process died: a test run that cannot pass
-            else:
-                status[n] = {0: "survived", 5: "no tests"}.get(answer["exit"], "killed")
+            if answer == "crash":  # the process died: once more in a fresh one
+                answer = worker.run(n, per_mutant)
+            if answer in ("timeout", "crash"):
+                status[n] = {"timeout": "timeout", "crash": "crashed"}[answer]
+            else:  # pytest: 1 tests failed; 2-4 interrupted, internal or usage errors
+                status[n] = {0: "survived", 1: "killed", 5: "no tests"}.get(answer["exit"], "error")
             print(f"{name}: {len(status)}/{len(drawn)} {n.rpartition('.')[2]} {status[n]}")
+            if len(status) % CONTROL_EVERY == 0:
+                _control(worker, name, len(status), per_mutant)
+        _control(worker, name, len(status), per_mutant)
         worker.close()
         seconds = time.perf_counter() - start
     counts = {k: sum(v == k for v in status.values()) for k in STATUSES}
@@ -649,7 +652,8 @@ def run_module_sampled(
     ]
     return {
         "module": module,
-        "commit": commit,
+        "commit": commit if previous is None else previous.get("commit", commit),
+        **({} if previous is None else {"rerun_commit": commit}),
         "tests": tests,
         "finished": len(status) == len(drawn),
         "test_seconds": stats["seconds"],
@@ -660,6 +664,10 @@ def run_module_sampled(
         "survived": survived,
         "no_tests": counts["no tests"],
         "timeout": counts["timeout"],
+        "crashed": counts["crashed"],
+        "error": counts["error"],
+        "controls": "the tests passed without a mutant every "
+        f"{CONTROL_EVERY} mutants and at the end",
         "score": round(killed / (killed + survived), 4) if killed + survived else None,
         "interval": _wilson(killed, killed + survived),
         "explained": sum(not sv["reason"].startswith("not explained") for sv in survivors),
@@ -668,7 +676,19 @@ def run_module_sampled(
     }
 
 
-STATUSES = ("killed", "survived", "no tests", "timeout")
+STATUSES = ("killed", "survived", "no tests", "timeout", "crashed", "error")
+# every this many mutants (and at the end) the tests run once without a mutant: they must
+# still pass in the long-lived process, or what it leaks between runs would count as kills
+CONTROL_EVERY = 10
+
+
+def _control(worker: _Worker, name: str, done: int, timeout: float) -> None:
+    answer = worker.run("none", timeout)  # matches no mutant: the original code runs
+    if not isinstance(answer, dict) or answer["exit"] != 0:
+        raise RuntimeError(
+            f"{name}: after {done} mutants the tests fail without a mutant ({answer}): the "
+            "worker process leaks state between runs; its kills cannot be trusted"
+        )
 
 
 def _wilson(k: int, n: int, z: float = 1.96) -> list[float] | None:

@@ -464,3 +464,16 @@ def test_a_square_unfolding_is_decomposed_exactly():
         f, b = mx.basis_factors(w, r)
         rebuilt = np.einsum("hwcm,mn->hwcn", f, b[0, 0])
         np.testing.assert_allclose(((w - rebuilt) ** 2).sum(), (ref[r:] ** 2).sum(), atol=1e-8)
+
+
+def test_release_inside_a_nested_block_keeps_the_outer_blocks_results():
+    kernel = np.random.default_rng(10).normal(size=(3, 3, 4, 6))
+    with mx.shared_work():
+        k = mx.shared_array("layer", lambda: kernel)
+        with mx.shared_work():  # e.g. one conversion of several in a latency plan
+            mx.svd_channel_spectrum(k)
+            mx.release_shared("layer")  # the outer block still holds it
+        memo = mx._SHARED.get()
+        assert memo.depth == 0 and id(k) in memo.arrays and memo.arrays[id(k)][1]
+        mx.release_shared("layer")  # in the outer block itself: dropped
+        assert id(k) not in memo.arrays and memo.nbytes == 0

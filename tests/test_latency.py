@@ -378,7 +378,7 @@ def test_a_budget_below_the_planned_floor_is_measured_before_it_is_refused(model
         feedback_rounds=0,
     )
     floor = rep.latency.floor
-    assert 0.1 < floor < 1.0, floor
+    assert 0.1 < floor <= 1.0, floor
     # just below the floor, the allocator refuses; the answer must come from measuring the
     # fastest plan as a whole (the per-layer sums can be off either way), not from the plan
     x = round(0.9 * floor, 3)

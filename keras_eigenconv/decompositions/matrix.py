@@ -152,6 +152,7 @@ class _Shared:
         self.arrays: dict[int, tuple[np.ndarray, dict]] = {}
         self.owners: dict[int, tuple[object, np.ndarray]] = {}
         self.nbytes = 0
+        self.depth = 0  # blocks nested inside the one that made it
 
     def room(self, nbytes: int) -> bool:
         return self.nbytes + nbytes <= _SHARED_BYTES
@@ -179,8 +180,13 @@ def shared_work() -> Iterator[None]:
     Returns:
         A context manager (use ``with shared_work(): ...``).
     """
-    if _SHARED.get() is not None:  # nested: the outer block holds the results
-        yield
+    outer = _SHARED.get()
+    if outer is not None:  # nested: the outer block holds the results
+        outer.depth += 1
+        try:
+            yield
+        finally:
+            outer.depth -= 1
         return
     token = _SHARED.set(_Shared())
     try:
@@ -227,13 +233,15 @@ def shared_array(owner, compute: Callable[[], np.ndarray]) -> np.ndarray:
 
 def release_shared(owner) -> None:
     """Drop what ``shared_work()`` keeps for ``owner`` (its array and the results computed
-    from it), e.g. once a layer is decomposed; nothing happens outside a block.
+    from it), e.g. once a layer is decomposed; nothing happens outside a block, nor inside a
+    nested one (its outer block, e.g. a latency plan building several conversions of one
+    model, keeps the results until it ends).
 
     Args:
         owner: an object passed to ``shared_array``.
     """
     memo = _SHARED.get()
-    hit = None if memo is None else memo.owners.get(id(owner))
+    hit = None if memo is None or memo.depth else memo.owners.get(id(owner))
     if hit is None or hit[0] is not owner:
         return
     del memo.owners[id(owner)]
