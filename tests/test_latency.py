@@ -474,7 +474,9 @@ def test_a_repeated_conversion_reuses_the_whole_model_measurements(model, tmp_pa
     new2, rep2 = ke.convert(model, **kw)
     p2 = rep2.latency
     assert calls == []  # no model exported, nothing timed
-    assert p2.model_timings == 0 and p2.timed == 0 and p2.reused == 1 + len(p1.feedback)
+    # reused: the table, then each distinct measured plan (two feedback rounds may land on
+    # the same plan, kept once)
+    assert p2.model_timings == 0 and p2.timed == 0 and 2 <= p2.reused <= 1 + len(p1.feedback)
     assert [(q.name, q.method, q.rank) for q in p2.layers] == [
         (q.name, q.method, q.rank) for q in p1.layers
     ]
