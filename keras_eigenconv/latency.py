@@ -560,12 +560,12 @@ def _machine() -> dict:
     """What a timing depends on besides the model: the library versions and the CPU."""
     from importlib.metadata import PackageNotFoundError, version
 
-    from . import __version__
+    def installed(name: str) -> str | None:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return None
 
-    try:
-        tf_version = version("tensorflow")
-    except PackageNotFoundError:
-        tf_version = None
     cpu = platform.processor()
     try:
         with open("/proc/cpuinfo") as fh:
@@ -575,8 +575,8 @@ def _machine() -> dict:
     except OSError:
         pass
     return {
-        "keras_eigenconv": __version__,
-        "tensorflow": tf_version,
+        "keras_eigenconv": installed("keras-eigenconv"),
+        "tensorflow": installed("tensorflow"),
         "machine": platform.machine(),
         "cpu": cpu,
         "cpus": os.cpu_count(),

@@ -685,9 +685,11 @@ CONTROL_EVERY = 10
 def _control(worker: _Worker, name: str, done: int, timeout: float) -> None:
     answer = worker.run("none", timeout)  # matches no mutant: the original code runs
     if not isinstance(answer, dict) or answer["exit"] != 0:
+        kept = Path(tempfile.gettempdir()) / f"mutation-{name}-worker.log"
+        shutil.copy(worker.log, kept)
         raise RuntimeError(
             f"{name}: after {done} mutants the tests fail without a mutant ({answer}): the "
-            "worker process leaks state between runs; its kills cannot be trusted"
+            f"worker process leaks state between runs; its kills cannot be trusted (log: {kept})"
         )
 
 

@@ -39,10 +39,15 @@ def main() -> int:
     from mutmut.state import state
 
     proto.write(json.dumps({"ready": True}) + "\n")
+    import keras
+
     for line in sys.stdin:
         name = line.strip()
         if not name:
             continue
+        # a fresh Keras state per run, as a fresh process has: tests that expect default
+        # layer names ("dropout", not "dropout_3") otherwise fail from the second run on
+        keras.backend.clear_session()
         os.environ["MUTANT_UNDER_TEST"] = name
         start = time.perf_counter()
         code = int(pytest.main(["-x", "-q", *args]))
