@@ -556,8 +556,10 @@ class _Table:
 _RECORDS_VERSION = 2
 
 
+@functools.cache
 def _machine() -> dict:
-    """What a timing depends on besides the model: the library versions and the CPU."""
+    """What a timing depends on besides the model: the library versions and the CPU (read
+    once per process)."""
     from importlib.metadata import PackageNotFoundError, version
 
     def installed(name: str) -> str | None:

@@ -129,8 +129,8 @@ def test_a_missed_budget_says_by_how_much_and_why():
         "original's 1,000 (target 600), because these layers could not be reduced: a "
         "(cannot convert: no)."
     )
-    plans.append(("c", object(), m, {}, [], _row("c", "cannot convert: too")))
-    plans[-1] = (plans[-1][0], c := object(), m, {}, [], plans[-1][5])
+    c = object()
+    plans.append(("c", c, m, {}, [], _row("c", "cannot convert: too")))
     met, why = _budget_outcome(
         {"params": 0.5}, "params", 0.5, before, after, plans, {id(a): 3, id(c): 1}, {}
     )
@@ -203,17 +203,17 @@ def bn_net():
     return model, rng.normal(size=(64, 12, 12, 3)).astype("float32")
 
 
-@pytest.mark.parametrize("batchnorm", ["correct", "reestimate", None])
-def test_the_calibration_report_of_each_batchnorm_mode(bn_net, batchnorm):
+def _calibrated(bn_net, **kwargs):
     model, data = bn_net
     _, rep = ke.convert(
-        model,
-        method="svd",
-        energy=0.6,
-        skip_first=False,
-        calibration_data=data,
-        batchnorm=batchnorm,
+        model, method="svd", energy=0.6, skip_first=False, calibration_data=data, **kwargs
     )
+    return rep
+
+
+@pytest.mark.parametrize("batchnorm", ["correct", "reestimate", None])
+def test_the_calibration_report_of_each_batchnorm_mode(bn_net, batchnorm):
+    rep = _calibrated(bn_net, batchnorm=batchnorm)
     cal = rep.calibration
     assert set(cal) == {
         "fit_samples",
@@ -244,14 +244,5 @@ def test_the_calibration_report_of_each_batchnorm_mode(bn_net, batchnorm):
 
 
 def test_without_refit_or_batchnorm_the_objective_is_the_data_alone(bn_net):
-    model, data = bn_net
-    _, rep = ke.convert(
-        model,
-        method="svd",
-        energy=0.6,
-        skip_first=False,
-        calibration_data=data,
-        batchnorm=None,
-        refit=False,
-    )
+    rep = _calibrated(bn_net, batchnorm=None, refit=False)
     assert [r.objective for r in rep.replaced] == ["data", "data"]
