@@ -529,11 +529,16 @@ class _Worker:
             return "timeout"
         return "crash" if line is None else json.loads(line)
 
-    def run(self, name: str, timeout: float):
-        """Runs the tests with ``name`` active: the worker's answer, "timeout" or "crash"."""
+    def run(self, name: str, timeout: float, tests: list[str] | None = None):
+        """Runs the tests (``tests``, or all the module's) with ``name`` active.
+
+        Returns:
+            The worker's answer, "timeout" or "crash".
+        """
         if self.proc is None or self.proc.poll() is not None:
             self._start()
-        self.proc.stdin.write(name + "\n")
+        request = name if tests is None else json.dumps({"name": name, "tests": tests})
+        self.proc.stdin.write(request + "\n")
         self.proc.stdin.flush()
         answer = self._answer(timeout)
         if isinstance(answer, dict) and answer.get("name") != name:
@@ -563,8 +568,9 @@ def run_module_sampled(
     mutmut generates every mutant (the ``mutants/`` copy of the package, one trampoline per
     function); a seeded random sample of ``sample`` of them is run, each with the module's
     test files in ``scripts/mutation_worker.py`` (TensorFlow imported once, no fork). A
-    first run with mutmut's call recording gives the functions the tests reach: a sampled
-    mutant in a function no test reaches is counted under "no test covers it" without a run.
+    first run with mutmut's call recording gives, per function, the tests that reach it: a
+    mutant runs only those (as mutmut's own runner does), and a sampled mutant in a
+    function no test reaches is counted under "no test covers it" without a run.
 
     Args:
         name: A key of ``MODULES``.
@@ -620,6 +626,7 @@ def run_module_sampled(
         if not isinstance(forced, dict) or forced["exit"] == 0:
             raise RuntimeError(f"{name}: the tests do not run the mutated copy: {forced}")
         reached = set(stats["hit"])
+        last_kill = None
         per_mutant = 3 * stats["seconds"] + 30
         for n in drawn:
             if n in status:
@@ -630,16 +637,20 @@ def run_module_sampled(
             if function not in reached:
                 status[n] = "no tests"
                 continue
-            answer = worker.run(n, per_mutant)
+            # only the tests that reach the mutated function (mutmut's own selection)
+            reaching = stats["tests"][function]
+            answer = worker.run(n, per_mutant, reaching)
             if answer == "crash":  # the process died: once more in a fresh one
-                answer = worker.run(n, per_mutant)
+                answer = worker.run(n, per_mutant, reaching)
             if answer in ("timeout", "crash"):
                 status[n] = {"timeout": "timeout", "crash": "crashed"}[answer]
             else:  # pytest: 1 tests failed; 2-4 interrupted, internal or usage errors
                 status[n] = {0: "survived", 1: "killed", 5: "no tests"}.get(answer["exit"], "error")
             print(f"{name}: {len(status)}/{len(drawn)} {n.rpartition('.')[2]} {status[n]}")
-            if len(status) % CONTROL_EVERY == 0:
-                _control(worker, name, len(status), per_mutant)
+            if status[n] == "killed":
+                last_kill = reaching
+            if len(status) % CONTROL_EVERY == 0:  # also the subset that last killed
+                _control(worker, name, len(status), per_mutant, last_kill)
         _control(worker, name, len(status), per_mutant)
         worker.close()
         seconds = time.perf_counter() - start
@@ -667,7 +678,8 @@ def run_module_sampled(
         "crashed": counts["crashed"],
         "error": counts["error"],
         "controls": "the tests passed without a mutant every "
-        f"{CONTROL_EVERY} mutants and at the end",
+        f"{CONTROL_EVERY} mutants (all of them, and those that last killed one, alone) "
+        "and at the end",
         "score": round(killed / (killed + survived), 4) if killed + survived else None,
         "interval": _wilson(killed, killed + survived),
         "explained": sum(not sv["reason"].startswith("not explained") for sv in survivors),
@@ -682,14 +694,24 @@ STATUSES = ("killed", "survived", "no tests", "timeout", "crashed", "error")
 CONTROL_EVERY = 10
 
 
-def _control(worker: _Worker, name: str, done: int, timeout: float) -> None:
-    answer = worker.run("none", timeout)  # matches no mutant: the original code runs
-    if not isinstance(answer, dict) or answer["exit"] != 0:
+def _control(
+    worker: _Worker, name: str, done: int, timeout: float, subset: list[str] | None = None
+) -> None:
+    """The tests must pass without a mutant ("none" matches none: the original code runs).
+
+    Run on all the module's tests, and (``subset``) on the tests that last killed a mutant
+    alone: a test that fails when run apart from the others would fake kills.
+    """
+    for tests in ([None, subset] if subset else [None]):
+        answer = worker.run("none", timeout, tests)
+        if isinstance(answer, dict) and answer["exit"] == 0:
+            continue
         kept = Path(tempfile.gettempdir()) / f"mutation-{name}-worker.log"
         shutil.copy(worker.log, kept)
         raise RuntimeError(
-            f"{name}: after {done} mutants the tests fail without a mutant ({answer}): the "
-            f"worker process leaks state between runs; its kills cannot be trusted (log: {kept})"
+            f"{name}: after {done} mutants the tests {tests or 'all'} fail without a mutant "
+            f"({answer}): the worker process leaks state between runs or the tests depend on "
+            f"each other; its kills cannot be trusted (log: {kept})"
         )
 
 

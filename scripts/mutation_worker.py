@@ -3,12 +3,14 @@
 Started by ``scripts/mutation.py --sample N`` inside a scratch copy's ``mutants/`` folder
 (mutmut's generated code, where every mutated function is a trampoline that reads the
 active mutant from ``MUTANT_UNDER_TEST`` at each call). It imports pytest once, then reads
-one mutant name per line from stdin, sets ``MUTANT_UNDER_TEST`` to it, runs the module's
-test files with ``pytest.main`` in this process (``-x``: the first failure kills the
-mutant) and answers one JSON line on the original stdout. TensorFlow and the test modules
+one request per line from stdin (a mutant name, or JSON ``{"name": ..., "tests": [...]}``
+naming the tests to run), sets ``MUTANT_UNDER_TEST`` to it, runs the tests (by default the
+module's test files) with ``pytest.main`` in this process (``-x``: the first failure kills
+the mutant) and answers one JSON line on the original stdout. TensorFlow and the test modules
 stay imported between mutants; nothing is forked (TensorFlow's thread pools do not survive
 ``fork``, which is why mutmut's own runner hangs on these modules). The name ``stats``
-runs the tests once with mutmut's call recording on and answers the functions they reach.
+runs the tests once with mutmut's call recording on and answers, per function they reach,
+the tests that reach it (as mutmut's own runner records them) and each test's seconds.
 
 Usage (by mutation.py): ``python mutation_worker.py '<pytest args as JSON>'``.
 """
@@ -41,19 +43,43 @@ def main() -> int:
     proto.write(json.dumps({"ready": True}) + "\n")
     import keras
 
+    class Recorder:
+        """Per test: the mutated functions it reached (mutmut's StatsCollector, as a plugin)."""
+
+        def __init__(self):
+            self.tests: dict[str, list[str]] = {}
+            self.seconds: dict[str, float] = {}
+
+        def pytest_runtest_teardown(self, item, nextitem):
+            for function in state()._stats:
+                self.tests.setdefault(function, []).append(item.nodeid)
+            state()._stats.clear()
+
+        def pytest_runtest_makereport(self, item, call):
+            self.seconds[item.nodeid] = self.seconds.get(item.nodeid, 0.0) + call.duration
+
     for line in sys.stdin:
-        name = line.strip()
-        if not name:
+        line = line.strip()
+        if not line:
             continue
+        request = json.loads(line) if line.startswith("{") else {"name": line}
+        name, tests = request["name"], request.get("tests")
+        run_args = list(args)
+        if tests:  # only these tests (they reach the mutated function), in collection order
+            run_args = [*tests, *args[args.index("-k") :]] if "-k" in args else list(tests)
+        recorder = Recorder() if name == "stats" else None
         # a fresh Keras state per run, as a fresh process has: tests that expect default
         # layer names ("dropout", not "dropout_3") otherwise fail from the second run on
         keras.backend.clear_session()
         os.environ["MUTANT_UNDER_TEST"] = name
         start = time.perf_counter()
-        code = int(pytest.main(["-x", "-q", *args]))
+        plugins = [recorder] if recorder is not None else []
+        code = int(pytest.main(["-x", "-q", *run_args], plugins=plugins))
         answer = {"name": name, "exit": code, "seconds": round(time.perf_counter() - start, 2)}
-        if name == "stats":
-            answer["hit"] = sorted(state()._stats)
+        if recorder is not None:
+            answer["hit"] = sorted(recorder.tests)
+            answer["tests"] = recorder.tests
+            answer["test_seconds"] = {k: round(v, 3) for k, v in recorder.seconds.items()}
         proto.write(json.dumps(answer) + "\n")
     return 0
 
