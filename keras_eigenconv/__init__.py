@@ -27,10 +27,13 @@ Architecture (each stage a subpackage; dependencies point one way, down this lis
 from . import _cli_start, compress, decompositions, deploy, layers, training  # noqa: F401
 from .analysis import RankAnalysis, analyze
 from .compress import (
+    ChannelPruningReport,
     ConversionReport,
     Method,
     available_methods,
     get_method,
+    prunable_blocks,
+    prune_channels,
     recalibrate_batchnorm,
     register_method,
 )
@@ -67,6 +70,7 @@ __version__ = "0.2.0"
 __all__ = [
     "BasisConv2D",
     "CPConv2D",
+    "ChannelPruningReport",
     "CompressedLayer",
     "ConversionReport",
     "Cost",
@@ -100,6 +104,8 @@ __all__ = [
     "layer_cost",
     "model_cost",
     "prepare_for_inference",
+    "prunable_blocks",
+    "prune_channels",
     "recalibrate_batchnorm",
     "register_method",
     "set_ssc_implementation",

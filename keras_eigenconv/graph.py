@@ -11,6 +11,7 @@ them is fixed here. Everything else walks and copies models through these functi
 - ``call_input_shapes`` / ``input_shape``: the input shape of each call of a layer;
 - ``single_consumer_pairs``: producer -> consumer pairs where the consumer (e.g. a
   ``BatchNormalization``) alone reads the producer's only output;
+- ``sole_consumer``: the one layer that reads a layer's only output (chains of layers);
 - ``clone_model``: the one way to copy a model, optionally replacing layers; the copy owns
   fresh weight buffers (never the original's);
 - ``replace_variable``: swap a layer's weight for a new one of another shape in place.
@@ -45,6 +46,7 @@ __all__ = [
     "replace_variable",
     "set_attribute_layer",
     "single_consumer_pairs",
+    "sole_consumer",
     "sublayers",
     "traced_input_shapes",
     "walk",
@@ -486,6 +488,45 @@ def single_consumer_pairs(model, consumer_type: type) -> dict[int, Any]:
             continue
         pairs[id(prod)] = layer
     return pairs
+
+
+def sole_consumer(model, layer) -> Any | None:
+    """The one layer that reads ``layer``'s output in the graph of ``model``, if exactly one.
+
+    ``layer`` must be called once (in ``model`` and anywhere else), with one output tensor
+    that is not an output of ``model`` and that exactly one call reads: a call of a layer
+    (not a ``keras.ops`` operation) that is called once, on that tensor alone. Following
+    ``sole_consumer`` from a layer walks a chain in which every intermediate tensor has
+    one reader, so the chain's layers can be rebuilt together (e.g. narrower).
+
+    Args:
+        model: a Functional or Sequential ``keras.Model`` (one level: ``layer`` is one of
+            ``model.layers``; nested models are searched through their own graphs).
+        layer: a layer of ``model``.
+
+    Returns:
+        The consuming layer, or ``None`` when there is not exactly one such reader.
+    """
+    g = model._functional if isinstance(model, keras.Sequential) else model
+    if g is None:
+        return None
+    nodes = _model_nodes(g)
+    inbound = getattr(layer, "_inbound_nodes", [])
+    if len(inbound) != 1 or inbound[0] not in nodes or len(inbound[0].outputs) != 1:
+        return None
+    tensor = inbound[0].outputs[0]
+    if any(t is tensor for t in g.outputs):
+        return None
+    outbound = getattr(layer, "_outbound_nodes", [])
+    if len(outbound) != 1 or outbound[0] not in nodes:
+        return None
+    node = outbound[0]
+    consumer = node.operation
+    if not isinstance(consumer, keras.layers.Layer) or len(consumer._inbound_nodes) != 1:
+        return None
+    if len(node.input_tensors) != 1 or node.input_tensors[0] is not tensor:
+        return None
+    return consumer
 
 
 def copy_weights(source, target) -> None:

@@ -3,12 +3,15 @@
 - ``registry``: ``Method`` records (name, layer class, options) and ``register_method``;
 - ``ranks``: energy / effective / VBMF ranks and whole-model budget allocation;
 - ``convert``: replace the layers of a model; ``report``: what it did;
-- ``calibration``: data-aware conversion (statistics, refit, ``recalibrate_batchnorm``).
+- ``calibration``: data-aware conversion (statistics, refit, ``recalibrate_batchnorm``);
+- ``channels``: structured pruning of the hidden channels of inverted-residual blocks
+  (``prune_channels``; not low-rank: the same layers, narrower).
 
 Reaches the layers only through their contract (``layers.CompressedLayer``).
 """
 
 from .calibration import recalibrate_batchnorm
+from .channels import BlockReport, ChannelPruningReport, prunable_blocks, prune_channels
 from .convert import RANK_RULES, convert
 from .registry import (
     BUILTIN_METHODS,
@@ -22,6 +25,8 @@ from .report import ConversionReport, LayerReport
 
 __all__ = [
     "BUILTIN_METHODS",
+    "BlockReport",
+    "ChannelPruningReport",
     "ConversionReport",
     "LayerReport",
     "Method",
@@ -29,6 +34,8 @@ __all__ = [
     "available_methods",
     "convert",
     "get_method",
+    "prunable_blocks",
+    "prune_channels",
     "recalibrate_batchnorm",
     "register_method",
     "registered_methods",
