@@ -6,11 +6,14 @@ model is converted
 - with ``budget={"latency": x}, target="litert-<precision>"`` by each method alone and by
   ``method="auto"`` (``keras_eigenconv.convert``: the per-layer plan timed in LiteRT, then
   corrected by whole-model measurements, ``feedback_rounds``), and
-- with ``budget={"macs": m}`` by each of ``--mac-methods`` (svd, decef, tucker2) at each of
-  ``--mac-targets`` (``compress.convert``, the MAC path), and
+- with ``budget={"macs": m}`` by each of ``--mac-methods`` (svd, decef, tucker2, channels)
+  at each of ``--mac-targets`` (``compress.convert``, the MAC path; ``channels`` is
+  ``compress.prune_channels``, structured pruning of the hidden channels of inverted-residual
+  blocks, greedy allocation; ``channels-uniform`` the same share in every block; both only
+  for models that have such blocks), and
 - for MobileNetV2, the natively thinner network (``--alpha``, 0.75) and each MAC method at
-  exactly its MAC share (the issue's anchor: a compressed MobileNetV2 against a thinner one
-  at equal MACs),
+  exactly its MAC share (the issue's anchor: a compressed or channel-pruned MobileNetV2
+  against a thinner one at equal MACs),
 
 then every model is rewritten for inference (``prepare_for_inference`` in that precision),
 exported, and timed *interleaved with the original* (``bench_tflite``, batch 1,
@@ -89,6 +92,25 @@ def build_model(name: str, size: int, alpha: float = 1.0) -> keras.Model:
     return apps[name](weights=None, input_shape=(size, size, 3), classes=1000)
 
 
+def mac_compress(original, method: str, share: float, data: dict):
+    """``original`` at ``share`` of its MACs by ``method``: a ``compress.convert`` method, or
+    ``channels`` / ``channels-uniform`` (``compress.prune_channels``, greedy / uniform
+    allocation). Returns the model, or ``None`` for a channel method on a model without
+    inverted-residual blocks."""
+    if method in ("channels", "channels-uniform"):
+        if not compress.prunable_blocks(original):
+            return None
+        allocation = "uniform" if method == "channels-uniform" else "greedy"
+        model, _ = compress.prune_channels(
+            original, budget={"macs": share}, allocation=allocation, **data
+        )
+        return model
+    model, _ = compress.convert(
+        original, method=method, budget={"macs": share}, progress=False, **data
+    )
+    return model
+
+
 def _rel(a, b) -> float:
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-12))
@@ -153,15 +175,11 @@ def run_model(name, size, args, rows, meta) -> None:
                 label = f"macs {budget} {method}"
                 t = time.perf_counter()
                 try:
-                    m, rep = compress.convert(
-                        original,
-                        method=method,
-                        budget={"macs": budget},
-                        progress=False,
-                        **data,
-                    )
+                    m = mac_compress(original, method, budget, data)
                 except ValueError as err:
                     info[label] = {"error": str(err)}
+                    continue
+                if m is None:
                     continue
                 models[label] = m
                 info[label] = {
@@ -171,7 +189,8 @@ def run_model(name, size, args, rows, meta) -> None:
                     "convert_s": time.perf_counter() - t,
                 }
         if name == "mobilenetv2" and args.alpha:
-            # the natively thinner network, and svd at the same MACs (the issue's anchor)
+            # the natively thinner network, and each MAC method at its MACs (the issue's
+            # anchor), channel pruning included
             thin = build_model(name, size, args.alpha)
             share = model_cost(thin).total.macs / base_macs
             models[f"native alpha {args.alpha}"] = thin
@@ -183,11 +202,11 @@ def run_model(name, size, args, rows, meta) -> None:
             for method in args.mac_methods:
                 label = f"macs {share:.3f} {method} (= alpha {args.alpha})"
                 try:
-                    m, _ = compress.convert(
-                        original, method=method, budget={"macs": share}, progress=False
-                    )
+                    m = mac_compress(original, method, share, {})
                 except ValueError as err:
                     info[label] = {"error": str(err)}
+                    continue
+                if m is None:
                     continue
                 models[label] = m
                 info[label] = {"path": "macs", "method": method, "budget": round(share, 3)}
@@ -376,7 +395,11 @@ def main(argv=None) -> int:
     p.add_argument("--targets", default="0.7,0.5")
     p.add_argument("--methods", default="svd,decef")
     p.add_argument("--mac-targets", default="0.7,0.6,0.5")
-    p.add_argument("--mac-methods", default="svd,decef,tucker2")
+    p.add_argument(
+        "--mac-methods",
+        default="svd,decef,tucker2,channels",
+        help="convert methods, and channels / channels-uniform (prune_channels)",
+    )
     p.add_argument("--alpha", type=float, default=0.75, help="MobileNetV2 anchor (0: none)")
     p.add_argument("--timing", default="measure", choices=("measure", "predict"))
     p.add_argument("--ranks", type=int, default=4, help="ranks offered per layer and method")
@@ -397,10 +420,10 @@ def main(argv=None) -> int:
     if args.quick:
         args.models, args.rounds, args.ranks = "small_resnet:64,mobilenetv2:96", 9, 3
     args.precisions = args.precisions.split(",")
-    args.targets = [float(t) for t in args.targets.split(",")]
+    args.targets = [float(t) for t in args.targets.split(",") if t]  # "": no latency path
     args.methods = args.methods.split(",")
-    args.mac_targets = [float(t) for t in args.mac_targets.split(",")]
-    args.mac_methods = args.mac_methods.split(",")
+    args.mac_targets = [float(t) for t in args.mac_targets.split(",") if t]
+    args.mac_methods = [m for m in args.mac_methods.split(",") if m]
     import tensorflow as tf
     from ai_edge_litert import __version__ as litert_version
 
