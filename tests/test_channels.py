@@ -279,6 +279,31 @@ def test_nested_backbone_is_pruned_inside_the_outer_model(model, data):
     np.testing.assert_array_equal(np.asarray(same(x)), np.asarray(outer(x)))
 
 
+def test_sequential_model_with_activation_layers():
+    model = keras.Sequential(
+        [
+            keras.Input((12, 12, 8)),
+            L.Conv2D(48, 1, use_bias=False),
+            L.BatchNormalization(),
+            L.Activation("relu6"),
+            L.DepthwiseConv2D(3, padding="same"),
+            L.BatchNormalization(),
+            L.ReLU(),
+            L.Conv2D(16, 1),
+            L.GlobalAveragePooling2D(),
+            L.Dense(3),
+        ]
+    )
+    assert len(prunable_blocks(model)) == 1
+    x = np.random.default_rng(0).random((32, 12, 12, 8), dtype=np.float32)
+    same, _ = prune_channels(model, keep=1.0)
+    np.testing.assert_array_equal(np.asarray(same(x)), np.asarray(model(x)))
+    new, report = prune_channels(model, keep=0.5, calibration_data=x, calibration_batch_size=8)
+    assert isinstance(new, keras.Sequential) and report.blocks[0].kept == 24
+    assert new.layers[0].filters == 24 and new.layers[6].kernel.shape == (1, 1, 24, 16)
+    assert report.calibration["relative_error"] < 0.1
+
+
 def test_keras_file_round_trip(model, data, tmp_path):
     new, _ = prune_channels(model, budget={"macs": 0.6})
     path = tmp_path / "pruned.keras"
