@@ -31,11 +31,13 @@ the j-th hidden activation, ``P_j`` the project kernel's j-th input row). Removi
 How many channels (the allocation, a heuristic): each block's channels are ranked by score.
 ``allocation="greedy"`` removes channels in groups (down to multiples of ``round_to``),
 always the group whose removal costs the least relative signal per MAC (or parameter)
-saved, until the budget is met: the cost of a step is ``log(s_before / s_after)``, ``s`` the
-share of the block's squared scores still kept, so dead channels (score ~0) go first and
-free, and a block grows costlier to thin the more it was thinned (every block counts
-equally). ``allocation="uniform"`` keeps the same share of every block's channels (as a
-width multiplier on the hidden channels only), the largest share that meets the budget.
+saved, until the budget is met, then gives back the removed groups that still fit under
+it (the last step does not overshoot). The cost of a step is ``log(s_before / s_after)``,
+``s`` the share of the block's squared scores still kept, so dead channels (score ~0) go
+first and free, and a block grows costlier to thin the more it was thinned (every block
+counts equally). ``allocation="uniform"`` keeps the same share of every block's channels
+(as a width multiplier on the hidden channels only), the largest share that meets the
+budget.
 A block keeps at least ``round_to`` channels.
 """
 
@@ -532,7 +534,26 @@ def _greedy(blocks, orders, shares, unit_costs, to_remove: float, round_to: int)
         pos[i] += 1
         kept[i] = nxt
         push(i)
-    return kept
+    # the last step may overshoot: give back the removed groups that still fit in the
+    # slack, the most signal per unit of cost first
+    while True:
+        slack = removed - to_remove
+        best = None
+        for i in range(len(blocks)):
+            if pos[i] == 0:
+                continue
+            cur, prev = steps[i][pos[i]], steps[i][pos[i] - 1]
+            cost = (prev - cur) * unit_costs[i]
+            if cost <= slack:
+                gain = math.log(kept_share(i, prev) / kept_share(i, cur)) / cost
+                if best is None or gain > best[0]:
+                    best = (gain, i, cost)
+        if best is None:
+            return kept
+        _, i, cost = best
+        pos[i] -= 1
+        kept[i] = steps[i][pos[i]]
+        removed -= cost
 
 
 def _uniform(blocks, unit_costs, to_remove: float, round_to: int) -> list[int]:
