@@ -9,6 +9,7 @@ data-free, errors before any work, and keras.applications' MobileNetV2.
 """
 
 import json
+import re
 
 import keras
 import numpy as np
@@ -330,6 +331,12 @@ def test_errors_name_the_argument_before_any_work(model, data):
         prune_channels(model, budget={"flops": 0.5})
     with pytest.raises(ValueError, match=r"cannot be met.*Raise the budget to at least 0\.\d+"):
         prune_channels(model, budget={"macs": 0.05})
+    try:
+        prune_channels(model, budget={"macs": 0.05})
+    except ValueError as err:
+        floor = float(re.search(r"at least (0\.\d+)", str(err)).group(1))
+    _, report = prune_channels(model, budget={"macs": floor})  # the advice works
+    assert report.budget_met and all(b.kept == 8 for b in report.pruned)
     with pytest.raises(ValueError, match="keep=1.5 must be in"):
         prune_channels(model, keep=1.5)
     with pytest.raises(ValueError, match="round_to=0"):

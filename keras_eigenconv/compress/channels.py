@@ -807,11 +807,12 @@ def prune_channels(
         unit = [b.channel_macs if metric == "macs" else b.channel_params for b in active]
         most = sum((b.hidden - _allowed(b.hidden, round_to)[-1]) * u for b, u in zip(active, unit))
         if total - most > target:
-            floor = (total - most) / max(total, 1)
+            floor = math.ceil((total - most) / max(total, 1) * 1000) / 1000  # met at it
             raise ValueError(
                 f"prune_channels: budget={dict(budget)} cannot be met by pruning hidden "
                 f"channels: keeping round_to={round_to} channels in each of the "
-                f"{len(active)} blocks still leaves {total - most:,.0f} {metric} "
+                f"{len(active)} blocks still leaves {total - most:,.0f} "
+                f"{'MACs' if metric == 'macs' else 'parameters'} "
                 f"({floor:.3f} of {total:,}); the rest of the network is not pruned. Raise "
                 f"the budget to at least {floor:.3f}, lower round_to, or compress the other "
                 "layers with convert()."
