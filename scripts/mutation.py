@@ -711,7 +711,7 @@ def _control(
     Run on all the module's tests, and (``subset``) on the tests that last killed a mutant
     alone: a test that fails when run apart from the others would fake kills.
     """
-    for tests in ([None, subset] if subset else [None]):
+    for tests in [None, subset] if subset else [None]:
         answer = worker.run("none", timeout, tests)
         if isinstance(answer, dict) and answer["exit"] == 0:
             continue
