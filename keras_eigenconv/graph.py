@@ -12,6 +12,7 @@ them is fixed here. Everything else walks and copies models through these functi
 - ``single_consumer_pairs``: producer -> consumer pairs where the consumer (e.g. a
   ``BatchNormalization``) alone reads the producer's only output;
 - ``sole_consumer``: the one layer that reads a layer's only output (chains of layers);
+  ``readers``: every layer that reads it (branches, e.g. squeeze-and-excitation);
 - ``clone_model``: the one way to copy a model, optionally replacing layers; the copy owns
   fresh weight buffers (never the original's);
 - ``replace_variable``: swap a layer's weight for a new one of another shape in place.
@@ -43,6 +44,7 @@ __all__ = [
     "model_input_shapes",
     "own_weights",
     "raw_kernels",
+    "readers",
     "replace_variable",
     "set_attribute_layer",
     "single_consumer_pairs",
@@ -488,6 +490,44 @@ def single_consumer_pairs(model, consumer_type: type) -> dict[int, Any]:
             continue
         pairs[id(prod)] = layer
     return pairs
+
+
+def readers(model, layer) -> list[tuple[Any, int]] | None:
+    """The layers that read ``layer``'s only output in the graph of ``model``.
+
+    Args:
+        model: a Functional or Sequential ``keras.Model`` (one level, as ``sole_consumer``).
+        layer: a layer of ``model``.
+
+    Returns:
+        One ``(reader, n)`` per call that reads the output, ``n`` the number of input
+        tensors of that call (2 for a ``Multiply`` of the output with another tensor); or
+        ``None`` when ``layer`` is not called exactly once (in ``model`` and anywhere else),
+        has more than one output, its output is an output of ``model``, or a reader is not
+        a layer called once, in ``model``.
+    """
+    g = model._functional if isinstance(model, keras.Sequential) else model
+    if g is None:
+        return None
+    nodes = _model_nodes(g)
+    inbound = getattr(layer, "_inbound_nodes", [])
+    if len(inbound) != 1 or inbound[0] not in nodes or len(inbound[0].outputs) != 1:
+        return None
+    tensor = inbound[0].outputs[0]
+    if any(t is tensor for t in g.outputs):
+        return None
+    out = []
+    for node in getattr(layer, "_outbound_nodes", []):
+        reader = node.operation
+        if (
+            node not in nodes
+            or not isinstance(reader, keras.layers.Layer)
+            or len(reader._inbound_nodes) != 1
+            or sum(t is tensor for t in node.input_tensors) != 1
+        ):
+            return None
+        out.append((reader, len(node.input_tensors)))
+    return out
 
 
 def sole_consumer(model, layer) -> Any | None:

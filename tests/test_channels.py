@@ -310,6 +310,96 @@ def test_sequential_model_with_activation_layers():
     assert report.calibration["relative_error"] < 0.1
 
 
+def _se_model(x):
+    """An EfficientNet-style block: swish, a squeeze-and-excitation branch on the hidden
+    activations (GAP -> Reshape -> reduce 1x1 -> excite 1x1 sigmoid -> Multiply)."""
+    inp = keras.Input((SIZE, SIZE, 3))
+    h = L.Conv2D(16, 3, padding="same", name="stem")(inp)
+    y = L.Conv2D(64, 1, use_bias=False, name="expand")(h)
+    y = L.Activation("swish", name="expand_act")(L.BatchNormalization(name="expand_bn")(y))
+    y = L.DepthwiseConv2D(3, padding="same", use_bias=False, name="dw")(y)
+    y = L.Activation("swish", name="dw_act")(L.BatchNormalization(name="dw_bn")(y))
+    s = L.GlobalAveragePooling2D(name="se_squeeze")(y)
+    s = L.Reshape((1, 1, 64), name="se_reshape")(s)
+    s = L.Conv2D(4, 1, activation="swish", name="se_reduce")(s)
+    s = L.Conv2D(64, 1, activation="sigmoid", name="se_expand")(s)
+    y = L.Multiply(name="se_excite")([y, s])
+    y = L.Conv2D(16, 1, use_bias=False, name="project")(y)
+    y = L.Add(name="add")([h, L.BatchNormalization(name="project_bn")(y)])
+    out = L.Dense(10, name="head")(L.GlobalAveragePooling2D(name="pool")(y))
+    model = keras.Model(inp, out)
+    _randomize_bn(model)
+    return ke.recalibrate_batchnorm(model, x[:128], batch_size=64)
+
+
+def test_squeeze_and_excitation_blocks(data):
+    keras.utils.set_random_seed(5)
+    model = _se_model(data[0])
+    (block,) = prunable_blocks(model)
+    assert block == [
+        "expand",
+        "expand_bn",
+        "expand_act",
+        "dw",
+        "dw_bn",
+        "dw_act",
+        "se_squeeze",
+        "se_reshape",
+        "se_reduce",
+        "se_expand",
+        "se_excite",
+        "project",
+        "project_bn",
+    ]
+    x = data[1][:32]
+    y0 = np.asarray(model(x))
+    same, _ = prune_channels(model, keep=1.0)
+    np.testing.assert_array_equal(np.asarray(same(x)), y0)
+    # a MAC budget counts the branch's convs too; calibration data refits the project conv
+    before = ke.model_cost(model).total.macs
+    free, _ = prune_channels(model, budget={"macs": 0.6})
+    fitted, report = prune_channels(model, budget={"macs": 0.6}, calibration_data=data[0][:64])
+    assert ke.model_cost(fitted).total.macs == report.total_after.macs <= 0.6 * before
+    assert report.blocks[0].macs_before == sum(
+        ke.layer_cost(model.get_layer(n), model.get_layer(n).input.shape).macs
+        for n in ("expand", "dw", "project", "se_reduce", "se_expand")
+    )
+    assert _rel(fitted(x), y0) < _rel(free(x), y0)
+    # constant channels (gamma = 0: swish(1.0) everywhere) that the project conv ignores
+    # are removed exactly: through the squeeze-and-excitation branch too (its reduce conv's
+    # inputs sliced, their constant pooled value folded into its bias; excite's outputs)
+    bn = model.get_layer("dw_bn")
+    gamma, beta = np.array(bn.gamma), np.array(bn.beta)
+    dead = np.arange(1, 64, 2)
+    gamma[dead], beta[dead] = 0.0, 1.0
+    bn.gamma.assign(gamma)
+    bn.beta.assign(beta)
+    project = model.get_layer("project")
+    kernel = np.array(project.kernel)
+    kernel[:, :, dead, :] = 0.0
+    project.kernel.assign(kernel)
+    y0 = np.asarray(model(x))
+    new, report = prune_channels(model, keep=0.5)
+    live = np.setdiff1d(np.arange(64), dead)
+    np.testing.assert_array_equal(
+        np.array(new.get_layer("se_expand").kernel),
+        np.array(model.get_layer("se_expand").kernel)[..., live],
+    )
+    assert new.get_layer("se_reduce").kernel.shape == (1, 1, 32, 4)
+    assert _rel(new(x), y0) < 1e-5
+
+
+def test_efficientnetb0_from_keras_applications():
+    model = keras.applications.EfficientNetB0(weights=None, input_shape=(32, 32, 3))
+    blocks = prunable_blocks(model)
+    assert len(blocks) == 15  # every block but block1a (no expand conv)
+    assert blocks[0][0] == "block2a_expand_conv" and "block2a_se_excite" in blocks[0]
+    new, report = prune_channels(model, budget={"macs": 0.7})
+    assert 0.69 <= report.macs_ratio <= 0.7
+    x = np.random.default_rng(0).random((2, 32, 32, 3), dtype=np.float32) * 255
+    assert new(x).shape == (2, 1000)
+
+
 def test_keras_file_round_trip(model, data, tmp_path):
     new, _ = prune_channels(model, budget={"macs": 0.6})
     path = tmp_path / "pruned.keras"

@@ -6,12 +6,15 @@ natively thinner network (a smaller width multiplier) runs faster at equal MACs.
 makes a trained network thinner the same way: in each inverted-residual block
 
     expand Conv2D 1x1 (C -> H) -> BN -> act -> [ZeroPadding2D] -> DepthwiseConv2D (H)
-    -> BN -> act -> project Conv2D 1x1 (H -> N) [-> BN]
+    -> BN -> act -> [squeeze-and-excitation] -> project Conv2D 1x1 (H -> N) [-> BN]
 
 it keeps ``k`` of the ``H`` hidden channels: the expand conv's output channels, the
 BatchNorms' channels, the depthwise channels and the project conv's input channels are
-sliced consistently, and the new model is made of the same standard Keras layers, narrower.
-It is not a low-rank method: every kept channel is one of the original ones.
+sliced consistently (with an EfficientNet-style squeeze-and-excitation branch, ``u * gate``
+with ``gate = sigmoid(excite(act(reduce(GAP(u)))))``, also its reduce conv's input channels,
+its excite conv's output channels and its ``Reshape``), and the new model is made of the
+same standard Keras layers, narrower. It is not a low-rank method: every kept channel is
+one of the original ones.
 
 Which channels (the score, per block): the block output is ``z = sum_j a_j P_j`` (``a_j``
 the j-th hidden activation, ``P_j`` the project kernel's j-th input row). Removing channel
@@ -23,10 +26,13 @@ the j-th hidden activation, ``P_j`` the project kernel's j-th input row). Removi
   output is ``beta_j + gamma_j u`` with ``u`` of zero mean and unit variance on the training
   data; assuming ``u`` Gaussian, the moments of ``act(beta_j + gamma_j u)`` are computed by
   Gauss-Hermite quadrature through the block's own activation layers (so a ReLU6 channel
-  with a very negative ``beta`` scores ~0 whatever its ``gamma``).
+  with a very negative ``beta`` scores ~0 whatever its ``gamma``). A squeeze-and-excitation
+  gate, which depends on the input, is taken at its value for the mean activations, and
+  the removed channels' mean pooled value is folded into the reduce conv's bias.
 - With calibration data, the moments are measured on the project conv's inputs in the
-  original network, and the project conv (weights and bias) is refitted by ridge least
-  squares so that the block's pre-BN output matches the original's on that data.
+  original network (the pooled means of a squeeze-and-excitation branch too), and the
+  project conv (weights and bias) is refitted by ridge least squares so that the block's
+  pre-BN output matches the original's on that data.
 
 How many channels (the allocation, a heuristic): each block's channels are ranked by score.
 ``allocation="greedy"`` removes channels in groups (down to multiples of ``round_to``),
@@ -126,6 +132,26 @@ def _is_conv1x1(layer) -> bool:
 
 
 @dataclass
+class _SE:
+    """A squeeze-and-excitation branch on the hidden activations ``u``: ``u * gate(u)``,
+    ``gate = excite(reduce(reshape(GAP(u))))`` (with the activation layers in between)."""
+
+    gap: Any
+    reshape: Any  # a Reshape to (1, 1, H), or None
+    reduce: Any  # Conv2D 1x1, H -> r
+    mid: list  # elementwise layers between reduce and excite
+    excite: Any  # Conv2D 1x1, r -> H
+    after: list  # elementwise layers after excite
+    multiply: Any
+    tail: list  # no-op layers (Dropout, Identity) between the multiply and the project
+
+    @property
+    def layers(self) -> list:
+        head = [self.gap] + ([self.reshape] if self.reshape is not None else [])
+        return [*head, self.reduce, *self.mid, self.excite, *self.after, self.multiply, *self.tail]
+
+
+@dataclass
 class _Block:
     path: str
     expand: Any
@@ -141,11 +167,17 @@ class _Block:
     channel_macs: int = 0
     channel_params: int = 0
     block_macs: int = 0
+    se: _SE | None = None
 
     @property
     def layers(self) -> list:
-        out = [self.expand, *self.pre, self.depthwise, *self.post, self.project]
+        se = self.se.layers if self.se is not None else []
+        out = [self.expand, *self.pre, self.depthwise, *self.post, *se, self.project]
         return out + ([self.fold_bn] if self.fold_bn is not None else [])
+
+    @property
+    def se_convs(self) -> list:
+        return [self.se.reduce, self.se.excite] if self.se is not None else []
 
 
 def _chain(g, expand, path: str) -> _Block | None:
@@ -167,6 +199,12 @@ def _chain(g, expand, path: str) -> _Block | None:
     while cur is not None and _channelwise(cur, padding_ok=False):
         post.append(cur)
         cur = graph.sole_consumer(g, cur)
+    se = None
+    if cur is None:  # the hidden tensor has several readers: a squeeze-and-excitation?
+        se = _se_branch(g, post[-1] if post else dw, int(expand.filters))
+        if se is None:
+            return None
+        cur = graph.sole_consumer(g, se.tail[-1] if se.tail else se.multiply)
     project = cur
     bns = [i for i, la in enumerate(post) if _is_bn(la)]
     if project is None or not _is_conv1x1(project) or not bns:
@@ -186,7 +224,51 @@ def _chain(g, expand, path: str) -> _Block | None:
         after_bn=post[bns[-1] + 1 :],
         fold_bn=fold,
         hidden=int(expand.filters),
+        se=se,
     )
+
+
+def _se_branch(g, last, hidden: int) -> _SE | None:
+    """The squeeze-and-excitation branch on the output of ``last`` (read by a
+    ``GlobalAveragePooling2D`` and a two-input ``Multiply``), if that is what reads it."""
+    L = keras.layers
+    found = graph.readers(g, last)
+    if not found or len(found) != 2:
+        return None
+    gap = next((la for la, n in found if type(la) is L.GlobalAveragePooling2D and n == 1), None)
+    mul = next((la for la, n in found if type(la) is L.Multiply and n == 2), None)
+    if gap is None or mul is None or gap.data_format != "channels_last":
+        return None
+    cur = graph.sole_consumer(g, gap)
+    reshape = None
+    if type(cur) is L.Reshape and tuple(cur.target_shape) == (1, 1, hidden):
+        reshape, cur = cur, graph.sole_consumer(g, cur)
+    elif not gap.keepdims:
+        return None
+    if cur is None or not _is_conv1x1(cur):
+        return None
+    reduce, mid, cur = cur, [], graph.sole_consumer(g, cur)
+    while cur is not None and _channelwise(cur, padding_ok=False) and not _is_bn(cur):
+        mid.append(cur)
+        cur = graph.sole_consumer(g, cur)
+    if cur is None or not _is_conv1x1(cur) or cur.filters != hidden:
+        return None
+    excite, after = cur, []
+    last_se = excite
+    while True:
+        nxt = graph.readers(g, last_se)
+        if nxt == [(mul, 2)]:
+            break
+        cur = graph.sole_consumer(g, last_se)
+        if cur is None or not _channelwise(cur, padding_ok=False) or _is_bn(cur):
+            return None
+        after.append(cur)
+        last_se = cur
+    tail, cur = [], graph.sole_consumer(g, mul)
+    while type(cur) in (L.Dropout, L.Identity):
+        tail.append(cur)
+        cur = graph.sole_consumer(g, cur)
+    return _SE(gap, reshape, reduce, mid, excite, after, mul, tail)
 
 
 def _find_blocks(model) -> list[_Block]:
@@ -212,8 +294,11 @@ def prunable_blocks(model: keras.Model) -> list[list[str]]:
     ZeroPadding2D)* -> DepthwiseConv2D (depth_multiplier 1) -> (BatchNormalization,
     elementwise activation layers)* -> Conv2D 1x1`` with at least one BatchNormalization
     after the depthwise conv, in which every layer is called once and every intermediate
-    tensor is read by the next layer only (no squeeze-and-excitation branch, not a model
-    output). Nested graph models are searched too.
+    tensor is read by the next layer only (not a model output), except that the hidden
+    activations ``u`` before the project conv may go through a squeeze-and-excitation
+    branch: ``Multiply([u, gate])``, ``gate`` = ``GlobalAveragePooling2D`` (-> ``Reshape``
+    to ``(1, 1, H)``) -> ``Conv2D`` 1x1 -> activations -> ``Conv2D`` 1x1 ``H`` filters ->
+    activations (EfficientNet's blocks). Nested graph models are searched too.
 
     Args:
         model: a built Functional or Sequential ``keras.Model``.
@@ -452,6 +537,22 @@ def _bn_moments(block) -> tuple[np.ndarray, np.ndarray]:
     return mean, np.sqrt(np.maximum(var, 0.0))
 
 
+def _se_gate(block, u_mean: np.ndarray) -> np.ndarray:
+    """The squeeze-and-excitation gate of ``block`` when every pooled hidden activation is
+    at its mean ``u_mean`` (the data-free stand-in for the input-dependent gate)."""
+    se = block.se
+    z = ops.convert_to_tensor(u_mean.astype(np.float32)[None, None, None, :])
+    for conv, layers in ((se.reduce, se.mid), (se.excite, se.after)):
+        w = _w(conv.kernel)[0, 0]
+        z = np.asarray(ops.convert_to_numpy(z), np.float64) @ w
+        if conv.use_bias:
+            z = z + _w(conv.bias)
+        z = conv.activation(ops.convert_to_tensor(z.astype(np.float32)))
+        for layer in layers:  # stateless, elementwise: fresh copies run them
+            z = type(layer).from_config(layer.get_config())(z, training=False)
+    return np.asarray(ops.convert_to_numpy(z), np.float64).reshape(-1)
+
+
 class _Gram:
     """Running ``[A, 1]^T [A, 1]`` of a block's hidden activations ``A`` (rows: pixels)."""
 
@@ -471,21 +572,33 @@ class _Gram:
         return mean, np.sqrt(np.maximum(var, 0.0))
 
 
-def _collect_grams(model, blocks, batches, max_rows: int, seed: int = 0) -> list[_Gram]:
-    """One pass of (a recording copy of) ``model``: each block's project-input Gram."""
+def _collect_grams(model, blocks, batches, max_rows: int, seed: int = 0):
+    """One pass of (a recording copy of) ``model``: each block's project-input Gram, and
+    for a block with a squeeze-and-excitation branch the mean of its reduce conv's input
+    (the pooled hidden activations). Returns ``(grams, se_means)``, lists over blocks."""
     rng = np.random.default_rng(seed)
     grams = [_Gram(b.hidden) for b in blocks]
-    copy, recorders = cal._recording_copy(model, {id(b.project): i for i, b in enumerate(blocks)})
+    sums = [[np.zeros(b.hidden), 0] for b in blocks]
+    keys = {id(b.project): i for i, b in enumerate(blocks)}
+    keys.update({id(b.se.reduce): ("se", i) for i, b in enumerate(blocks) if b.se is not None})
+    copy, recorders = cal._recording_copy(model, keys)
 
     def hook(key, inputs, outputs):
         a = np.asarray(ops.convert_to_numpy(inputs), np.float64)
         a = a.reshape(-1, a.shape[-1])
+        if isinstance(key, tuple):
+            sums[key[1]][0] += a.sum(axis=0)
+            sums[key[1]][1] += len(a)
+            return
         if len(a) > max_rows:
             a = a[np.sort(rng.choice(len(a), size=max_rows, replace=False))]
         grams[key].add(a)
 
     cal._run(copy, recorders, batches, hook)
-    return grams
+    se_means = [
+        total / max(n, 1) if b.se is not None else None for b, (total, n) in zip(blocks, sums)
+    ]
+    return grams, se_means
 
 
 # ---- allocation ------------------------------------------------------------------------------
@@ -592,11 +705,29 @@ def _rebuilt(layer, changes: Mapping, channels: int, weights: list[np.ndarray]):
     return new
 
 
-def _slice_block(block, keep: np.ndarray, kernel: np.ndarray, bias: np.ndarray) -> dict:
+def _slice_block(
+    block, keep: np.ndarray, kernel: np.ndarray, bias: np.ndarray, se_mean: np.ndarray | None
+) -> dict:
     """``{id(old layer): new layer}`` for a block keeping the hidden channels ``keep``
-    (sorted indices), with project kernel ``(k, N)`` and the project's full output bias."""
+    (sorted indices), with project kernel ``(k, N)`` and the project's full output bias;
+    ``se_mean``: the mean pooled activation of each hidden channel, whose share in the
+    squeeze-and-excitation reduce conv is folded into its bias for the removed channels."""
     k = len(keep)
     out = {}
+    if block.se is not None:
+        se = block.se
+        if se.reshape is not None:
+            out[id(se.reshape)] = _rebuilt(se.reshape, {"target_shape": (1, 1, k)}, k, [])
+        red = se.reduce
+        wr = _w(red.kernel)
+        dropped = np.setdiff1d(np.arange(block.hidden), keep)
+        shift = se_mean[dropped] @ wr[0, 0][dropped]
+        b_red = (_w(red.bias) if red.use_bias else 0.0) + shift
+        out[id(red)] = _rebuilt(red, {"use_bias": True}, k, [wr[:, :, keep, :], b_red])
+        ex_se = se.excite
+        weights = [w[..., keep] for w in map(_w, ex_se.weights)]
+        r = graph.input_shape(ex_se)[-1]
+        out[id(ex_se)] = _rebuilt(ex_se, {"filters": k}, r, weights)
     ex = block.expand
     cin = graph.input_shape(ex)[-1]
     out[id(ex)] = _rebuilt(ex, {"filters": k}, cin, [w[..., keep] for w in map(_w, ex.weights)])
@@ -660,19 +791,20 @@ def prune_channels(
     """Prune the hidden channels of the inverted-residual blocks of ``model``.
 
     Each block (``prunable_blocks``: expand ``Conv2D`` 1x1 ``C -> H``, BatchNorm,
-    activation, depthwise conv, BatchNorm, activation, project ``Conv2D`` 1x1 ``H -> N``)
-    keeps ``k`` of its ``H`` hidden channels: the new model has the same layers with
-    ``filters=k`` in the expand conv, ``k`` channels in the BatchNorms and the depthwise
-    conv, and ``k`` input channels in the project conv (weights sliced, fresh buffers). Its
-    MACs fall by ``(H - k) * (P_e C + P_d 9 + P_p N)`` per block (``P_*`` the output pixels
-    of each conv). Channels are ranked by ``std(a_j) * ||P_j||`` (module docstring): the
-    size of what removing activation ``a_j`` with project row ``P_j`` changes in the
-    block's output once its mean ``E[a_j] P_j`` is folded into the project's bias (or the
-    moving mean of the BatchNorm after the project conv; a project conv without either
-    gets a bias). ``k`` is rounded to multiples of ``round_to`` (XNNPACK packs channels by
-    8), at least ``round_to`` and at most ``H``. A block keeping every channel is copied
-    unchanged, so ``keep=1.0`` gives the original outputs exactly. The user's model is not
-    modified.
+    activation, depthwise conv, BatchNorm, activation, [squeeze-and-excitation,] project
+    ``Conv2D`` 1x1 ``H -> N``) keeps ``k`` of its ``H`` hidden channels: the new model has
+    the same layers with ``filters=k`` in the expand conv, ``k`` channels in the BatchNorms
+    and the depthwise conv, and ``k`` input channels in the project conv (and in the
+    squeeze-and-excitation convs; weights sliced, fresh buffers). Its MACs fall by
+    ``(H - k) * (P_e C + P_d 9 + P_p N [+ 2 r])`` per block (``P_*`` the output pixels of
+    each conv, ``r`` the squeeze-and-excitation width). Channels are ranked by
+    ``std(a_j) * ||P_j||`` (module docstring): the size of what removing activation ``a_j``
+    with project row ``P_j`` changes in the block's output once its mean ``E[a_j] P_j`` is
+    folded into the project's bias (or the moving mean of the BatchNorm after the project
+    conv; a project conv without either gets a bias). ``k`` is rounded to multiples of
+    ``round_to`` (XNNPACK packs channels by 8), at least ``round_to`` and at most ``H``. A
+    block keeping every channel is copied unchanged, so ``keep=1.0`` gives the original
+    outputs exactly. The user's model is not modified.
 
     Args:
         model: A built Functional or Sequential ``keras.Model`` (nested graph models are
@@ -825,10 +957,19 @@ def prune_channels(
         n_held = max(1, len(batches) // 8) if len(batches) > 1 else 0
         fit_batches = batches[: len(batches) - n_held] if n_held else batches
         held_batches = batches[len(batches) - n_held :] if n_held else batches
-        grams = dict(zip(map(id, active), _collect_grams(model, active, fit_batches, MAX_ROWS)))
-    orders, shares, means = [], [], []
-    for b in active:
-        mean, std = grams[id(b)].moments() if grams else _bn_moments(b)
+        collected, measured_se = _collect_grams(model, active, fit_batches, MAX_ROWS)
+        grams = dict(zip(map(id, active), collected))
+    orders, shares, means, se_means = [], [], [], []
+    for i, b in enumerate(active):
+        if grams:
+            mean, std = grams[id(b)].moments()
+            se_means.append(measured_se[i])
+        else:
+            mean, std = _bn_moments(b)
+            se_means.append(mean)
+            if b.se is not None:  # gated: a = u * gate, the gate taken at the mean input
+                gate = _se_gate(b, mean)
+                mean, std = mean * gate, std * gate
         score2 = (std * np.linalg.norm(_project_kernel(b), axis=1)) ** 2
         total2 = float(score2.sum())
         shares.append(score2 / total2 if total2 > 0 else np.zeros_like(score2))
@@ -862,7 +1003,7 @@ def prune_channels(
         )
         for b in blocks
     }
-    for b, k, order, share, mean in zip(active, kept, orders, shares, means):
+    for b, k, order, share, mean, se_mean in zip(active, kept, orders, shares, means, se_means):
         row = rows[id(b)]
         if k >= b.hidden:
             row.reason = "the allocation keeps it whole"
@@ -878,7 +1019,7 @@ def prune_channels(
             dropped = np.setdiff1d(np.arange(b.hidden), sel)
             kernel, bias = p[sel], b0 + mean[dropped] @ p[dropped]
             row.objective = "data" if grams is not None else "bn"
-        replacements.update(_slice_block(b, sel, kernel, bias))
+        replacements.update(_slice_block(b, sel, kernel, bias, se_mean))
         row.kept = k
         row.score_kept = float(share[sel].sum())
         if macs_known:
@@ -942,11 +1083,14 @@ def _block_costs(block, shape_map: dict, macs_known: bool) -> None:
     h = block.hidden
     macs = 0
     if macs_known:
-        for layer in (block.expand, block.depthwise, block.project):
+        for layer in (block.expand, block.depthwise, block.project, *block.se_convs):
             macs += sum(layer_cost(layer, s).macs for s in shape_map.get(id(layer), []))
     block.block_macs = int(macs)
     block.channel_macs = int(macs) // h
     params = sum(math.prod(w.shape) for w in block.expand.weights)
     params += sum(math.prod(w.shape) for w in block.depthwise.weights)
     params += sum(math.prod(w.shape) for la in [*block.pre, *block.post] for w in la.weights)
+    if block.se is not None:  # reduce: r weights per input channel; excite: r + 1 per output
+        params += math.prod(block.se.reduce.kernel.shape)
+        params += sum(math.prod(w.shape) for w in block.se.excite.weights)
     block.channel_params = params // h + int(block.project.kernel.shape[-1])
