@@ -167,11 +167,17 @@ def atomic_path(
         yield tmp
         if not tmp.exists() or (tmp.stat().st_size == 0 and not allow_empty):
             raise OSError(errno.EIO, f"cannot write {what} {target}: nothing was written")
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
+        try:
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+        except OSError as err:
+            raise type(err)(err.errno, f"cannot write {what} {target}: {_describe(err)}") from err
         if check is not None:
             check(tmp)
-        os.replace(tmp, target)
+        try:
+            os.replace(tmp, target)
+        except OSError as err:
+            raise type(err)(err.errno, f"cannot write {what} {target}: {_describe(err)}") from err
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()

@@ -69,7 +69,10 @@ MODULES = {
             "tests/test_robustness.py::test_lambda_model_advice_works",
         ],
     ),
-    "export": ("keras_eigenconv/deploy/export.py", ["tests/test_export.py"]),
+    "export": (
+        "keras_eigenconv/deploy/export.py",
+        ["tests/test_export.py", "tests/test_export_checks.py"],
+    ),
     "pruning": (
         "keras_eigenconv/training/pruning.py",
         ["tests/test_pruning_unit.py", "tests/test_training.py"],
@@ -393,6 +396,12 @@ EQUIVALENT = {
     "the product to float64 either way (the same bits): equivalent",
     "keras_eigenconv.deploy.rewrite.x_fold_batchnorm__mutmut_52": "in_dim computed for a "
     "depthwise layer too: only the plain-conv branch reads it: equivalent",
+    "keras_eigenconv.deploy.rewrite.x__tile_depthwise__mutmut_90": "reshape(-2) instead of "
+    "reshape(-1) for the flattened bias: NumPy 2.4 reads any negative size as 'the rest' "
+    "(the same array; a test over it passes): equivalent on the NumPy the suite installs",
+    "keras_eigenconv.deploy.export.x_check_tflite__mutmut_28": "the interpreter's default "
+    "thread count instead of num_threads: the thread count changes the speed of the "
+    "check, not its outputs (LiteRT's float kernels give the same results): equivalent",
     "keras_eigenconv.deploy.rewrite.x__check_equal__mutmut_65": "< instead of <= against the "
     "tolerance: differs only for an error exactly equal to 1e-4 * max(scale, 1), a float "
     "that random inputs do not hit; equivalent in practice",

@@ -146,9 +146,16 @@ def _as_float_batch(arr, what: str) -> np.ndarray:
     return arr.astype(np.float32, copy=False)
 
 
-def _samples(data, limit: int | None, what: str = "data") -> np.ndarray | None:
+def _samples(
+    data, limit: int | None, what: str = "data", sample_ndim: int | None = None
+) -> np.ndarray | None:
     """Up to ``limit`` float32 input samples from an array, a list of arrays, a
-    ``tf.data.Dataset`` or an iterable (of ``x`` or ``(x, y)``), stacked on axis 0."""
+    ``tf.data.Dataset`` or an iterable (of ``x`` or ``(x, y)``), stacked on axis 0.
+
+    An item of an iterable with ``sample_ndim`` dimensions (the model's input rank without
+    the batch axis) is one sample; any other item is a batch. Without ``sample_ndim``, an
+    item of one dimension is one sample.
+    """
     if data is None:
         return None
     if callable(data) and not isinstance(data, np.ndarray):
@@ -171,25 +178,22 @@ def _samples(data, limit: int | None, what: str = "data") -> np.ndarray | None:
         if isinstance(item, (tuple, list)) and not isinstance(item, np.ndarray):
             item = item[0]
         arr = _as_float_batch(item, what)
+        if arr.ndim == (1 if sample_ndim is None else sample_ndim):
+            arr = arr[None]  # one sample
         out.append(arr)
-        n += arr.shape[0] if arr.ndim > 1 else 1
+        n += arr.shape[0] if arr.ndim else 1
         if limit is not None and n >= limit:
             break
     if not out:
         return None
-    # items may be batches or single samples; stack to one batch
-    arrs = [a if a.ndim > 1 else a[None] for a in out]
     try:
-        x = np.concatenate(arrs, axis=0)
+        x = np.concatenate(out, axis=0)
     except ValueError:
-        try:
-            x = np.stack(out, axis=0)
-        except ValueError:
-            shapes = sorted({a.shape for a in out}, key=str)[:3]
-            raise ValueError(
-                f"export_tflite: {what} holds samples of different shapes ({shapes}); pass "
-                "samples of the model's input shape."
-            ) from None
+        shapes = sorted({a.shape[1:] for a in out}, key=str)[:3]
+        raise ValueError(
+            f"export_tflite: {what} holds samples of different shapes ({shapes}); pass "
+            "samples of the model's input shape."
+        ) from None
     return x[:limit]
 
 
@@ -215,7 +219,7 @@ def _checked_data(data, limit, input_shape, what: str) -> np.ndarray | None:
     """Samples of ``data``, validated: numbers, the model's input shape, finite, not empty."""
     if data is None:
         return None
-    x = _samples(data, limit, what)
+    x = _samples(data, limit, what, sample_ndim=len(input_shape) - 1)
     if x is None or len(x) == 0:
         raise ValueError(f"export_tflite: {what} is empty; pass at least one sample.")
     x = _fit_to_model(x, input_shape, what)
@@ -575,6 +579,8 @@ def export_tflite(
         )
     report = ExportReport(str(path), quantize, len(content), ops, prepare=prepare_info)
 
+    warned = []
+
     def self_check(tmp: Path) -> None:
         # runs on the written temporary file, before it replaces ``path``
         figures = check_tflite(
@@ -597,9 +603,11 @@ def export_tflite(
                     "scaling the model was trained with), or pass check='warn' to write "
                     "it anyway."
                 )
-            warnings.warn(f"{message}; wrote {path} anyway (check='warn').", stacklevel=4)
+            warned.append(f"{message}; wrote {path} anyway (check='warn').")
 
     atomic_write_bytes(path, content, check=self_check if mode else None, what="the .tflite file")
+    for message in warned:  # after the write, at the caller's line
+        warnings.warn(message, UserWarning, stacklevel=2)
     if verbose:
         print(report)
     return report
