@@ -4,6 +4,7 @@ error's floor. Written for the mutants of ``deploy/export.py`` that the other ex
 let survive; every model here is tiny and exported without the timed rewrite."""
 
 import errno
+import json
 import re
 import warnings
 
@@ -83,6 +84,11 @@ def test_data_errors_name_the_argument_exactly(tiny, tmp_path):
     assert _message(_export, tiny, path, check_data=np.zeros((4, 6, 8, 3))) == (
         "export_tflite: check_data has samples of shape (6, 8, 3), the model takes "
         "(8, 8, 3). Pass data shaped (N, *model_input_shape)."
+    )
+    # one sample (no batch axis) of the wrong shape: said as such, not as samples of (8, 4)
+    assert _message(_export, tiny, path, check_data=np.zeros((8, 8, 4))) == (
+        "export_tflite: check_data has shape (8, 8, 4): neither one sample of the model's "
+        "input shape (8, 8, 3) nor a batch of them. Pass data shaped (N, *model_input_shape)."
     )
     assert _message(_export, tiny, path, check_data=X[:4], labels=[1, 2, 3]) == (
         "export_tflite: 3 labels for 4 check inputs."
@@ -205,19 +211,19 @@ class _Counting:
 def test_samples_reads_only_as_many_batches_as_it_needs():
     batches = [X[i : i + 4] for i in range(0, 40, 4)]  # ten batches of 4
     data = _Counting(batches)
-    got = _samples(data, 6)
+    got = _samples(data, 6, "data", 3)
     assert got.shape == (6, 8, 8, 3) and data.taken == 2
     data = _Counting(batches)
-    assert _samples(data, 8).shape == (8, 8, 8, 3) and data.taken == 2  # exactly enough
+    assert _samples(data, 8, "data", 3).shape == (8, 8, 8, 3) and data.taken == 2  # exactly enough
     data = _Counting(batches)
-    np.testing.assert_array_equal(_samples(data, None), X)
+    np.testing.assert_array_equal(_samples(data, None, "data", 3), X)
     assert data.taken == 10
     # single samples (items of the model's input rank) count one each
     data = _Counting(list(X[:5]))
-    np.testing.assert_array_equal(_samples(data, 3, sample_ndim=3), X[:3])
+    np.testing.assert_array_equal(_samples(data, 3, "data", 3), X[:3])
     assert data.taken == 3
     data = _Counting([X[0], X[1:4], X[4]])  # samples and batches mixed
-    np.testing.assert_array_equal(_samples(data, None, sample_ndim=3), X[:5])
+    np.testing.assert_array_equal(_samples(data, None, "data", 3), X[:5])
     assert "different shapes ([(4, 4, 3), (8, 8, 3)])" in _message(
         _samples, [X[0], X[1, :4, :4]], None, "representative_data", sample_ndim=3
     )
@@ -240,9 +246,9 @@ def test_an_unbatched_dataset_calibrates_and_checks(tiny, tmp_path):
 
 def test_float32_data_is_not_copied():
     """A few hundred float32 images are read in place, not duplicated."""
-    got = _samples(X, None)
+    got = _samples(X, None, "data", 3)
     assert np.shares_memory(got, X)
-    assert _samples(X.astype(np.float64), None).dtype == np.float32
+    assert _samples(X.astype(np.float64), None, "data", 3).dtype == np.float32
 
 
 @pytest.mark.parametrize("failing", ["fsync", "replace"])
@@ -259,3 +265,21 @@ def test_a_failed_write_names_the_tflite_file(failing, tiny, tmp_path, monkeypat
         "device (injected)"
     )
     assert not path.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_the_timed_rewrite_keeps_its_measurements_in_the_given_cache(tmp_path):
+    # export_tflite(prepare=True) hands cache_path to prepare_for_inference: the timings of
+    # the factorized layer's arrangements land in that file, not in the default cache
+    from keras_eigenconv import SVDConv2D
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 3))
+    conv = L.Conv2D(16, 3, padding="same")
+    conv(np.zeros((1, 8, 8, 3), "float32"))
+    model = keras.Model(inp, SVDConv2D.from_conv2d(conv, rank=2)(inp))
+    cache = tmp_path / "own" / "timings.json"
+    report = export_tflite(
+        model, tmp_path / "m.tflite", cache_path=cache, check_data=X[:2], verbose=False
+    )
+    assert report.passed and cache.exists()
+    assert len(json.loads(cache.read_text())) > 0

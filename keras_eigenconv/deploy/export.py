@@ -146,15 +146,12 @@ def _as_float_batch(arr, what: str) -> np.ndarray:
     return arr.astype(np.float32, copy=False)
 
 
-def _samples(
-    data, limit: int | None, what: str = "data", sample_ndim: int | None = None
-) -> np.ndarray | None:
+def _samples(data, limit: int | None, what: str, sample_ndim: int) -> np.ndarray | None:
     """Up to ``limit`` float32 input samples from an array, a list of arrays, a
     ``tf.data.Dataset`` or an iterable (of ``x`` or ``(x, y)``), stacked on axis 0.
 
     An item of an iterable with ``sample_ndim`` dimensions (the model's input rank without
-    the batch axis) is one sample; any other item is a batch. Without ``sample_ndim``, an
-    item of one dimension is one sample.
+    the batch axis) is one sample; any other item is a batch.
     """
     if data is None:
         return None
@@ -178,7 +175,7 @@ def _samples(
         if isinstance(item, (tuple, list)) and not isinstance(item, np.ndarray):
             item = item[0]
         arr = _as_float_batch(item, what)
-        if arr.ndim == (1 if sample_ndim is None else sample_ndim):
+        if arr.ndim == sample_ndim:
             arr = arr[None]  # one sample
         out.append(arr)
         n += arr.shape[0] if arr.ndim else 1
@@ -209,6 +206,11 @@ def _fit_to_model(x: np.ndarray, shape: tuple, what: str) -> np.ndarray:
         return x
     if x.ndim == len(want) and all(w is None or int(w) == int(d) for w, d in zip(want, x.shape)):
         return x[None]  # one sample
+    if x.ndim == len(want):  # neither one sample nor a batch of them
+        raise ValueError(
+            f"export_tflite: {what} has shape {x.shape}: neither one sample of the model's "
+            f"input shape {want} nor a batch of them. Pass data shaped (N, *model_input_shape)."
+        )
     raise ValueError(
         f"export_tflite: {what} has samples of shape {x.shape[1:]}, the model takes {want}. "
         "Pass data shaped (N, *model_input_shape)."
