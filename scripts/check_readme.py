@@ -405,6 +405,34 @@ def _claims() -> list[tuple[str, str, list[str]]]:
             ],
         )
     )
+    # the MobileNetV2 224 anchor: native alpha 0.75 vs svd and prune_channels at its MACs
+    mb = "latency_budget_mobilenetv2.json"
+    for readme_name, label in [
+        ("native `alpha=0.75`", "native alpha 0.75"),
+        ("`svd`", "macs 0.695 svd (= alpha 0.75)"),
+        ("`prune_channels` (greedy)", "macs 0.695 channels (= alpha 0.75)"),
+        ("`prune_channels` (uniform)", "macs 0.695 channels-uniform (= alpha 0.75)"),
+    ]:
+        cells = []
+        for prec in ("fp32", "int8"):
+            r = f"rows[model=mobilenetv2,size=224,precision={prec},label={label}]"
+            cells += [f"{r}.executed_mac_ratio:.3f"]
+        for prec in ("fp32", "int8"):
+            r = f"rows[model=mobilenetv2,size=224,precision={prec},label={label}]"
+            cells += [f"{r}.{k}:.3f" for k in ("latency_ratio", "ratio_p10", "ratio_p90")]
+        claims.append(
+            (f"| {readme_name} | {{}} / {{}} | {{}} ({{}}-{{}}) | {{}} ({{}}-{{}}) |", mb, cells)
+        )
+    claims.append(
+        (
+            "original {} ms fp32, {} ms int8",
+            mb,
+            [
+                f"rows[size=224,precision={prec},label=original].latency_ms:.2f"
+                for prec in ("fp32", "int8")
+            ],
+        )
+    )
     claims.append(
         (
             'budget of 0.8 on `target="train"` (svd, decef) trained at {}x with {} of the MACs.',
