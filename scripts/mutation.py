@@ -80,18 +80,7 @@ MODULES = {
 }
 
 # why a module has no score yet (shown in mutation.md until a run gives it one)
-_INVALID = (
-    "no valid score yet: the sampled runs of 2026-12-01 (convert 95.0%, layers/base 95.0%, "
-    "rewrite 100%, export 100%, pruning 98.3%) are withdrawn. Keras's layer-name counters "
-    "carried over between the worker's runs, so rewrite's tests expecting default names "
-    "('dropout') failed from the second run on whatever the mutant (the control run without "
-    "a mutant, added afterwards, caught it); the other modules ran in the same worker without "
-    "that control. The worker now clears the Keras session per run; run "
-    "`python scripts/mutation.py --modules {name} --sample 60` on a quiet machine"
-)
-NOT_RUN = {
-    name: _INVALID.format(name=name) for name in ("convert", "base", "rewrite", "export", "pruning")
-}
+NOT_RUN: dict[str, str] = {}
 
 _M = "keras_eigenconv.decompositions.matrix.x_"
 _R = "keras_eigenconv.compress.ranks.x_"
@@ -361,7 +350,7 @@ EQUIVALENT = {
                 "read-only: equivalent",
             ),
             (
-                "release_shared__mutmut_15 release_shared__mutmut_17",
+                "release_shared__mutmut_16 release_shared__mutmut_18",
                 "the default of pop is never used: an owner's array is always among the kept "
                 "arrays: equivalent",
             ),

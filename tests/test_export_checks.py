@@ -134,6 +134,22 @@ def test_the_relative_error_of_small_outputs_is_taken_at_their_scale(tmp_path):
     assert check_tflite(small, path, X[:8])["passed"]
 
 
+def test_an_int8_output_is_allowed_its_quantization_step(tmp_path):
+    """An int8 output cannot be closer to Keras than its quantization step: the relative
+    error subtracts the step that the file's output tensor declares."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    model = _model(seed=3)
+    report = _export(model, tmp_path / "q.tflite", quantize="int8", representative_data=X)
+    (out,) = Interpreter(model_path=report.path).get_output_details()
+    step = float(out["quantization"][0])
+    assert out["dtype"] == np.int8 and step > 0
+    figures = check_tflite(model, report.path, X[:8], quantize="int8")
+    err, scale = figures["max_abs_error"], figures["output_scale"]
+    assert err > 0
+    assert figures["relative_error"] == pytest.approx(max(err - step, 0.0) / max(scale, 1e-3))
+
+
 class TracedDiffers(L.Layer):
     """Doubles its input when Keras runs it eagerly and passes it through when traced for
     the export: a model whose ``.tflite`` differs from Keras."""
