@@ -260,6 +260,11 @@ def test_an_unbatched_dataset_calibrates_and_checks(tiny, tmp_path):
     assert report.num_samples == 12 and report.passed
 
 
+def test_one_array_sample_without_its_batch_axis_is_one_check_input(tiny, tmp_path):
+    report = _export(tiny, tmp_path / "m.tflite", check_data=X[0])
+    assert report.num_samples == 1 and report.passed
+
+
 def test_float32_data_is_not_copied():
     """A few hundred float32 images are read in place, not duplicated."""
     got = _samples(X, None, "data", 3)
