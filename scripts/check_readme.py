@@ -433,6 +433,27 @@ def _claims() -> list[tuple[str, str, list[str]]]:
             ],
         )
     )
+    # a trained MobileNetV2 after prune_channels / svd (README, prune_channels)
+    ca = "channels_accuracy.json"
+    claims.append(
+        (
+            "the original's held-out accuracy: {})",
+            ca,
+            ["rows[method=original].accuracy:.3f"],
+        )
+    )
+    for readme_name, method in [
+        ("`prune_channels` (greedy)", "channels"),
+        ("`prune_channels` (uniform)", "channels-uniform"),
+        ('`convert(method="svd")`', "svd"),
+    ]:
+        cells = []
+        for budget in (0.7, 0.5):
+            for variant in ("data-free", "calibration"):
+                cells.append(
+                    f"rows[method={method},budget={budget},variant={variant}].accuracy:.3f"
+                )
+        claims.append((f"| {readme_name} | {{}} | {{}} | {{}} | {{}} |", ca, cells))
     claims.append(
         (
             'budget of 0.8 on `target="train"` (svd, decef) trained at {}x with {} of the MACs.',
