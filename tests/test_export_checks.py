@@ -300,7 +300,53 @@ def test_the_timed_rewrite_keeps_its_measurements_in_the_given_cache(tmp_path):
     model = keras.Model(inp, SVDConv2D.from_conv2d(conv, rank=2)(inp))
     cache = tmp_path / "own" / "timings.json"
     report = export_tflite(
-        model, tmp_path / "m.tflite", cache_path=cache, check_data=X[:2], verbose=False
+        model,
+        tmp_path / "m.tflite",
+        cache_path=cache,
+        num_threads=1,
+        check_data=X[:2],
+        verbose=False,
     )
     assert report.passed and cache.exists()
-    assert len(json.loads(cache.read_text())) > 0
+    keys = [json.loads(k) for k in json.loads(cache.read_text())["entries"]]
+    assert keys and all(k["threads"] == 1 for k in keys)  # timed with the export's threads
+
+
+def test_num_threads_is_refused_by_name(tiny, tmp_path):
+    assert _message(_export, tiny, tmp_path / "m.tflite", num_threads=0) == (
+        "export_tflite: num_threads must be an int >= 1, got 0."
+    )
+
+
+def test_check_tflites_warning_points_outside_the_package(tmp_path):
+    # at the caller's line (stacklevel); under mutation testing the caller is mutmut's
+    # trampoline, so this only asserts that it is not export.py itself
+    path = _export(_model(seed=1), tmp_path / "a.tflite", check=False).path
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        figures = check_tflite(_model(seed=2), path, X[:4], on_mismatch="warn")
+    (w,) = [w for w in caught if "disagrees" in str(w.message)]
+    assert not figures["passed"]
+    assert "keras_eigenconv" not in w.filename, w.filename
+
+
+def test_int8_calibration_reads_the_first_num_calibration_steps_samples(tmp_path):
+    """The activation ranges come from the first ``num_calibration_steps`` samples, each of
+    them: the last of the three (10x larger) sets the input's int8 range, the samples after
+    them (100x larger) do not."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    rep = X.copy()
+    rep[2] *= 10.0
+    rep[3:] *= 100.0
+    report = _export(
+        _model(seed=4),
+        tmp_path / "q.tflite",
+        quantize="int8",
+        representative_data=rep,
+        num_calibration_steps=3,
+        check=False,
+    )
+    (inp,) = Interpreter(model_path=report.path).get_input_details()
+    scale = float(inp["quantization"][0])
+    assert 9 / 255 < scale < 10.1 / 255, scale * 255  # the range of 10 X[2], in [0, 10)
