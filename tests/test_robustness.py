@@ -327,7 +327,10 @@ CALIBRATION = {
         dict(representative_data=np.where(X8 > 0.5, np.inf, X8)),
         "NaN or inf value",
     ),
-    "wrong shape": (dict(representative_data=np.zeros((8, 8, 8))), "samples of shape"),
+    "wrong shape": (
+        dict(representative_data=np.zeros((8, 8, 8))),
+        r"has shape \(8, 8, 8\): neither one sample",
+    ),
     "strings": (dict(representative_data=[["a"]] * 4), "must hold numbers"),
     "empty": (dict(representative_data=[]), "representative_data is empty"),
     "none": (dict(representative_data=None), "needs representative_data"),
