@@ -413,13 +413,12 @@ def _claims() -> list[tuple[str, str, list[str]]]:
         ("`prune_channels` (greedy)", "macs 0.695 channels (= alpha 0.75)"),
         ("`prune_channels` (uniform)", "macs 0.695 channels-uniform (= alpha 0.75)"),
     ]:
-        cells = []
-        for prec in ("fp32", "int8"):
-            r = f"rows[model=mobilenetv2,size=224,precision={prec},label={label}]"
-            cells += [f"{r}.executed_mac_ratio:.3f"]
-        for prec in ("fp32", "int8"):
-            r = f"rows[model=mobilenetv2,size=224,precision={prec},label={label}]"
-            cells += [f"{r}.{k}:.3f" for k in ("latency_ratio", "ratio_p10", "ratio_p90")]
+        rows = [
+            f"rows[model=mobilenetv2,size=224,precision={prec},label={label}]"
+            for prec in ("fp32", "int8")
+        ]
+        cells = [f"{r}.executed_mac_ratio:.3f" for r in rows]
+        cells += [f"{r}.{k}:.3f" for r in rows for k in ("latency_ratio", "ratio_p10", "ratio_p90")]
         claims.append(
             (f"| {readme_name} | {{}} / {{}} | {{}} ({{}}-{{}}) | {{}} ({{}}-{{}}) |", mb, cells)
         )
