@@ -5,7 +5,10 @@ model is converted
 
 - with ``budget={"latency": x}, target="litert-<precision>"`` by each method alone and by
   ``method="auto"`` (``keras_eigenconv.convert``: the per-layer plan timed in LiteRT, then
-  corrected by whole-model measurements, ``feedback_rounds``), and
+  corrected by whole-model measurements, ``feedback_rounds``); with ``channels`` among
+  ``--methods``, also ``keras_eigenconv.prune_channels(budget={"latency": x}, target=...)``
+  (hidden channels of inverted-residual blocks pruned at a MAC share corrected by
+  whole-model measurements; models with such blocks only), and
 - with ``budget={"macs": m}`` by each of ``--mac-methods`` (svd, decef, tucker2, channels)
   at each of ``--mac-targets`` (``compress.convert``, the MAC path; ``channels`` is
   ``compress.prune_channels``, structured pruning of the hidden channels of inverted-residual
@@ -138,6 +141,39 @@ def run_model(name, size, args, rows, meta) -> None:
             for method in [*args.methods, "auto"]:
                 label = f"latency {budget} {method}"
                 t = time.perf_counter()
+                if method == "channels":  # ke.prune_channels to the latency, measured
+                    if not compress.prunable_blocks(original):
+                        continue
+                    try:
+                        m, rep = ke.prune_channels(
+                            original,
+                            budget={"latency": budget},
+                            target=target,
+                            **data,
+                            strict=False,
+                            progress=False,
+                        )
+                    except ValueError as err:
+                        print(f"{name} {precision} {label}: {err}", flush=True)
+                        info[label] = {"error": str(err)}
+                        continue
+                    lat = rep.latency
+                    models[label] = m
+                    info[label] = {
+                        "path": "latency",
+                        "method": method,
+                        "budget": budget,
+                        "convert_s": time.perf_counter() - t,
+                        "plan_ratio": None,
+                        "plan_met": None,
+                        "prediction_error": None,
+                        "replaced": len(rep.pruned),
+                        "measured_in_convert": lat["measured"]["ratio"],
+                        "feedback": [round(f["ratio"], 3) for f in lat["feedback"]],
+                        "methods": ["channels"],
+                    }
+                    print(f"{name} {precision} {label}: {info[label]}", flush=True)
+                    continue
                 try:
                     m, rep = ke.convert(
                         original,
@@ -296,7 +332,8 @@ def goals(rows) -> list[str]:
     for key in sorted({(r["model"], r["size"], r["precision"], r["budget"]) for r in lat}):
         group = [r for r in lat if (r["model"], r["size"], r["precision"], r["budget"]) == key]
         auto = [r for r in group if r["method"] == "auto"]
-        single = [r for r in group if r["method"] != "auto"]
+        # the methods auto chooses among (channel pruning changes the network: not one)
+        single = [r for r in group if r["method"] not in ("auto", "channels")]
         if not auto or not single:
             continue
         a = auto[0]
@@ -393,7 +430,12 @@ def main(argv=None) -> int:
     p.add_argument("--models", default="resnet50:224,mobilenetv2:224,efficientnetb0:224")
     p.add_argument("--precisions", default="fp32,int8")
     p.add_argument("--targets", default="0.7,0.5")
-    p.add_argument("--methods", default="svd,decef")
+    p.add_argument(
+        "--methods",
+        default="svd,decef",
+        help="convert methods for the latency budgets (auto is always added), and channels "
+        "(prune_channels to the latency)",
+    )
     p.add_argument("--mac-targets", default="0.7,0.6,0.5")
     p.add_argument(
         "--mac-methods",

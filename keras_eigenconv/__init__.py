@@ -17,7 +17,8 @@ Architecture (each stage a subpackage; dependencies point one way, down this lis
   the layers through the contract, and none imports another of the three;
 - ``latency``: ``convert`` to a latency budget on a target runtime (``Target``): joins
   ``compress`` (the plan, the build) and ``deploy`` (LiteRT timing), so neither imports the
-  other; the package's ``convert`` is this one (other budgets go to ``compress.convert``);
+  other; the package's ``convert`` and ``prune_channels`` are its (other budgets go to
+  ``compress.convert`` and ``compress.prune_channels``);
 - ``analysis``, ``zoo`` (reference networks), ``demo``: built on the stages above;
 - ``cli``: the command line; nothing imports it.
 """
@@ -33,7 +34,6 @@ from .compress import (
     available_methods,
     get_method,
     prunable_blocks,
-    prune_channels,
     recalibrate_batchnorm,
     register_method,
 )
@@ -46,7 +46,7 @@ from .deploy import (
     export_tflite,
     prepare_for_inference,
 )
-from .latency import LatencyPlan, Target, convert
+from .latency import LatencyPlan, Target, convert, prune_channels
 from .layers import (
     BasisConv2D,
     CompressedLayer,

@@ -72,6 +72,7 @@ from ._table import markdown_table
 from .compress import calibration as cal
 from .compress import convert as compress_convert
 from .compress import ranks as rk
+from .compress.channels import prune_channels as compress_prune_channels
 from .compress.convert import shared_work
 from .compress.registry import available_methods, get_method
 from .compress.report import Progress
@@ -97,6 +98,7 @@ __all__ = [
     "convert",
     "latency_ranks",
     "parse_target",
+    "prune_channels",
 ]
 
 RUNTIMES = ("litert", "train")
@@ -1294,3 +1296,176 @@ def convert(model: keras.Model, method="decef", budget=None, target=None, **kwar
 
         warnings.warn(msg, UserWarning, stacklevel=2)
     return new_model, report
+
+
+def _latency_share(budget, fn: str) -> float:
+    """The ``x`` of ``budget={"latency": x}``, checked."""
+    x = budget["latency"]
+    if isinstance(x, bool) or not isinstance(x, (int, float, np.number)) or not 0 < x <= 1:
+        raise ValueError(
+            f"{fn}: budget['latency']={x!r} must be a share of the original latency in "
+            "(0, 1], e.g. {'latency': 0.7}."
+        )
+    return float(x)
+
+
+def prune_channels(model: keras.Model, budget=None, target=None, **kwargs):
+    """Prune inverted-residual blocks' hidden channels, to a latency budget on a target or
+    as ``compress.prune_channels``.
+
+    With ``budget={"latency": x}`` the pruned model's latency on ``target`` (LiteRT, batch
+    1) is measured, not modelled: the model is pruned with ``compress.prune_channels`` at a
+    MACs budget (a share ``s`` of the model's MACs, first ``s = x``: a narrower block's
+    latency falls about with its MACs, unlike a low-rank factorization's), converted for
+    the target, and timed interleaved against the original (the median of per-round
+    ratios, as ``convert`` does). The share is then corrected by interpolating the measured
+    ``(s, ratio)`` points (the original, ``(1, 1)``, is one) until the measured ratio is at
+    most ``x`` and within 0.05 of it, or ``feedback_rounds`` models were measured. The
+    measured model closest to ``x`` from below (else the fastest) is returned, its ratio
+    confirmed with as many rounds again. Channel pruning removes whole channels of the
+    expand, depthwise and project convs (no extra ops), so on MobileNet-style networks it
+    reaches latencies the low-rank methods cannot (their extra 1x1 convs and the depthwise
+    convs do not shrink with the rank).
+
+    Any other budget (or none) is passed to ``compress.prune_channels`` unchanged, with
+    every other argument.
+
+    Args:
+        model: A built Functional or Sequential ``keras.Model`` with inverted-residual
+            blocks (``compress.prunable_blocks``) and, for a latency budget, one input of a
+            fixed size.
+        budget: ``{"latency": x}`` with ``0 < x <= 1``, or a ``compress.prune_channels``
+            budget.
+        target: With a latency budget: a LiteRT ``Target`` or one of ``"litert-fp32"``
+            (default), ``"litert-fp16"``, ``"litert-int8"``; otherwise it must be None.
+        **kwargs: The other arguments of ``compress.prune_channels`` (not ``keep`` with a
+            latency budget); with a latency budget also ``feedback_rounds`` (default 5: how
+            many pruned models may be converted and timed, 1..10) and ``progress`` (a line
+            per measurement on stderr: True, False or ``"auto"``, on a terminal).
+
+    Returns:
+        ``(new_model, report)`` as ``compress.prune_channels``; with a latency budget
+        ``report.latency`` holds the measurements and ``report.budget_met`` says whether
+        the returned model's confirmed ratio is at most ``x``.
+
+    Raises:
+        ValueError: As ``compress.prune_channels``; when ``target`` is given without a
+            latency budget or is not a LiteRT target; when ``x`` is not in ``(0, 1]``, is
+            combined with ``keep``, or the model has no fixed input size; when the budget
+            is missed and ``strict`` is true (the message gives the fastest measurement).
+    """
+    fn = "prune_channels"
+    if not (isinstance(budget, Mapping) and set(budget) == {"latency"}):
+        if target is not None:
+            raise ValueError(
+                f"{fn}: target= is used with budget={{'latency': x}} only; got budget={budget!r}."
+            )
+        return compress_prune_channels(model, budget=budget, **kwargs)
+    t0 = time.perf_counter()
+    x = _latency_share(budget, fn)
+    tgt = parse_target("litert-fp32" if target is None else target)
+    if tgt.runtime != "litert":
+        raise ValueError(
+            f"{fn}: a latency budget is measured in LiteRT; target must be 'litert-fp32', "
+            f"'litert-fp16', 'litert-int8' or a Target('litert', ...), got {target!r}."
+        )
+    if kwargs.get("keep") is not None:
+        raise ValueError(
+            f"{fn}: keep= cannot be combined with budget={{'latency': ...}}: the measured "
+            "latency decides how many channels each block keeps."
+        )
+    kwargs.pop("keep", None)
+    feedback_rounds = kwargs.pop("feedback_rounds", 5)
+    if (
+        isinstance(feedback_rounds, bool)
+        or not isinstance(feedback_rounds, int)
+        or not 1 <= feedback_rounds <= 10
+    ):
+        raise ValueError(f"{fn}: feedback_rounds must be an int in 1..10, got {feedback_rounds!r}.")
+    progress = kwargs.pop("progress", "auto")
+    if progress not in (True, False, "auto"):
+        raise ValueError(f"{fn}: progress must be True, False or 'auto', got {progress!r}.")
+    show = progress is True or (progress == "auto" and sys.stderr.isatty())
+    strict = kwargs.pop("strict", True)
+    if not isinstance(model, keras.Model) or not model.built or len(model.inputs or []) != 1:
+        raise ValueError(f"{fn}: a latency budget needs a built keras.Model with one input.")
+    if any(d is None for d in tuple(model.inputs[0].shape)[1:]):
+        raise ValueError(
+            f"{fn}: a latency budget needs a fixed input size; build the model with "
+            "keras.Input((H, W, C))."
+        )
+    # The fewest MACs pruning reaches (every block at its least allowed count), data-free:
+    # this also checks every other argument before anything is timed.
+    probe = {k: v for k, v in kwargs.items() if k in ("include", "exclude", "round_to")}
+    _, least = compress_prune_channels(model, keep=1e-9, **probe)
+    floor = float(least.macs_ratio)
+    original = _interpreter(model, tgt)
+    aim = max(x - 0.02, x * 0.97)
+    share = min(1.0, max(floor * (1 + 1e-6), x))
+    points, history, seen = [], [], {}
+    timings = 0
+    for k in range(feedback_rounds):
+        pruned, report = compress_prune_channels(
+            model, budget={"macs": share}, strict=False, **kwargs
+        )
+        key = tuple(b.kept for b in report.blocks)
+        if key not in seen:
+            interp = _interpreter(pruned, tgt)
+            o, c = _paired_samples(original, interp, 15, 0.25)
+            timings += 1
+            seen[key] = (interp, o, c)
+        _, o, c = seen[key]
+        got = {"share": share, "macs_ratio": report.macs_ratio, **_ratio_stats(o, c)}
+        history.append((got, pruned, report, key))
+        points.append((share, got["ratio"]))
+        if show:
+            sys.stderr.write(
+                f"{fn}: measured {k + 1}/{feedback_rounds}: {got['ratio']:.3f} of the "
+                f"original's latency at {got['macs_ratio']:.3f} of its MACs (budget {x})\n"
+            )
+            sys.stderr.flush()
+        if x - 0.05 <= got["ratio"] <= x:
+            break
+        nxt = _next_share(points, aim, floor)
+        if abs(nxt - share) < 1e-4:
+            break
+        share = nxt
+    ok = [h for h in history if h[0]["ratio"] <= x]
+    got, pruned, report, key = (
+        max(ok, key=lambda h: h[0]["ratio"]) if ok else min(history, key=lambda h: h[0]["ratio"])
+    )
+    interp, o, c = seen[key]
+    o2, c2 = _paired_samples(original, interp, 15, 0.25, o, c)  # confirm: as many again
+    timings += 1
+    measured = {
+        **_ratio_stats(o2, c2),
+        "share": got["share"],
+        "macs_ratio": report.macs_ratio,
+        "confirmed": True,
+    }
+    report.latency = {
+        "target": str(tgt),
+        "budget": x,
+        "floor_macs_ratio": floor,
+        "feedback": [h[0] for h in history],
+        "measured": measured,
+        "model_timings": timings,
+    }
+    report.budget_met = bool(measured["ratio"] <= x)
+    report.selection = (
+        f"budget={{'latency': {x}}} on {tgt} (at {report.macs_ratio:.3f} of the MACs), "
+        + report.selection.split(", ", 1)[1]
+    )
+    report.seconds = time.perf_counter() - t0
+    if not report.budget_met:
+        msg = (
+            f"{fn}: the latency budget {x} on {tgt} was missed: the pruned model measured "
+            f"{measured['ratio']:.3f} of the original's latency (the fastest reachable keeps "
+            f"{floor:.3f} of the MACs)."
+        )
+        if strict:
+            raise ValueError(msg + " Raise the budget or pass strict=False.")
+        import warnings
+
+        warnings.warn(msg, UserWarning, stacklevel=2)
+    return pruned, report

@@ -526,3 +526,86 @@ def test_kept_measurements_that_are_not_whole_are_measured_again(model, tmp_path
     _, rep2 = ke.convert(model, **kw)
     assert rep2.latency.reused == 1  # the per-layer table only
     assert rep2.latency.model_timings >= 1 and rep2.latency.measured is not None
+
+
+# ---- channel pruning to a latency budget ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mobilenet():
+    """Four inverted-residual blocks (hidden 96..192) at 48x48, random weights."""
+    L = keras.layers
+    keras.utils.set_random_seed(2)
+    inp = keras.Input((48, 48, 3))
+    h = L.ReLU(6.0)(L.BatchNormalization()(L.Conv2D(24, 3, padding="same")(inp)))
+    for hidden, out in ((96, 24), (144, 24), (144, 32), (192, 32)):
+        y = L.ReLU(6.0)(L.BatchNormalization()(L.Conv2D(hidden, 1, use_bias=False)(h)))
+        y = L.DepthwiseConv2D(3, padding="same", use_bias=False)(y)
+        y = L.ReLU(6.0)(L.BatchNormalization()(y))
+        y = L.BatchNormalization()(L.Conv2D(out, 1, use_bias=False)(y))
+        h = L.Add()([h, y]) if h.shape[-1] == out else y
+    h = L.GlobalAveragePooling2D()(h)
+    return keras.Model(inp, L.Dense(10)(h), name="small_mobilenet")
+
+
+def test_prune_channels_to_a_measured_latency(mobilenet, capsys):
+    x = 0.8
+    new, rep = ke.prune_channels(
+        mobilenet, budget={"latency": x}, feedback_rounds=3, strict=False, progress=True
+    )
+    lat = rep.latency
+    err = capsys.readouterr().err
+    assert "prune_channels: measured 1/3:" in err
+    assert lat["target"] == "litert-fp32 (2 threads)" and lat["budget"] == x
+    assert 0 < lat["floor_macs_ratio"] < x
+    assert lat["feedback"][0]["share"] == x  # the first guess: MACs at the latency share
+    assert 1 <= len(lat["feedback"]) <= 3
+    for f in lat["feedback"]:
+        assert f["p10"] <= f["ratio"] <= f["p90"] and f["macs_ratio"] <= f["share"] + 1e-9
+    # a narrower network is faster: the fastest pruned model measured is below the original
+    assert min(f["ratio"] for f in lat["feedback"]) < 1.0
+    # the returned model is the measured one closest to the budget from below (else the
+    # fastest), confirmed with as many interleaved rounds again
+    under = [f for f in lat["feedback"] if f["ratio"] <= x]
+    want = (
+        max(under, key=lambda f: f["ratio"])
+        if under
+        else min(lat["feedback"], key=lambda f: f["ratio"])
+    )
+    m = lat["measured"]
+    assert m["share"] == want["share"] and m["confirmed"] and m["rounds"] > want["rounds"]
+    assert (
+        m["macs_ratio"]
+        == rep.macs_ratio
+        == ke.model_cost(new).total.macs / ke.model_cost(mobilenet).total.macs
+    )
+    assert rep.budget_met == (m["ratio"] <= x)
+    assert lat["model_timings"] == len({f["macs_ratio"] for f in lat["feedback"]}) + 1
+    assert "latency on litert-fp32 (2 threads)" in str(rep)
+    assert json.loads(json.dumps(rep.to_dict()))["latency"]["measured"]["ratio"] == m["ratio"]
+    y = np.random.default_rng(0).random((1, 48, 48, 3), dtype=np.float32)
+    assert new(y).shape == (1, 10)
+
+
+def test_prune_channels_latency_arguments_fail_before_any_timing(mobilenet):
+    with pytest.raises(ValueError, match="target= is used with budget=.'latency'"):
+        ke.prune_channels(mobilenet, budget={"macs": 0.7}, target="litert-int8")
+    with pytest.raises(ValueError, match="measured in LiteRT; target must be"):
+        ke.prune_channels(mobilenet, budget={"latency": 0.7}, target="train")
+    with pytest.raises(ValueError, match="keep= cannot be combined"):
+        ke.prune_channels(mobilenet, budget={"latency": 0.7}, keep=0.5)
+    with pytest.raises(ValueError, match=r"budget\['latency'\]=0 must be a share"):
+        ke.prune_channels(mobilenet, budget={"latency": 0})
+    with pytest.raises(ValueError, match="feedback_rounds must be an int in 1..10"):
+        ke.prune_channels(mobilenet, budget={"latency": 0.7}, feedback_rounds=0)
+    with pytest.raises(ValueError, match="round_to=0"):  # compress's checks, before timing
+        ke.prune_channels(mobilenet, budget={"latency": 0.7}, round_to=0)
+    with pytest.raises(ValueError, match="allocation='even'"):
+        ke.prune_channels(mobilenet, budget={"latency": 0.7}, allocation="even")
+    inp = keras.Input((None, None, 3))
+    free = keras.Model(inp, keras.layers.Conv2D(4, 1)(inp))
+    with pytest.raises(ValueError, match="needs a fixed input size"):
+        ke.prune_channels(free, budget={"latency": 0.7})
+    # other budgets are compress.prune_channels': no latency record
+    _, rep = ke.prune_channels(mobilenet, budget={"macs": 0.7})
+    assert rep.latency is None and rep.budget_met

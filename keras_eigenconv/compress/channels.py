@@ -371,6 +371,10 @@ class ChannelPruningReport:
         calibration: With calibration data: the samples used to fit and to measure, and
             the pruned model's output agreement with the original on the held-out samples
             (``relative_error``, ``top1_agreement`` for class outputs).
+        latency: With a latency budget (the package's ``prune_channels``): the target, the
+            budget, each measured MAC share with its latency ratio (``feedback``), the
+            returned model's confirmed measurement (``measured``) and how many whole models
+            were timed; None otherwise.
     """
 
     selection: str
@@ -381,6 +385,7 @@ class ChannelPruningReport:
     seconds: float = 0.0
     budget_met: bool | None = None
     calibration: dict | None = None
+    latency: dict | None = None
 
     @property
     def pruned(self) -> list[BlockReport]:
@@ -411,6 +416,7 @@ class ChannelPruningReport:
             "seconds": self.seconds,
             "budget_met": self.budget_met,
             "calibration": self.calibration,
+            "latency": self.latency,
         }
 
     _COLUMNS = ("block", "hidden", "kept", "MACs before", "MACs after", "score kept", "note")
@@ -443,6 +449,14 @@ class ChannelPruningReport:
             lines.append("MACs: unknown (the model's input size is not fixed)")
         if self.budget_met is False:
             lines.append(f"budget MISSED: {self.selection} (budget_met=False)")
+        lat = self.latency
+        if lat and lat.get("measured"):
+            m = lat["measured"]
+            lines.append(
+                f"latency on {lat['target']}: {m['ratio']:.3f} of the original's "
+                f"(p10-p90 {m['p10']:.3f}-{m['p90']:.3f}, {m['rounds']} interleaved rounds; "
+                f"budget {lat['budget']}; {lat['model_timings']} whole models timed)"
+            )
         c = self.calibration
         if c:
             agree = c.get("top1_agreement")
