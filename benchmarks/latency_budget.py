@@ -80,22 +80,30 @@ def small_resnet(size: int) -> keras.Model:
 
 def build_model(name: str, size: int, alpha: float = 1.0) -> keras.Model:
     """The named model with random weights at ``size x size`` (``alpha``: MobileNetV2's
-    width multiplier)."""
+    width multiplier); ``keras.applications`` models end in logits
+    (``classifier_activation=None``): a softmax over 1,000 classes of a random-weight
+    network is nearly uniform, and its output error near 0 whatever the conversion did."""
     if name == "small_resnet":
         return small_resnet(size)
     if name == "mobilenetv2" and alpha != 1.0:
         return keras.applications.MobileNetV2(
-            weights=None, input_shape=(size, size, 3), classes=1000, alpha=alpha
+            weights=None,
+            input_shape=(size, size, 3),
+            classes=1000,
+            alpha=alpha,
+            classifier_activation=None,
         )
     apps = {
         "resnet50": keras.applications.ResNet50,
         "mobilenetv2": keras.applications.MobileNetV2,
         "efficientnetb0": keras.applications.EfficientNetB0,
     }
-    return apps[name](weights=None, input_shape=(size, size, 3), classes=1000)
+    return apps[name](
+        weights=None, input_shape=(size, size, 3), classes=1000, classifier_activation=None
+    )
 
 
-def mac_compress(original, method: str, share: float, data: dict):
+def mac_compress(original, method: str, share: float, data: dict, round_to: int | None = None):
     """``original`` at ``share`` of its MACs by ``method``: a ``compress.convert`` method, or
     ``channels`` / ``channels-uniform`` (``compress.prune_channels``, greedy / uniform
     allocation). Returns the model, or ``None`` for a channel method on a model without
@@ -109,7 +117,7 @@ def mac_compress(original, method: str, share: float, data: dict):
         )
         return model
     model, _ = compress.convert(
-        original, method=method, budget={"macs": share}, progress=False, **data
+        original, method=method, budget={"macs": share}, round_to=round_to, progress=False, **data
     )
     return model
 
@@ -208,22 +216,28 @@ def run_model(name, size, args, rows, meta) -> None:
                 print(f"{name} {precision} {label}: {info[label]}", flush=True)
         for budget in args.mac_targets:
             for method in args.mac_methods:
-                label = f"macs {budget} {method}"
-                t = time.perf_counter()
-                try:
-                    m = mac_compress(original, method, budget, data)
-                except ValueError as err:
-                    info[label] = {"error": str(err)}
-                    continue
-                if m is None:
-                    continue
-                models[label] = m
-                info[label] = {
-                    "path": "macs",
-                    "method": method,
-                    "budget": budget,
-                    "convert_s": time.perf_counter() - t,
-                }
+                for round_to in args.mac_round_to:
+                    if round_to and method.startswith("channels"):
+                        continue  # prune_channels rounds to multiples of 8 itself
+                    label = f"macs {budget} {method}" + (
+                        f" round_to {round_to}" if round_to else ""
+                    )
+                    t = time.perf_counter()
+                    try:
+                        m = mac_compress(original, method, budget, data, round_to or None)
+                    except ValueError as err:
+                        info[label] = {"error": str(err)}
+                        continue
+                    if m is None:
+                        continue
+                    models[label] = m
+                    info[label] = {
+                        "path": "macs",
+                        "method": method + (f" (round_to {round_to})" if round_to else ""),
+                        "budget": budget,
+                        "round_to": round_to or None,
+                        "convert_s": time.perf_counter() - t,
+                    }
         if name == "mobilenetv2" and args.alpha:
             # the natively thinner network, and each MAC method at its MACs (the issue's
             # anchor), channel pruning included
@@ -384,7 +398,8 @@ def write(rows, meta) -> None:
         "latency ratio: the median over rounds of converted/original in the same round "
         "(p10-p90 of those ratios in brackets). Executed MACs: the graph LiteRT runs after "
         "prepare_for_inference. Output error: relative L2 of the Keras outputs vs the "
-        "original on 4 random inputs (random weights). Plan ratio: the planner's own "
+        "original on 4 random inputs (random weights; keras.applications models output "
+        "logits, classifier_activation=None). Plan ratio: the planner's own "
         "latency model (per-layer LiteRT timings + the rest); in convert: the whole model "
         "measured by convert's feedback loop (each measurement listed). Native: a "
         "differently built network (its output error is not comparable)."
@@ -442,6 +457,12 @@ def main(argv=None) -> int:
         default="svd,decef,tucker2,channels",
         help="convert methods, and channels / channels-uniform (prune_channels)",
     )
+    p.add_argument(
+        "--mac-round-to",
+        default="0",
+        help="round_to values of the MAC path's convert (0: none), e.g. 0,16: each MAC "
+        "method at each",
+    )
     p.add_argument("--alpha", type=float, default=0.75, help="MobileNetV2 anchor (0: none)")
     p.add_argument("--timing", default="measure", choices=("measure", "predict"))
     p.add_argument("--ranks", type=int, default=4, help="ranks offered per layer and method")
@@ -466,6 +487,7 @@ def main(argv=None) -> int:
     args.methods = args.methods.split(",")
     args.mac_targets = [float(t) for t in args.mac_targets.split(",") if t]
     args.mac_methods = [m for m in args.mac_methods.split(",") if m]
+    args.mac_round_to = [int(v) for v in args.mac_round_to.split(",") if v]
     import tensorflow as tf
     from ai_edge_litert import __version__ as litert_version
 

@@ -609,3 +609,28 @@ def test_prune_channels_latency_arguments_fail_before_any_timing(mobilenet):
     # other budgets are compress.prune_channels': no latency record
     _, rep = ke.prune_channels(mobilenet, budget={"macs": 0.7})
     assert rep.latency is None and rep.budget_met
+
+
+def test_a_confirmation_that_disagrees_is_timed_a_third_time():
+    import time
+
+    from keras_eigenconv.latency import _confirmed_samples
+
+    class Sleeper:
+        def __init__(self, s):
+            self.s = s
+
+        def invoke(self):
+            time.sleep(self.s)
+
+    o, c = Sleeper(0.004), Sleeper(0.008)
+    # a first measurement that agrees with the candidate (ratio about 2): 15 more rounds
+    o1, c1 = [0.004] * 15, [0.008] * 15
+    o2, c2 = _confirmed_samples(o, c, o1, c1)
+    assert len(o2) in (30, 45, 60) and o2[:15] == o1  # the first rounds kept, in order
+    # a first measurement taken under a burst (ratio 1): the two sets disagree by more
+    # than 0.05, so a third set decides, and the median follows the two that agree
+    o3, c3 = _confirmed_samples(o, c, [0.008] * 15, [0.008] * 15)
+    assert len(o3) >= 45
+    r = np.asarray(c3) / np.asarray(o3)
+    assert np.median(r) > 1.3
