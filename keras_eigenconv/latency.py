@@ -72,6 +72,7 @@ from ._table import markdown_table
 from .compress import calibration as cal
 from .compress import convert as compress_convert
 from .compress import ranks as rk
+from .compress.channels import prunable_blocks
 from .compress.channels import prune_channels as compress_prune_channels
 from .compress.convert import shared_work
 from .compress.registry import available_methods, get_method
@@ -919,6 +920,26 @@ def _next_share(points, aim: float, floor: float) -> float:
     return float(min(1.0, max(floor * (1 + 1e-6), share)))
 
 
+def _channels_hint(model, x: float, target: Target) -> str:
+    """For a refused latency budget: a pointer to channel pruning when the model has
+    inverted-residual blocks (whose depthwise convs no rank shrinks), else ``""``."""
+    if target.runtime != "litert" or not graph.is_graph_model(model):
+        return ""
+    try:
+        blocks = prunable_blocks(model)
+    except ValueError:
+        return ""
+    if not blocks:
+        return ""
+    shorthand = {v: k for k, v in TARGETS.items()}.get(target)
+    where = repr(shorthand) if shorthand else "target"
+    return (
+        f" The model has {len(blocks)} inverted-residual blocks: thinning them reaches "
+        "latencies that low-rank layers cannot (ke.prune_channels(model, budget="
+        f"{{'latency': {x}}}, target={where}))."
+    )
+
+
 def _sharing_work(fn):
     """Run ``fn`` inside ``shared_work()``: each layer's spectrum (offered ranks) and Gram
     matrix or SVD serve every build of the call (bit-identical results)."""
@@ -1214,6 +1235,9 @@ def convert(model: keras.Model, method="decef", budget=None, target=None, **kwar
         # off by up to 0.2 in both directions): measure the fastest plan unless the
         # budget is far out of reach.
         if feedback_rounds == 0 or x < 0.6 * floor:
+            hint = _channels_hint(model, x, tgt)
+            if hint:
+                raise ValueError(f"{err}{hint}") from err
             raise
         refused = err
         plan, chosen = _allocate(table, floor * (1 + 1e-6), float(x), timing)
@@ -1261,7 +1285,7 @@ def convert(model: keras.Model, method="decef", budget=None, target=None, **kwar
             f"convert: the latency budget {x} on {tgt} cannot be met: the fastest offered "
             f"plan measured {min(h[0]['ratio'] for h in history):.3f} of the original's "
             "latency. Raise the budget, or offer more layers (skip_first=False, "
-            "method='auto')."
+            "method='auto')." + _channels_hint(model, x, tgt)
         ) from refused
     if history:  # the measured plan closest to the budget from below (else the fastest)
         ok = [h for h in history if h[0]["ratio"] <= x]

@@ -168,3 +168,68 @@ def test_console_script_exit_codes():
         [*cmd, "convert", "nosuchnet", "--weights", "none"], capture_output=True, text=True, env=env
     )
     assert bad.returncode == 1 and "nosuchnet" in bad.stderr
+
+
+@pytest.fixture
+def saved_mobilenet(tmp_path):
+    """Two inverted-residual blocks (hidden 64, 96) at 24x24, saved as .keras."""
+    inp = keras.Input((24, 24, 3))
+    h = L.Conv2D(16, 3, padding="same", name="stem")(inp)
+    for i, hidden in enumerate((64, 96)):
+        y = L.ReLU(6.0)(L.BatchNormalization()(L.Conv2D(hidden, 1, name=f"b{i}_expand")(h)))
+        y = L.ReLU(6.0)(L.BatchNormalization()(L.DepthwiseConv2D(3, padding="same")(y)))
+        h = L.Add()([h, L.BatchNormalization()(L.Conv2D(16, 1, name=f"b{i}_project")(y))])
+    model = keras.Model(inp, L.Dense(4)(L.GlobalAveragePooling2D()(h)))
+    path = tmp_path / "mobile.keras"
+    model.save(path)
+    return path, model
+
+
+def test_prune_channels_command(tmp_path, saved_mobilenet, capsys):
+    from keras_eigenconv.cost import model_cost
+
+    path, model = saved_mobilenet
+    out, js = tmp_path / "thin.keras", tmp_path / "r.json"
+    code = main(
+        ["prune-channels", str(path), "--budget-macs", "0.7", "-o", str(out), "--json", str(js)]
+    )
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "b0_expand" in printed and f"saved {out}" in printed
+    report = json.loads(js.read_text())
+    thin = keras.saving.load_model(out)
+    ratio = model_cost(thin).total.macs / model_cost(model).total.macs
+    assert report["macs_ratio"] == pytest.approx(ratio) and ratio <= 0.7
+    assert thin.get_layer("b1_expand").filters < 96
+    # --keep as a count, and a measured latency budget on a target
+    assert main(["prune-channels", str(path), "--keep", "16", "--json", str(js)]) == 0
+    assert {b["kept"] for b in json.loads(js.read_text())["blocks"]} == {16}
+    code = main(
+        ["prune-channels", str(path), "--budget-latency", "0.9", "--target", "litert-fp32",
+         "--feedback-rounds", "2", "--no-strict", "--no-progress", "--json", str(js)]
+    )  # fmt: skip
+    assert code == 0
+    lat = json.loads(js.read_text())["latency"]
+    assert lat["target"] == "litert-fp32 (2 threads)" and 1 <= len(lat["feedback"]) <= 2
+    assert "latency on litert-fp32 (2 threads)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--budget-macs", "0.7", "--target", "litert-int8"], "--target is used with"),
+        (["--budget-latency", "1.5"], "a share of the original latency"),
+        (["--budget-latency", "0.7", "--feedback-rounds", "0"], "an int in 1..10"),
+        (["--budget-macs", "0.7", "-o", "thin.h5"], "saved as .keras"),
+    ],
+)
+def test_prune_channels_errors_before_loading(extra, message, capsys):
+    assert main(["prune-channels", "missing/model.keras", *extra]) == 1
+    err = capsys.readouterr().err
+    assert "keras-eigenconv prune-channels: error:" in err and message in err
+
+
+def test_prune_channels_needs_a_budget_or_keep():
+    with pytest.raises(SystemExit) as exc:
+        main(["prune-channels", "model.keras"])
+    assert exc.value.code == 2

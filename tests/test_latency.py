@@ -634,3 +634,17 @@ def test_a_confirmation_that_disagrees_is_timed_a_third_time():
     assert len(o3) >= 45
     r = np.asarray(c3) / np.asarray(o3)
     assert np.median(r) > 1.3
+
+
+def test_a_refused_latency_budget_points_to_channel_pruning(mobilenet, model):
+    with pytest.raises(ValueError, match="cannot be met") as exc:
+        ke.convert(mobilenet, method="svd", budget={"latency": 0.05}, ranks_per_layer=2)
+    assert (
+        "4 inverted-residual blocks" in str(exc.value)
+        and "ke.prune_channels(model, budget={'latency': 0.05}, target='litert-fp32')"
+        in str(exc.value)
+    )
+    # a model without such blocks gets no pointer
+    with pytest.raises(ValueError, match="cannot be met") as exc:
+        ke.convert(model, method="svd", budget={"latency": 0.01}, ranks_per_layer=2)
+    assert "prune_channels" not in str(exc.value)

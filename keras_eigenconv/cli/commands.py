@@ -1,6 +1,7 @@
-"""Every command of ``keras-eigenconv``: ``convert``, ``export``, ``bench``, ``analyze``,
-``demo``. Each ``add_*`` function adds its sub-command with ``set_defaults(func=...)``;
-``func(args)`` returns the exit code. Models load through ``loader.load_model``.
+"""Every command of ``keras-eigenconv``: ``convert``, ``prune-channels``, ``export``,
+``bench``, ``analyze``, ``demo``. Each ``add_*`` function adds its sub-command with
+``set_defaults(func=...)``; ``func(args)`` returns the exit code. Models load through
+``loader.load_model``.
 
 Arguments and output paths are checked before any model is loaded; every file is written
 atomically (``_io``: a temporary file beside the target, checked, synced, renamed), so a
@@ -345,6 +346,203 @@ def add_convert(subparsers) -> None:
     p.set_defaults(func=_cli_convert)
 
 
+# ---- prune-channels ---------------------------------------------------------------------
+
+
+def _cli_prune_channels(args) -> int:
+    # everything that can be checked before loading a (large) model
+    latency = args.budget_latency is not None
+    if args.target is not None and not latency:
+        raise ValueError("--target is used with --budget-latency only.")
+    if args.threads is not None and not latency:
+        raise ValueError("--threads is used with --budget-latency only.")
+    if latency and not 0.0 < args.budget_latency <= 1.0:
+        raise ValueError(
+            f"--budget-latency {args.budget_latency}: a share of the original latency in "
+            "(0, 1], e.g. 0.7."
+        )
+    if not 1 <= args.feedback_rounds <= 10:
+        raise ValueError(f"--feedback-rounds {args.feedback_rounds}: an int in 1..10.")
+    budget, keep = None, args.keep
+    if keep is not None and keep > 1 and keep == int(keep):
+        keep = int(keep)  # a channel count
+    if latency:
+        budget = {"latency": args.budget_latency}
+    elif args.budget_macs is not None:
+        budget = {"macs": args.budget_macs}
+    elif args.budget_params is not None:
+        budget = {"params": args.budget_params}
+    if budget is not None and not latency:
+        rk.parse_budget(budget)
+    if args.output and not args.output.endswith(".keras"):
+        raise ValueError(f"-o {args.output}: the pruned model is saved as .keras; use that suffix.")
+    _check_outputs(output=args.output, markdown=args.markdown, json=args.json)
+    if args.calibration_data is not None and not os.path.exists(args.calibration_data):
+        raise FileNotFoundError(f"no such file or folder: {args.calibration_data}")
+    model = load_model(args.model, args.weights, args.input_shape)
+    calibration = None
+    if args.calibration_data is not None:
+        calibration = load_inputs(
+            args.calibration_data,
+            tuple(model.inputs[0].shape[1:]),
+            scale=args.calibration_scale,
+            limit=args.calibration_samples,
+        )
+    from ..latency import parse_target
+    from ..latency import prune_channels as latency_prune_channels
+
+    extra = {}
+    if latency:
+        tgt = parse_target(args.target or "litert-fp32")
+        if args.threads is not None:
+            tgt = type(tgt)(tgt.runtime, tgt.precision, args.threads, tgt.batch)
+        extra = {
+            "target": tgt,
+            "feedback_rounds": args.feedback_rounds,
+            "progress": False if args.no_progress else "auto",
+        }
+    new_model, report = latency_prune_channels(
+        model,
+        budget=budget,
+        keep=keep,
+        include=args.include,
+        exclude=args.exclude,
+        round_to=args.round_to,
+        allocation=args.allocation,
+        calibration_data=calibration,
+        strict=not args.no_strict,
+        **extra,
+    )
+    print(report)
+    if args.output:
+        save_model_atomically(new_model, args.output)
+        print(f"saved {args.output}")
+    if args.markdown:
+        atomic_write_text(args.markdown, report.to_markdown(), what="Markdown file")
+    if args.json:
+        _write_json(args.json, report.to_dict())
+    return 0
+
+
+def add_prune_channels(subparsers) -> None:
+    """Add the ``prune-channels`` command.
+
+    Args:
+        subparsers: The ``add_subparsers()`` object of the main parser.
+    """
+    p = subparsers.add_parser(
+        "prune-channels",
+        help="thin the inverted-residual blocks of a model (MobileNetV2, EfficientNet)",
+        description="Prune the hidden channels of the inverted-residual blocks of a "
+        "keras.applications model (by name) or a .keras file, to a MACs, params or measured "
+        "latency budget or a kept share; print a per-block report, optionally save the model.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+        "  keras-eigenconv prune-channels mobilenetv2 --weights none --budget-macs 0.7\n"
+        "  keras-eigenconv prune-channels model.keras --budget-latency 0.7 --target "
+        "litert-int8 -o thin.keras\n"
+        "  keras-eigenconv prune-channels model.keras --keep 0.75 --calibration-data imgs/",
+    )
+    p.add_argument("model", help="a keras.applications name (mobilenetv2, ...) or a .keras file")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument(
+        "--budget-macs",
+        type=_positive_float,
+        metavar="X",
+        help="prune until the model has at most X (share if <= 1) of its MACs",
+    )
+    g.add_argument(
+        "--budget-params", type=_positive_float, metavar="X", help="same for the parameter count"
+    )
+    g.add_argument(
+        "--budget-latency",
+        type=float,
+        metavar="X",
+        help="prune until the model measures at most X of its latency on --target",
+    )
+    g.add_argument(
+        "--keep",
+        type=_positive_float,
+        metavar="K",
+        help="keep this share (<= 1) or count (int > 1) of each block's hidden channels",
+    )
+    p.add_argument(
+        "--target",
+        choices=("litert-fp32", "litert-fp16", "litert-int8"),
+        help="with --budget-latency: the runtime and precision timed (default litert-fp32)",
+    )
+    p.add_argument(
+        "--threads",
+        type=_positive_int,
+        metavar="N",
+        help="with --budget-latency: interpreter threads (default 2)",
+    )
+    p.add_argument(
+        "--feedback-rounds",
+        type=int,
+        default=5,
+        metavar="K",
+        help="with --budget-latency: pruned models measured at most (default 5)",
+    )
+    p.add_argument("--allocation", choices=("greedy", "uniform"), default="greedy")
+    p.add_argument(
+        "--round-to",
+        type=_positive_int,
+        default=8,
+        metavar="M",
+        help="kept counts are multiples of M (default 8)",
+    )
+    p.add_argument(
+        "--include", action="append", metavar="GLOB", help="only blocks whose expand conv matches"
+    )
+    p.add_argument(
+        "--exclude", action="append", metavar="GLOB", help="leave blocks whose expand conv matches"
+    )
+    p.add_argument(
+        "--weights",
+        default="imagenet",
+        help="passed to the keras.applications constructor: imagenet (default), "
+        "none, or a weights file",
+    )
+    p.add_argument(
+        "--input-shape",
+        type=_parse_shape,
+        metavar="H,W,C",
+        help="input shape for a keras.applications model",
+    )
+    p.add_argument("-o", "--output", help="save the pruned model here (.keras)")
+    p.add_argument("--markdown", metavar="PATH", help="also write the report as Markdown")
+    p.add_argument("--json", metavar="PATH", help="also write the report as JSON")
+    p.add_argument("--no-progress", action="store_true", help="no progress lines")
+    p.add_argument(
+        "--calibration-data",
+        metavar="FILE|DIR",
+        help="unlabeled inputs: a .npy (or .npz with 'x') of preprocessed inputs, or a folder "
+        "of images read at the model's input size (channel moments measured, project convs "
+        "refitted)",
+    )
+    p.add_argument(
+        "--calibration-scale",
+        type=float,
+        default=1.0,
+        metavar="S",
+        help="multiply images from a folder by S (e.g. 0.00392 for [0, 1]; default 1: [0, 255])",
+    )
+    p.add_argument(
+        "--calibration-samples",
+        type=int,
+        default=512,
+        metavar="N",
+        help="use at most N calibration samples (default 512)",
+    )
+    p.add_argument(
+        "--no-strict",
+        action="store_true",
+        help="with a budget: keep the model even when it misses the budget, with a warning",
+    )
+    p.set_defaults(func=_cli_prune_channels)
+
+
 # ---- export and bench ------------------------------------------------------------------
 
 
@@ -612,4 +810,4 @@ def _cmd_demo(args) -> int:
     return 0
 
 
-COMMANDS = (add_convert, add_export, add_analyze, add_demo)
+COMMANDS = (add_convert, add_prune_channels, add_export, add_analyze, add_demo)
