@@ -1365,7 +1365,9 @@ def prune_channels(model: keras.Model, budget=None, target=None, **kwargs):
     disagree by more than 0.05). Channel pruning removes whole channels of the
     expand, depthwise and project convs (no extra ops), so on MobileNet-style networks it
     reaches latencies the low-rank methods cannot (their extra 1x1 convs and the depthwise
-    convs do not shrink with the rank).
+    convs do not shrink with the rank). Each measured share is pruned anew with every
+    argument given (with ``calibration_data``, its statistics are collected each time), and
+    a pruned network whose per-block channel counts were measured already is not timed again.
 
     Any other budget (or none) is passed to ``compress.prune_channels`` unchanged, with
     every other argument.
@@ -1436,8 +1438,19 @@ def prune_channels(model: keras.Model, budget=None, target=None, **kwargs):
         )
     # The fewest MACs pruning reaches (every block at its least allowed count), data-free:
     # this also checks every other argument before anything is timed.
-    probe = {k: v for k, v in kwargs.items() if k in ("include", "exclude", "round_to")}
+    checked = ("include", "exclude", "round_to", "allocation", "refit", "ridge")
+    probe = {k: v for k, v in kwargs.items() if k in checked}
     _, least = compress_prune_channels(model, keep=1e-9, **probe)
+    if kwargs.get("calibration_data") is not None:  # its shape and type, before any timing
+        try:
+            cal.calibration_batches(
+                kwargs["calibration_data"],
+                model,
+                kwargs.get("calibration_steps"),
+                kwargs.get("calibration_batch_size", 16),
+            )
+        except ValueError as err:
+            raise ValueError(str(err).replace("convert:", f"{fn}:", 1)) from None
     floor = float(least.macs_ratio)
     original = _interpreter(model, tgt)
     aim = max(x - 0.02, x * 0.97)

@@ -602,6 +602,9 @@ def test_prune_channels_latency_arguments_fail_before_any_timing(mobilenet):
         ke.prune_channels(mobilenet, budget={"latency": 0.7}, round_to=0)
     with pytest.raises(ValueError, match="allocation='even'"):
         ke.prune_channels(mobilenet, budget={"latency": 0.7}, allocation="even")
+    with pytest.raises(ValueError, match="prune_channels: calibration_data has samples of shape"):
+        bad = np.zeros((4, 8, 8, 3), "float32")
+        ke.prune_channels(mobilenet, budget={"latency": 0.7}, calibration_data=bad)
     inp = keras.Input((None, None, 3))
     free = keras.Model(inp, keras.layers.Conv2D(4, 1)(inp))
     with pytest.raises(ValueError, match="needs a fixed input size"):
