@@ -432,6 +432,29 @@ def _claims() -> list[tuple[str, str, list[str]]]:
             ],
         )
     )
+    # latency targets with channel pruning next to svd and auto (README "Latency budgets")
+    for readme_name, key, f in [
+        ("MobileNetV2", "mobilenetv2", "latency_budget_mobilenetv2_targets.json"),
+        ("EfficientNetB0", "efficientnetb0", "latency_budget_efficientnetb0_targets.json"),
+    ]:
+        rows = json.loads((RESULTS / f).read_text())["rows"]
+        for prec in ("fp32", "int8"):
+            for x in ("0.7", "0.5"):
+                cells, sels = [], []
+                for m in ("svd", "auto", "channels"):
+                    label = f"latency {x} {m}"
+                    found = [r for r in rows if r["precision"] == prec and r["label"] == label]
+                    if not found or "error" in found[0]:
+                        cells.append("refused")
+                        continue
+                    sel = f"rows[model={key},precision={prec},label={label}]"
+                    cells.append("{}" + (" ({})" if m == "channels" else ""))
+                    sels.append(f"{sel}.latency_ratio:.3f")
+                    if m == "channels":
+                        sels.append(f"{sel}.executed_mac_ratio:.3f")
+                claims.append(
+                    (f"| {readme_name} | {prec} | {x} | " + " | ".join(cells) + " |", f, sels)
+                )
     # a trained MobileNetV2 after prune_channels / svd (README, prune_channels)
     ca = "channels_accuracy.json"
     claims.append(
