@@ -455,6 +455,28 @@ def _claims() -> list[tuple[str, str, list[str]]]:
                 claims.append(
                     (f"| {readme_name} | {prec} | {x} | " + " | ".join(cells) + " |", f, sels)
                 )
+    # int8 at 0.6 of the MACs with ranks rounded to 16 / 32 (README "Latency budgets")
+    rt = "latency_budget_int8_round_to.json"
+    rt_rows = json.loads((RESULTS / rt).read_text())["rows"]
+    for model, readme_name in (
+        ("small_resnet", "small ResNet (64)"),
+        ("resnet50", "ResNet50 (224)"),
+    ):
+        for m in ("svd", "tucker2", "decef"):
+            cells, sels = [], []
+            for label in (
+                f"macs 0.6 {m}",
+                f"macs 0.6 {m} round_to 16",
+                f"macs 0.6 {m} round_to 32",
+            ):
+                found = [r for r in rt_rows if r["model"] == model and r["label"] == label]
+                if not found or "error" in found[0]:
+                    cells.append("refused")
+                    continue
+                sel = f"rows[model={model},label={label}]"
+                cells.append("{} at {}")
+                sels += [f"{sel}.latency_ratio:.3f", f"{sel}.executed_mac_ratio:.3f"]
+            claims.append((f"| {readme_name} {m} | " + " | ".join(cells) + " |", rt, sels))
     # a trained MobileNetV2 after prune_channels / svd (README, prune_channels)
     ca = "channels_accuracy.json"
     claims.append(

@@ -246,3 +246,13 @@ def test_the_calibration_report_of_each_batchnorm_mode(bn_net, batchnorm):
 def test_without_refit_or_batchnorm_the_objective_is_the_data_alone(bn_net):
     rep = _calibrated(bn_net, batchnorm=None, refit=False)
     assert [r.objective for r in rep.replaced] == ["data", "data"]
+
+
+def test_a_round_to_at_or_above_every_full_rank_is_named_when_the_budget_fails(net):
+    # DeCEF's rank is at most kh*kw = 9: round_to=16 rounds every rank up to full rank
+    with pytest.raises(ValueError, match=r"round_to=16 is not below the full rank.*at most 9"):
+        ke.convert(net, method="decef", budget={"macs": 0.6}, round_to=16)
+    # a round_to some layer can use gives the plain message
+    with pytest.raises(ValueError, match="cannot be met") as exc:
+        ke.convert(net, method="svd", budget={"macs": 0.01}, round_to=8)
+    assert "round_to=8 is not below" not in str(exc.value)

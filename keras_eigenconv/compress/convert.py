@@ -398,7 +398,17 @@ def convert(
             orig = row.params_before if metric == "params" else row.macs_before
             kept_cost += orig
             items.append(rk.BudgetItem(id(layer), cand, err2, costs, float(orig)))
-        alloc = rk.allocate_budget(items, target, fixed_cost=total - kept_cost)
+        try:
+            alloc = rk.allocate_budget(items, target, fixed_cost=total - kept_cost)
+        except ValueError as err:
+            full = [int(it.ranks.max(initial=0)) for it in items]
+            if round_to is not None and full and all(round_to >= r for r in full):
+                raise ValueError(
+                    f"{err} round_to={round_to} is not below the full rank of any replaceable "
+                    f"layer (at most {max(full)} here, e.g. DeCEF's kh*kw), so every rank is "
+                    "rounded up to it: use a smaller round_to, or none."
+                ) from err
+            raise
         for plan in plans:
             layer, row = plan[1], plan[5]
             if alloc[id(layer)] is None:
