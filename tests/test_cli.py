@@ -221,6 +221,7 @@ def test_prune_channels_command(tmp_path, saved_mobilenet, capsys):
         (["--budget-latency", "1.5"], "a share of the original latency"),
         (["--budget-latency", "0.7", "--feedback-rounds", "0"], "an int in 1..10"),
         (["--budget-macs", "0.7", "-o", "thin.h5"], "saved as .keras"),
+        (["--keep", "1.5"], "or a channel count (an int > 1)"),
     ],
 )
 def test_prune_channels_errors_before_loading(extra, message, capsys):

@@ -364,7 +364,12 @@ def _cli_prune_channels(args) -> int:
     if not 1 <= args.feedback_rounds <= 10:
         raise ValueError(f"--feedback-rounds {args.feedback_rounds}: an int in 1..10.")
     budget, keep = None, args.keep
-    if keep is not None and keep > 1 and keep == int(keep):
+    if keep is not None and keep > 1:
+        if keep != int(keep):
+            raise ValueError(
+                f"--keep {keep}: a share of each block's hidden channels (<= 1, e.g. 0.75) or "
+                "a channel count (an int > 1)."
+            )
         keep = int(keep)  # a channel count
     if latency:
         budget = {"latency": args.budget_latency}
