@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import re
+import time
 
 import keras
 import numpy as np
@@ -35,6 +36,16 @@ def model():
     y = keras.layers.Conv2D(96, 3, padding="same", activation="relu")(y)
     y = keras.layers.Conv2D(96, 3, padding="same")(y)
     return keras.Model(x, y)
+
+
+class Sleeper:
+    """An "interpreter" whose ``invoke`` sleeps a fixed time (for the timing helpers)."""
+
+    def __init__(self, s):
+        self.s = s
+
+    def invoke(self):
+        time.sleep(self.s)
 
 
 def test_target_record_and_shorthands():
@@ -214,16 +225,7 @@ def test_next_share_interpolates_the_measured_points():
 
 
 def test_paired_ratio_times_interleaved_rounds():
-    import time
-
     from keras_eigenconv.latency import paired_ratio
-
-    class Sleeper:
-        def __init__(self, s):
-            self.s = s
-
-        def invoke(self):
-            time.sleep(self.s)
 
     got = paired_ratio(Sleeper(0.005), Sleeper(0.015), rounds=5)
     # 3x the sleep; a loaded machine oversleeps both by the same few ms, pulling it to 2
@@ -626,16 +628,7 @@ def test_prune_channels_to_a_latency_of_1_keeps_the_original(mobilenet):
 
 
 def test_a_confirmation_that_disagrees_is_timed_a_third_time():
-    import time
-
     from keras_eigenconv.latency import _confirmed_samples
-
-    class Sleeper:
-        def __init__(self, s):
-            self.s = s
-
-        def invoke(self):
-            time.sleep(self.s)
 
     o, c = Sleeper(0.004), Sleeper(0.008)
     # a first measurement that agrees with the candidate (ratio about 2): 15 more rounds

@@ -125,6 +125,116 @@ def _parse_shape(text: str) -> tuple[int, ...]:
     return shape
 
 
+def _check_model_outputs(args, what: str) -> None:
+    """Check ``-o`` (a ``.keras`` path), ``--markdown``, ``--json`` and
+    ``--calibration-data`` before the model is loaded."""
+    if args.output and not args.output.endswith(".keras"):
+        raise ValueError(f"-o {args.output}: the {what} model is saved as .keras; use that suffix.")
+    _check_outputs(output=args.output, markdown=args.markdown, json=args.json)
+    if args.calibration_data is not None and not os.path.exists(args.calibration_data):
+        raise FileNotFoundError(f"no such file or folder: {args.calibration_data}")
+
+
+def _load_model_and_calibration(args):
+    """The model (``loader.load_model``) and its ``--calibration-data`` inputs, or None."""
+    model = load_model(args.model, args.weights, args.input_shape)
+    if args.calibration_data is None:
+        return model, None
+    calibration = load_inputs(
+        args.calibration_data,
+        tuple(model.inputs[0].shape[1:]),
+        scale=args.calibration_scale,
+        limit=args.calibration_samples,
+    )
+    return model, calibration
+
+
+def _write_model_outputs(args, new_model, report) -> None:
+    """Save the new model (``-o``) and the report (``--markdown``, ``--json``)."""
+    if args.output:
+        save_model_atomically(new_model, args.output)
+        print(f"saved {args.output}")
+    if args.markdown:
+        atomic_write_text(args.markdown, report.to_markdown(), what="Markdown file")
+    if args.json:
+        _write_json(args.json, report.to_dict())
+
+
+def _add_model_arguments(p, what: str, calibration_help: str) -> None:
+    """``--weights``, ``--input-shape``, ``-o``, ``--markdown``, ``--json``, the
+    ``--calibration-*`` options and ``--no-strict``, shared by ``convert`` and
+    ``prune-channels``."""
+    p.add_argument(
+        "--weights",
+        default="imagenet",
+        help="passed to the keras.applications constructor: imagenet (default), "
+        "none, or a weights file",
+    )
+    p.add_argument(
+        "--input-shape",
+        type=_parse_shape,
+        metavar="H,W,C",
+        help="input shape for a keras.applications model",
+    )
+    p.add_argument("-o", "--output", help=f"save the {what} model here (.keras)")
+    p.add_argument("--markdown", metavar="PATH", help="also write the report as Markdown")
+    p.add_argument("--json", metavar="PATH", help="also write the report as JSON")
+    p.add_argument(
+        "--calibration-data",
+        metavar="FILE|DIR",
+        help=f"unlabeled inputs{calibration_help}: a .npy (or .npz with 'x') of "
+        "preprocessed inputs, or a folder of images read at the model's input size",
+    )
+    p.add_argument(
+        "--calibration-scale",
+        type=float,
+        default=1.0,
+        metavar="S",
+        help="multiply images from a folder by S (e.g. 0.00392 for [0, 1]; default 1: [0, 255])",
+    )
+    p.add_argument(
+        "--calibration-samples",
+        type=int,
+        default=512,
+        metavar="N",
+        help="use at most N calibration samples (default 512)",
+    )
+
+
+def _budget_of(args) -> dict | None:
+    """The ``budget`` of ``--budget-latency`` (a share in ``(0, 1]``), ``--budget-macs`` or
+    ``--budget-params`` (checked), or None; ``--target`` only with ``--budget-latency``."""
+    if args.budget_latency is None:
+        if args.target is not None:
+            raise ValueError("--target is used with --budget-latency only.")
+        budget = (
+            {"macs": args.budget_macs}
+            if args.budget_macs is not None
+            else {"params": args.budget_params}
+            if args.budget_params is not None
+            else None
+        )
+        if budget is not None:
+            rk.parse_budget(budget)
+        return budget
+    if not 0.0 < args.budget_latency <= 1.0:
+        raise ValueError(
+            f"--budget-latency {args.budget_latency}: a share of the original latency in "
+            "(0, 1], e.g. 0.7."
+        )
+    return {"latency": args.budget_latency}
+
+
+def _target_of(args):
+    """The ``latency.Target`` of ``--target`` (default litert-fp32) and ``--threads``."""
+    from ..latency import parse_target
+
+    tgt = parse_target(args.target or "litert-fp32")
+    if args.threads is not None and tgt.runtime == "litert":
+        tgt = type(tgt)(tgt.runtime, tgt.precision, args.threads, tgt.batch)
+    return tgt
+
+
 def _cli_convert(args) -> int:
     # everything that can be checked before loading a (large) model
     latency = args.budget_latency is not None
@@ -132,50 +242,18 @@ def _cli_convert(args) -> int:
         raise ValueError("--method auto chooses per layer on a target: it needs --budget-latency.")
     if args.method != "auto":
         get_method(args.method)
-    if args.target is not None and not latency:
-        raise ValueError("--target is used with --budget-latency only.")
-    if latency and not 0.0 < args.budget_latency <= 1.0:
-        raise ValueError(
-            f"--budget-latency {args.budget_latency}: a share of the original latency in "
-            "(0, 1], e.g. 0.7."
-        )
+    budget = _budget_of(args)
     if latency and args.round_to is not None:
         raise ValueError("--round-to cannot be combined with --budget-latency (it picks ranks).")
     if args.energy is not None:
         rk.energy_rank([1.0], args.energy)
-    budget = None
-    if latency:
-        budget = {"latency": args.budget_latency}
-    elif args.budget_macs is not None:
-        budget = {"macs": args.budget_macs}
-    elif args.budget_params is not None:
-        budget = {"params": args.budget_params}
-    if budget is not None and not latency:
-        rk.parse_budget(budget)
-    if args.output and not args.output.endswith(".keras"):
-        raise ValueError(
-            f"-o {args.output}: the converted model is saved as .keras; use that suffix."
-        )
-    _check_outputs(output=args.output, markdown=args.markdown, json=args.json)
-    if args.calibration_data is not None and not os.path.exists(args.calibration_data):
-        raise FileNotFoundError(f"no such file or folder: {args.calibration_data}")
-    model = load_model(args.model, args.weights, args.input_shape)
-    calibration = None
-    if args.calibration_data is not None:
-        calibration = load_inputs(
-            args.calibration_data,
-            tuple(model.inputs[0].shape[1:]),
-            scale=args.calibration_scale,
-            limit=args.calibration_samples,
-        )
+    _check_model_outputs(args, "converted")
+    model, calibration = _load_model_and_calibration(args)
     extra = {}
     if latency:
         from ..latency import convert as latency_convert
-        from ..latency import parse_target
 
-        tgt = parse_target(args.target or "litert-fp32")
-        if args.threads is not None and tgt.runtime == "litert":
-            tgt = type(tgt)(tgt.runtime, tgt.precision, args.threads, tgt.batch)
+        tgt = _target_of(args)
         extra = {"target": tgt, "feedback_rounds": args.feedback_rounds}
         run = latency_convert
     else:
@@ -201,13 +279,7 @@ def _cli_convert(args) -> int:
     plan = getattr(report, "latency", None)
     if plan is not None:
         print(plan)
-    if args.output:
-        save_model_atomically(new_model, args.output)
-        print(f"saved {args.output}")
-    if args.markdown:
-        atomic_write_text(args.markdown, report.to_markdown(), what="Markdown file")
-    if args.json:
-        _write_json(args.json, report.to_dict())
+    _write_model_outputs(args, new_model, report)
     return 0
 
 
@@ -301,42 +373,8 @@ def add_convert(subparsers) -> None:
         help="also replace layers whose replacement does not cost less",
     )
     p.add_argument("--implementation", choices=IMPLEMENTATIONS, default="auto")
-    p.add_argument(
-        "--weights",
-        default="imagenet",
-        help="passed to the keras.applications constructor: imagenet (default), "
-        "none, or a weights file",
-    )
-    p.add_argument(
-        "--input-shape",
-        type=_parse_shape,
-        metavar="H,W,C",
-        help="input shape for a keras.applications model",
-    )
-    p.add_argument("-o", "--output", help="save the converted model here (.keras)")
-    p.add_argument("--markdown", metavar="PATH", help="also write the report as Markdown")
-    p.add_argument("--json", metavar="PATH", help="also write the report as JSON")
+    _add_model_arguments(p, "converted", " for data-aware conversion")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument(
-        "--calibration-data",
-        metavar="FILE|DIR",
-        help="unlabeled inputs for data-aware conversion: a .npy (or .npz with 'x') of "
-        "preprocessed inputs, or a folder of images read at the model's input size",
-    )
-    p.add_argument(
-        "--calibration-scale",
-        type=float,
-        default=1.0,
-        metavar="S",
-        help="multiply images from a folder by S (e.g. 0.00392 for [0, 1]; default 1: [0, 255])",
-    )
-    p.add_argument(
-        "--calibration-samples",
-        type=int,
-        default=512,
-        metavar="N",
-        help="use at most N calibration samples (default 512)",
-    )
     p.add_argument(
         "--no-strict",
         action="store_true",
@@ -352,18 +390,11 @@ def add_convert(subparsers) -> None:
 def _cli_prune_channels(args) -> int:
     # everything that can be checked before loading a (large) model
     latency = args.budget_latency is not None
-    if args.target is not None and not latency:
-        raise ValueError("--target is used with --budget-latency only.")
+    budget, keep = _budget_of(args), args.keep
     if args.threads is not None and not latency:
         raise ValueError("--threads is used with --budget-latency only.")
-    if latency and not 0.0 < args.budget_latency <= 1.0:
-        raise ValueError(
-            f"--budget-latency {args.budget_latency}: a share of the original latency in "
-            "(0, 1], e.g. 0.7."
-        )
     if not 1 <= args.feedback_rounds <= 10:
         raise ValueError(f"--feedback-rounds {args.feedback_rounds}: an int in 1..10.")
-    budget, keep = None, args.keep
     if keep is not None and keep > 1:
         if keep != int(keep):
             raise ValueError(
@@ -371,38 +402,14 @@ def _cli_prune_channels(args) -> int:
                 "a channel count (an int > 1)."
             )
         keep = int(keep)  # a channel count
-    if latency:
-        budget = {"latency": args.budget_latency}
-    elif args.budget_macs is not None:
-        budget = {"macs": args.budget_macs}
-    elif args.budget_params is not None:
-        budget = {"params": args.budget_params}
-    if budget is not None and not latency:
-        rk.parse_budget(budget)
-    if args.output and not args.output.endswith(".keras"):
-        raise ValueError(f"-o {args.output}: the pruned model is saved as .keras; use that suffix.")
-    _check_outputs(output=args.output, markdown=args.markdown, json=args.json)
-    if args.calibration_data is not None and not os.path.exists(args.calibration_data):
-        raise FileNotFoundError(f"no such file or folder: {args.calibration_data}")
-    model = load_model(args.model, args.weights, args.input_shape)
-    calibration = None
-    if args.calibration_data is not None:
-        calibration = load_inputs(
-            args.calibration_data,
-            tuple(model.inputs[0].shape[1:]),
-            scale=args.calibration_scale,
-            limit=args.calibration_samples,
-        )
-    from ..latency import parse_target
+    _check_model_outputs(args, "pruned")
+    model, calibration = _load_model_and_calibration(args)
     from ..latency import prune_channels as latency_prune_channels
 
     extra = {}
     if latency:
-        tgt = parse_target(args.target or "litert-fp32")
-        if args.threads is not None:
-            tgt = type(tgt)(tgt.runtime, tgt.precision, args.threads, tgt.batch)
         extra = {
-            "target": tgt,
+            "target": _target_of(args),
             "feedback_rounds": args.feedback_rounds,
             "progress": False if args.no_progress else "auto",
         }
@@ -419,13 +426,7 @@ def _cli_prune_channels(args) -> int:
         **extra,
     )
     print(report)
-    if args.output:
-        save_model_atomically(new_model, args.output)
-        print(f"saved {args.output}")
-    if args.markdown:
-        atomic_write_text(args.markdown, report.to_markdown(), what="Markdown file")
-    if args.json:
-        _write_json(args.json, report.to_dict())
+    _write_model_outputs(args, new_model, report)
     return 0
 
 
@@ -487,7 +488,7 @@ def add_prune_channels(subparsers) -> None:
         type=int,
         default=5,
         metavar="K",
-        help="with --budget-latency: pruned models measured at most (default 5)",
+        help="with --budget-latency: MAC shares tried at most (default 5)",
     )
     p.add_argument("--allocation", choices=("greedy", "uniform"), default="greedy")
     p.add_argument(
@@ -503,43 +504,8 @@ def add_prune_channels(subparsers) -> None:
     p.add_argument(
         "--exclude", action="append", metavar="GLOB", help="leave blocks whose expand conv matches"
     )
-    p.add_argument(
-        "--weights",
-        default="imagenet",
-        help="passed to the keras.applications constructor: imagenet (default), "
-        "none, or a weights file",
-    )
-    p.add_argument(
-        "--input-shape",
-        type=_parse_shape,
-        metavar="H,W,C",
-        help="input shape for a keras.applications model",
-    )
-    p.add_argument("-o", "--output", help="save the pruned model here (.keras)")
-    p.add_argument("--markdown", metavar="PATH", help="also write the report as Markdown")
-    p.add_argument("--json", metavar="PATH", help="also write the report as JSON")
+    _add_model_arguments(p, "pruned", " (channel moments measured, project convs refitted on them)")
     p.add_argument("--no-progress", action="store_true", help="no progress lines")
-    p.add_argument(
-        "--calibration-data",
-        metavar="FILE|DIR",
-        help="unlabeled inputs: a .npy (or .npz with 'x') of preprocessed inputs, or a folder "
-        "of images read at the model's input size (channel moments measured, project convs "
-        "refitted)",
-    )
-    p.add_argument(
-        "--calibration-scale",
-        type=float,
-        default=1.0,
-        metavar="S",
-        help="multiply images from a folder by S (e.g. 0.00392 for [0, 1]; default 1: [0, 255])",
-    )
-    p.add_argument(
-        "--calibration-samples",
-        type=int,
-        default=512,
-        metavar="N",
-        help="use at most N calibration samples (default 512)",
-    )
     p.add_argument(
         "--no-strict",
         action="store_true",
