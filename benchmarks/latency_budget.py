@@ -128,6 +128,32 @@ def mac_compress(original, method: str, share: float, data: dict, round_to: int 
     return model
 
 
+def latency_record(rep) -> dict:
+    """What a latency-budget call reported: ``convert``'s plan (``LatencyPlan``), or
+    ``prune_channels``' measurements (a dict; it has no per-layer plan)."""
+    if isinstance(rep.latency, dict):
+        lat = rep.latency
+        return {
+            "plan_ratio": None,
+            "plan_met": None,
+            "prediction_error": None,
+            "replaced": len(rep.pruned),
+            "measured_in_convert": lat["measured"]["ratio"],
+            "feedback": [round(f["ratio"], 3) for f in lat["feedback"]],
+            "methods": ["channels"],
+        }
+    plan = rep.latency
+    return {
+        "plan_ratio": plan.ratio,
+        "plan_met": plan.met,
+        "prediction_error": plan.prediction_error,
+        "replaced": sum(p.method is not None for p in plan.layers),
+        "measured_in_convert": plan.measured_ratio,
+        "feedback": [round(f["ratio"], 3) for f in plan.feedback],
+        "methods": sorted({p.method for p in plan.layers if p.method}),
+    }
+
+
 def _rel(a, b) -> float:
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-12))
@@ -215,10 +241,10 @@ def run_model(name, size, args, rows, meta) -> None:
             for method in [*args.methods, "auto"]:
                 label = f"latency {budget} {method}"
                 t = time.perf_counter()
-                if method == "channels":  # ke.prune_channels to the latency, measured
-                    if not compress.prunable_blocks(original):
-                        continue
-                    try:
+                if method == "channels" and not compress.prunable_blocks(original):
+                    continue
+                try:
+                    if method == "channels":  # ke.prune_channels to the latency, measured
                         m, rep = ke.prune_channels(
                             original,
                             budget={"latency": budget},
@@ -227,57 +253,29 @@ def run_model(name, size, args, rows, meta) -> None:
                             strict=False,
                             progress=False,
                         )
-                    except ValueError as err:
-                        print(f"{name} {precision} {label}: {err}", flush=True)
-                        info[label] = {"error": str(err)}
-                        continue
-                    lat = rep.latency
-                    models[label] = m
-                    info[label] = {
-                        "path": "latency",
-                        "method": method,
-                        "budget": budget,
-                        "convert_s": time.perf_counter() - t,
-                        "plan_ratio": None,
-                        "plan_met": None,
-                        "prediction_error": None,
-                        "replaced": len(rep.pruned),
-                        "measured_in_convert": lat["measured"]["ratio"],
-                        "feedback": [round(f["ratio"], 3) for f in lat["feedback"]],
-                        "methods": ["channels"],
-                    }
-                    print(f"{name} {precision} {label}: {info[label]}", flush=True)
-                    continue
-                try:
-                    m, rep = ke.convert(
-                        original,
-                        method=method,
-                        budget={"latency": budget},
-                        target=target,
-                        timing=args.timing,
-                        **data,
-                        ranks_per_layer=args.ranks,
-                        strict=False,
-                        progress=False,
-                    )
+                    else:
+                        m, rep = ke.convert(
+                            original,
+                            method=method,
+                            budget={"latency": budget},
+                            target=target,
+                            timing=args.timing,
+                            **data,
+                            ranks_per_layer=args.ranks,
+                            strict=False,
+                            progress=False,
+                        )
                 except ValueError as err:
                     print(f"{name} {precision} {label}: {err}", flush=True)
                     info[label] = {"error": str(err)}
                     continue
-                plan = rep.latency
                 models[label] = m
                 info[label] = {
                     "path": "latency",
                     "method": method,
                     "budget": budget,
                     "convert_s": time.perf_counter() - t,
-                    "plan_ratio": plan.ratio,
-                    "plan_met": plan.met,
-                    "prediction_error": plan.prediction_error,
-                    "replaced": sum(p.method is not None for p in plan.layers),
-                    "measured_in_convert": plan.measured_ratio,
-                    "feedback": [round(f["ratio"], 3) for f in plan.feedback],
-                    "methods": sorted({p.method for p in plan.layers if p.method}),
+                    **latency_record(rep),
                 }
                 print(f"{name} {precision} {label}: {info[label]}", flush=True)
         for budget in args.mac_targets:

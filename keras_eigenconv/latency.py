@@ -919,6 +919,29 @@ def _next_share(points, aim: float, floor: float) -> float:
     return float(min(1.0, max(floor * (1 + 1e-6), share)))
 
 
+def _latency_share(budget, fn: str) -> float:
+    """The ``x`` of ``budget={"latency": x}``, checked (``fn`` names the caller), as given."""
+    x = budget["latency"]
+    if isinstance(x, bool) or not isinstance(x, (int, float, np.number)) or not 0 < x <= 1:
+        raise ValueError(
+            f"{fn}: budget['latency']={x!r} must be a share of the original latency in "
+            "(0, 1], e.g. {'latency': 0.7}."
+        )
+    return x
+
+
+def _check_latency_model(model, fn: str) -> None:
+    """A latency budget times the model at batch 1: it must be a built ``keras.Model``
+    with one input of a fixed size."""
+    if not isinstance(model, keras.Model) or not model.built or len(model.inputs or []) != 1:
+        raise ValueError(f"{fn}: a latency budget needs a built keras.Model with one input.")
+    if any(d is None for d in tuple(model.inputs[0].shape)[1:]):
+        raise ValueError(
+            f"{fn}: a latency budget needs a fixed input size; build the model with "
+            "keras.Input((H, W, C))."
+        )
+
+
 def _channels_hint(model, x: float, target: Target) -> str:
     """For a refused latency budget: a pointer to channel pruning when the model has
     inverted-residual blocks (whose depthwise convs no rank shrinks), else ``""``."""
@@ -1003,12 +1026,7 @@ def convert(model: keras.Model, method="decef", budget=None, target=None, **kwar
             )
         return compress_convert(model, method=method, budget=budget, **kwargs)
     t0 = time.perf_counter()
-    x = budget["latency"]
-    if isinstance(x, bool) or not isinstance(x, (int, float, np.number)) or not 0 < x <= 1:
-        raise ValueError(
-            f"convert: budget['latency']={x!r} must be a share of the original latency in "
-            "(0, 1], e.g. {'latency': 0.5}."
-        )
+    x = _latency_share(budget, "convert")
     tgt = parse_target("litert-fp32" if target is None else target)
     if tgt.runtime == "train":
         if kwargs.get("timing", "measure") != "measure":
@@ -1065,13 +1083,7 @@ def convert(model: keras.Model, method="decef", budget=None, target=None, **kwar
                 f"convert: method '{m.name}' chooses its own ranks (rank tuples); latency "
                 "budgets support spectrum methods (e.g. 'svd', 'decef', 'basis') for now."
             )
-    if not isinstance(model, keras.Model) or not model.built or len(model.inputs or []) != 1:
-        raise ValueError("convert: a latency budget needs a built keras.Model with one input.")
-    if any(d is None for d in tuple(model.inputs[0].shape)[1:]):
-        raise ValueError(
-            "convert: a latency budget needs a fixed input size; build the model with "
-            "keras.Input((H, W, C))."
-        )
+    _check_latency_model(model, "convert")
     include, exclude = kwargs.get("include"), kwargs.get("exclude")
     skip_first = kwargs.get("skip_first", True)
     options = kwargs.get("options")
@@ -1336,17 +1348,6 @@ def convert(model: keras.Model, method="decef", budget=None, target=None, **kwar
     return new_model, report
 
 
-def _latency_share(budget, fn: str) -> float:
-    """The ``x`` of ``budget={"latency": x}``, checked."""
-    x = budget["latency"]
-    if isinstance(x, bool) or not isinstance(x, (int, float, np.number)) or not 0 < x <= 1:
-        raise ValueError(
-            f"{fn}: budget['latency']={x!r} must be a share of the original latency in "
-            "(0, 1], e.g. {'latency': 0.7}."
-        )
-    return float(x)
-
-
 def prune_channels(
     model: keras.Model,
     budget=None,
@@ -1468,13 +1469,7 @@ def prune_channels(
     if progress not in (True, False, "auto"):
         raise ValueError(f"{fn}: progress must be True, False or 'auto', got {progress!r}.")
     show = progress is True or (progress == "auto" and sys.stderr.isatty())
-    if not isinstance(model, keras.Model) or not model.built or len(model.inputs or []) != 1:
-        raise ValueError(f"{fn}: a latency budget needs a built keras.Model with one input.")
-    if any(d is None for d in tuple(model.inputs[0].shape)[1:]):
-        raise ValueError(
-            f"{fn}: a latency budget needs a fixed input size; build the model with "
-            "keras.Input((H, W, C))."
-        )
+    _check_latency_model(model, fn)
     # The fewest MACs pruning reaches (every block at its least allowed count), data-free:
     # this also checks the other arguments before anything is converted or timed.
     _, least = compress_prune_channels(model, keep=1e-9, **common)
