@@ -72,7 +72,7 @@ from ._table import markdown_table
 from .compress import calibration as cal
 from .compress import convert as compress_convert
 from .compress import ranks as rk
-from .compress.channels import prunable_blocks
+from .compress.channels import ChannelPruner, prunable_blocks
 from .compress.channels import prune_channels as compress_prune_channels
 from .compress.convert import shared_work
 from .compress.registry import available_methods, get_method
@@ -1381,13 +1381,15 @@ def prune_channels(
     measured model closest to ``x`` from below is confirmed with as many interleaved rounds
     again (and as many once more when the two sets' medians disagree by more than 0.05);
     if its confirmed ratio is above ``x``, the next one below is confirmed instead. A
-    share that keeps every channel is the original (ratio 1, not timed), and a pruned
-    network whose per-block channel counts were measured already is not timed again. Each
-    share is pruned anew with every argument given (with ``calibration_data``, its
-    statistics are collected each time). Channel pruning removes whole channels of the
-    expand, depthwise and project convs (no extra ops), so on MobileNet-style networks it
-    reaches latencies the low-rank methods cannot (their extra 1x1 convs and the depthwise
-    convs do not shrink with the rank).
+    share that keeps every channel is the original (ratio 1, not timed; with ``x = 1`` the
+    original is returned without converting anything), and a pruned network whose
+    per-block channel counts were measured already is not timed again. The arguments are
+    checked, the MAC floor counted (not built) and the channels scored once
+    (``compress.channels.ChannelPruner``; with ``calibration_data``, one pass over the data
+    for the statistics); each share then only allocates and builds. Channel pruning
+    removes whole channels of the expand, depthwise and project convs (no extra ops), so on
+    MobileNet-style networks it reaches latencies the low-rank methods cannot (their extra
+    1x1 convs and the depthwise convs do not shrink with the rank).
 
     Any other budget, or ``keep``, is passed to ``compress.prune_channels`` unchanged.
 
@@ -1470,32 +1472,23 @@ def prune_channels(
         raise ValueError(f"{fn}: progress must be True, False or 'auto', got {progress!r}.")
     show = progress is True or (progress == "auto" and sys.stderr.isatty())
     _check_latency_model(model, fn)
-    # The fewest MACs pruning reaches (every block at its least allowed count), data-free:
-    # this also checks the other arguments before anything is converted or timed.
-    _, least = compress_prune_channels(model, keep=1e-9, **common)
-    if calibration_data is not None:  # read once (a generator is read once), then reused
-        try:
-            batches = cal.calibration_batches(
-                calibration_data, model, calibration_steps, calibration_batch_size
-            )
-        except ValueError as err:
-            raise ValueError(str(err).replace("convert:", f"{fn}:", 1)) from None
-        data = dict(calibration_data=batches, calibration_steps=None)
-    floor = float(least.macs_ratio)
-    original = _interpreter(model, tgt)
+    # Every argument checked, the blocks found and the data read once, before anything is
+    # converted or timed; the channel scores are computed on the first pruning and reused.
+    pruner = ChannelPruner(model, **common, **data)
+    floor = pruner.floor("macs")  # every block at its least allowed count, counted
+    original = None  # converted when a pruned model is first timed (not for x = 1)
     aim = max(x - 0.02, x * 0.97)
     share = min(1.0, max(floor * (1 + 1e-6), x))
     points, history, seen = [], [], {}
     timings = 0
     for k in range(feedback_rounds):
-        pruned, report = compress_prune_channels(
-            model, budget={"macs": share}, strict=False, **common, **data
-        )
+        pruned, report = pruner.prune(budget={"macs": share}, strict=False)
         key = tuple(b.kept for b in report.blocks)
         if key not in seen:
             if not report.pruned:  # every channel kept: the original itself
                 seen[key] = (None, None, None)
             else:
+                original = original or _interpreter(model, tgt)
                 interp = _interpreter(pruned, tgt)
                 o, c = _paired_samples(original, interp, 15, 0.25)
                 timings += 1

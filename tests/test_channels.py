@@ -17,6 +17,7 @@ import pytest
 
 import keras_eigenconv as ke
 from keras_eigenconv.compress import prunable_blocks, prune_channels
+from keras_eigenconv.compress.channels import ChannelPruner
 
 L = keras.layers
 SIZE = 16
@@ -463,3 +464,27 @@ def test_mobilenetv2_from_keras_applications(tmp_path):
     pytest.importorskip("ai_edge_litert")
     export = ke.export_tflite(new, tmp_path / "pruned.tflite", verbose=False)
     assert export.passed
+
+
+def test_one_pruner_at_several_budgets_gives_what_separate_calls_give(model, data):
+    # ChannelPruner does the budget-independent work once (checks, blocks, costs, the
+    # calibration pass, the scores); each prune() must still equal a fresh prune_channels
+    calib, held = data[0][:96], data[1][:32]
+    kw = {"calibration_data": calib, "calibration_batch_size": 32}
+    pruner = ChannelPruner(model, **kw)
+    scores = pruner.scores()
+    for share in (0.8, 0.6):
+        new, rep = pruner.prune(budget={"macs": share})
+        ref, ref_rep = prune_channels(model, budget={"macs": share}, **kw)
+        assert [b.kept for b in rep.blocks] == [b.kept for b in ref_rep.blocks]
+        assert [b.kept for b in rep.pruned] != [b.hidden for b in rep.pruned]
+        np.testing.assert_array_equal(np.asarray(new(held)), np.asarray(ref(held)))
+        assert rep.calibration["relative_error"] == ref_rep.calibration["relative_error"]
+    assert pruner.scores() is scores  # computed once, not per budget
+    # the MAC floor is counted, not built: it equals the MACs of every block at round_to
+    _, least = prune_channels(model, keep=8)
+    assert pruner.floor("macs") == pytest.approx(least.macs_ratio, abs=1e-6)
+    assert pruner.floor("params") == pytest.approx(least.params_ratio, rel=1e-3)
+    # a budget error still comes before any pruning, from the pruner as from the function
+    with pytest.raises(ValueError, match="exactly one of budget"):
+        pruner.prune()

@@ -655,3 +655,23 @@ def test_a_refused_latency_budget_points_to_channel_pruning(mobilenet, model):
     with pytest.raises(ValueError, match="cannot be met") as exc:
         ke.convert(model, method="svd", budget={"latency": 0.01}, ranks_per_layer=2)
     assert "prune_channels" not in str(exc.value)
+
+
+@pytest.mark.filterwarnings("ignore:prune_channels. the latency budget")  # 1 round: may miss
+def test_prune_channels_to_a_latency_of_1_converts_nothing(mobilenet, monkeypatch):
+    # x = 1 needs no pruning: the original is returned without being converted for LiteRT
+    from keras_eigenconv import latency
+
+    converted = []
+    real = latency._interpreter
+
+    def counting(model, target):
+        converted.append(model is mobilenet)
+        return real(model, target)
+
+    monkeypatch.setattr(latency, "_interpreter", counting)
+    new, rep = ke.prune_channels(mobilenet, budget={"latency": 1.0})
+    assert converted == [] and rep.latency["model_timings"] == 0 and not rep.pruned
+    # a budget that needs pruning converts the original once, and each pruned model
+    _, rep = ke.prune_channels(mobilenet, budget={"latency": 0.9}, feedback_rounds=1, strict=False)
+    assert converted == [True, False]

@@ -67,7 +67,13 @@ from . import calibration as cal
 from . import ranks as rk
 from .convert import _matches
 
-__all__ = ["BlockReport", "ChannelPruningReport", "prunable_blocks", "prune_channels"]
+__all__ = [
+    "BlockReport",
+    "ChannelPruner",
+    "ChannelPruningReport",
+    "prunable_blocks",
+    "prune_channels",
+]
 
 _ELEMENTWISE = frozenset(
     {
@@ -872,218 +878,345 @@ def prune_channels(
     """
     t0 = time.perf_counter()
     _check_model(model, "prune_channels")
+    _check_selection(budget, keep)
+    pruner = ChannelPruner(
+        model,
+        include=include,
+        exclude=exclude,
+        round_to=round_to,
+        allocation=allocation,
+        calibration_data=calibration_data,
+        calibration_steps=calibration_steps,
+        calibration_batch_size=calibration_batch_size,
+        refit=refit,
+        ridge=ridge,
+    )
+    return pruner.prune(budget=budget, keep=keep, strict=strict, started=t0)
+
+
+def _check_selection(budget, keep) -> tuple[str | None, float | None]:
+    """``(metric, value)`` of a budget (``(None, None)`` for ``keep``), both checked."""
     if (budget is None) == (keep is None):
         raise ValueError(
             "prune_channels: pass exactly one of budget (e.g. budget={'macs': 0.7}) and keep "
             "(e.g. keep=0.75, the share of each block's hidden channels)."
         )
-    metric, value = None, None
     if budget is not None:
         try:
-            metric, value = rk.parse_budget(budget)
+            return rk.parse_budget(budget)
         except ValueError as err:
             raise ValueError(f"prune_channels: {err}") from None
-    else:
-        _check_keep(keep)
-    if isinstance(round_to, bool) or not isinstance(round_to, numbers.Integral) or round_to < 1:
-        raise ValueError(
-            f"prune_channels: round_to={round_to!r} must be a positive int (8: XNNPACK's "
-            "channel packing; 1: any count)."
-        )
-    round_to = int(round_to)
-    if allocation not in ("greedy", "uniform"):
-        raise ValueError(
-            f"prune_channels: allocation={allocation!r} must be 'greedy' or 'uniform'."
-        )
-    if isinstance(ridge, bool) or not isinstance(ridge, numbers.Real) or not 0 <= ridge < 1e6:
-        raise ValueError(f"prune_channels: ridge={ridge!r} must be a number >= 0 (e.g. 1e-3).")
-    for spec, name in ((include, "include"), (exclude, "exclude")):
-        _check_spec(spec, name)
-    batches = None
-    if calibration_data is not None:
+    _check_keep(keep)
+    return None, None
+
+
+class ChannelPruner:
+    """The budget-independent work of ``prune_channels``, done once: the arguments
+    checked, the blocks found, their costs, the calibration statistics and the channel
+    scores. ``prune`` then allocates and builds for one budget (or ``keep``), so pruning
+    one model at several budgets (``keras_eigenconv.prune_channels`` with a latency
+    budget) reads the data and scores the channels once.
+
+    Args:
+        model: As ``prune_channels``.
+        include: As ``prune_channels``.
+        exclude: As ``prune_channels``.
+        round_to: As ``prune_channels``.
+        allocation: As ``prune_channels``.
+        calibration_data: As ``prune_channels`` (read here, once).
+        calibration_steps: As ``prune_channels``.
+        calibration_batch_size: As ``prune_channels``.
+        refit: As ``prune_channels``.
+        ridge: As ``prune_channels``.
+
+    Raises:
+        ValueError: As ``prune_channels``, for everything but the budget and ``keep``.
+    """
+
+    def __init__(
+        self,
+        model: keras.Model,
+        include=None,
+        exclude=None,
+        round_to: int = 8,
+        allocation: str = "greedy",
+        calibration_data=None,
+        calibration_steps: int | None = None,
+        calibration_batch_size: int = 16,
+        refit: bool = True,
+        ridge: float = 1e-3,
+    ):
+        _check_model(model, "prune_channels")
+        if isinstance(round_to, bool) or not isinstance(round_to, numbers.Integral) or round_to < 1:
+            raise ValueError(
+                f"prune_channels: round_to={round_to!r} must be a positive int (8: XNNPACK's "
+                "channel packing; 1: any count)."
+            )
+        round_to = int(round_to)
+        if allocation not in ("greedy", "uniform"):
+            raise ValueError(
+                f"prune_channels: allocation={allocation!r} must be 'greedy' or 'uniform'."
+            )
+        if isinstance(ridge, bool) or not isinstance(ridge, numbers.Real) or not 0 <= ridge < 1e6:
+            raise ValueError(f"prune_channels: ridge={ridge!r} must be a number >= 0 (e.g. 1e-3).")
+        for spec, name in ((include, "include"), (exclude, "exclude")):
+            _check_spec(spec, name)
+        batches = None
+        if calibration_data is not None:
+            try:
+                batches = cal.calibration_batches(
+                    calibration_data, model, calibration_steps, calibration_batch_size
+                )
+            except ValueError as err:
+                raise ValueError(str(err).replace("convert:", "prune_channels:", 1)) from None
+
+        # -- 1. the blocks, their costs ------------------------------------------------------------
+        blocks = _find_blocks(model)
+        paths = {id(la): p for p, la in graph.walk(model, include_models=True)}
+        for b in blocks:
+            if include is not None and not _matches(include, b.path, b.expand):
+                b.reason = "not matched by include"
+            elif exclude is not None and _matches(exclude, b.path, b.expand):
+                b.reason = "excluded"
+            elif b.hidden <= round_to:
+                b.reason = f"{b.hidden} hidden channels, not more than round_to={round_to}"
+        active = [b for b in blocks if not b.reason]
+        if not active:
+            found = (
+                f"{len(blocks)} blocks were found, but include/exclude/round_to leave none "
+                f"({'; '.join(f'{b.path}: {b.reason}' for b in blocks[:3])}). Widen include or "
+                "narrow exclude."
+                if blocks
+                else "none was found. A block is a chain 1x1 Conv2D -> BatchNormalization -> "
+                "activation -> DepthwiseConv2D -> BatchNormalization -> activation -> 1x1 "
+                "Conv2D, each layer called once and each tensor read by the next layer only "
+                "(MobileNetV2's inverted residuals). For other networks use convert() "
+                "(low-rank layers)."
+            )
+            raise ValueError(f"prune_channels: no prunable inverted-residual block: {found}")
         try:
-            batches = cal.calibration_batches(
-                calibration_data, model, calibration_steps, calibration_batch_size
-            )
-        except ValueError as err:
-            raise ValueError(str(err).replace("convert:", "prune_channels:", 1)) from None
+            before = model_cost(model).total
+            macs_known = True
+        except ValueError:
+            before = Cost(*_param_counts(model), 0)
+            macs_known = False
+        shape_map = graph.layer_input_shapes(model)
+        for b in blocks:
+            _block_costs(b, shape_map, macs_known)
+        self.model, self.blocks, self.active, self.paths = model, blocks, active, paths
+        self.before, self.macs_known = before, macs_known
+        self.round_to, self.allocation, self.refit, self.ridge = round_to, allocation, refit, ridge
+        self.batches = batches
+        self._scores = None
 
-    # -- 1. the blocks, their costs ------------------------------------------------------------
-    blocks = _find_blocks(model)
-    paths = {id(la): p for p, la in graph.walk(model, include_models=True)}
-    for b in blocks:
-        if include is not None and not _matches(include, b.path, b.expand):
-            b.reason = "not matched by include"
-        elif exclude is not None and _matches(exclude, b.path, b.expand):
-            b.reason = "excluded"
-        elif b.hidden <= round_to:
-            b.reason = f"{b.hidden} hidden channels, not more than round_to={round_to}"
-    active = [b for b in blocks if not b.reason]
-    if not active:
-        found = (
-            f"{len(blocks)} blocks were found, but include/exclude/round_to leave none "
-            f"({'; '.join(f'{b.path}: {b.reason}' for b in blocks[:3])}). Widen include or "
-            "narrow exclude."
-            if blocks
-            else "none was found. A block is a chain 1x1 Conv2D -> BatchNormalization -> "
-            "activation -> DepthwiseConv2D -> BatchNormalization -> activation -> 1x1 "
-            "Conv2D, each layer called once and each tensor read by the next layer only "
-            "(MobileNetV2's inverted residuals). For other networks use convert() "
-            "(low-rank layers)."
-        )
-        raise ValueError(f"prune_channels: no prunable inverted-residual block: {found}")
-    try:
-        before = model_cost(model).total
-        macs_known = True
-    except ValueError:
-        before = Cost(*_param_counts(model), 0)
-        macs_known = False
-    if metric == "macs" and not macs_known:
-        raise ValueError(
-            "prune_channels: a MACs budget needs a model with a fixed input size; build it "
-            "with keras.Input((H, W, C)) or use budget={'params': ...} or keep=."
-        )
-    shape_map = graph.layer_input_shapes(model)
-    for b in blocks:
-        _block_costs(b, shape_map, macs_known)
-    target = None
-    if metric is not None:
-        total = before.macs if metric == "macs" else before.total_params
-        target = value * total if value <= 1 else value
-        unit = [b.channel_macs if metric == "macs" else b.channel_params for b in active]
-        most = sum((b.hidden - _allowed(b.hidden, round_to)[-1]) * u for b, u in zip(active, unit))
-        if total - most > target:
-            floor = math.ceil((total - most) / max(total, 1) * 1000) / 1000  # met at it
+    def scores(self):
+        """The channel scores (module docstring), computed on the first call: with
+        calibration data its statistics are collected then (one pass of the model).
+
+        Returns:
+            ``(grams, orders, shares, means, se_means, fit_batches, held_batches)``:
+            per active block its project-input statistics (None data-free), its channels
+            by falling score, their shares of the block's squared scores, their means and
+            the squeeze-and-excitation input means; the calibration batches fitted on and
+            held out (None data-free).
+        """
+        if self._scores is None:
+            self._scores = self._compute_scores()
+        return self._scores
+
+    def _compute_scores(self):
+        model, active, batches = self.model, self.active, self.batches
+        fit_batches = held_batches = None
+        grams = None
+        if batches is not None:
+            n_held = max(1, len(batches) // 8) if len(batches) > 1 else 0
+            fit_batches = batches[: len(batches) - n_held] if n_held else batches
+            held_batches = batches[len(batches) - n_held :] if n_held else batches
+            collected, measured_se = _collect_grams(model, active, fit_batches, MAX_ROWS)
+            grams = dict(zip(map(id, active), collected))
+        orders, shares, means, se_means = [], [], [], []
+        for i, b in enumerate(active):
+            if grams:
+                mean, std = grams[id(b)].moments()
+                se_means.append(measured_se[i])
+            else:
+                mean, std = _bn_moments(b)
+                se_means.append(mean)
+                if b.se is not None:  # gated: a = u * gate, the gate taken at the mean input
+                    gate = _se_gate(b, mean)
+                    mean, std = mean * gate, std * gate
+            score2 = (std * np.linalg.norm(_project_kernel(b), axis=1)) ** 2
+            total2 = float(score2.sum())
+            shares.append(score2 / total2 if total2 > 0 else np.zeros_like(score2))
+            orders.append(np.argsort(-score2, kind="stable"))
+            means.append(mean)
+        return grams, orders, shares, means, se_means, fit_batches, held_batches
+
+    def _totals(self, metric: str) -> tuple[float, list[float]]:
+        """The model's total ``metric`` and each active block's cost per hidden channel."""
+        total = self.before.macs if metric == "macs" else self.before.total_params
+        unit = [b.channel_macs if metric == "macs" else b.channel_params for b in self.active]
+        return total, unit
+
+    def floor(self, metric: str = "macs") -> float:
+        """The least share of the model's ``metric`` (``"macs"`` or ``"params"``) that
+        pruning reaches: every active block keeping ``round_to`` channels (counted, no
+        model built).
+
+        Raises:
+            ValueError: for ``"macs"`` when the model has no fixed input size.
+        """
+        if metric == "macs" and not self.macs_known:
             raise ValueError(
-                f"prune_channels: budget={dict(budget)} cannot be met by pruning hidden "
-                f"channels: keeping round_to={round_to} channels in each of the "
-                f"{len(active)} blocks still leaves {total - most:,.0f} "
-                f"{'MACs' if metric == 'macs' else 'parameters'} "
-                f"({floor:.3f} of {total:,}); the rest of the network is not pruned. Raise "
-                f"the budget to at least {floor:.3f}, lower round_to, or compress the other "
-                "layers with convert()."
+                "prune_channels: a MACs budget needs a model with a fixed input size; build "
+                "it with keras.Input((H, W, C)) or use budget={'params': ...} or keep=."
             )
+        total, least = self._least(metric)
+        return least / max(total, 1)
 
-    # -- 2. scores -----------------------------------------------------------------------------
-    fit_batches = held_batches = None
-    grams = None
-    if batches is not None:
-        n_held = max(1, len(batches) // 8) if len(batches) > 1 else 0
-        fit_batches = batches[: len(batches) - n_held] if n_held else batches
-        held_batches = batches[len(batches) - n_held :] if n_held else batches
-        collected, measured_se = _collect_grams(model, active, fit_batches, MAX_ROWS)
-        grams = dict(zip(map(id, active), collected))
-    orders, shares, means, se_means = [], [], [], []
-    for i, b in enumerate(active):
-        if grams:
-            mean, std = grams[id(b)].moments()
-            se_means.append(measured_se[i])
+    def _least(self, metric: str) -> tuple[int, int]:
+        """The model's total ``metric`` and the least that pruning leaves of it."""
+        total, unit = self._totals(metric)
+        rt = self.round_to
+        most = sum((b.hidden - _allowed(b.hidden, rt)[-1]) * u for b, u in zip(self.active, unit))
+        return total, total - most
+
+    def prune(
+        self, budget=None, keep=None, strict: bool = True, started: float | None = None
+    ) -> tuple[keras.Model, ChannelPruningReport]:
+        """Prune to ``budget`` or ``keep`` (as ``prune_channels``).
+
+        Args:
+            budget: As ``prune_channels``.
+            keep: As ``prune_channels``.
+            strict: As ``prune_channels``.
+            started: The ``time.perf_counter()`` the report's ``seconds`` count from
+                (default: now).
+
+        Returns:
+            ``(new_model, report)`` as ``prune_channels``.
+
+        Raises:
+            ValueError: As ``prune_channels``, for the budget and ``keep``.
+        """
+        t0 = time.perf_counter() if started is None else started
+        metric, value = _check_selection(budget, keep)
+        model, blocks, active, paths = self.model, self.blocks, self.active, self.paths
+        before, macs_known, round_to = self.before, self.macs_known, self.round_to
+        allocation, refit, ridge = self.allocation, self.refit, self.ridge
+        batches = self.batches
+        target = None
+        if metric is not None:
+            self.floor(metric)  # a MACs budget needs the input size
+            total, least = self._least(metric)
+            target = value * total if value <= 1 else value
+            if least > target:
+                floor = math.ceil(least / max(total, 1) * 1000) / 1000  # met at it
+                raise ValueError(
+                    f"prune_channels: budget={dict(budget)} cannot be met by pruning hidden "
+                    f"channels: keeping round_to={round_to} channels in each of the "
+                    f"{len(active)} blocks still leaves {least:,.0f} "
+                    f"{'MACs' if metric == 'macs' else 'parameters'} "
+                    f"({floor:.3f} of {total:,}); the rest of the network is not pruned. Raise "
+                    f"the budget to at least {floor:.3f}, lower round_to, or compress the other "
+                    "layers with convert()."
+                )
+
+        grams, orders, shares, means, se_means, fit_batches, held_batches = self.scores()
+        # -- 3. channels per block -----------------------------------------------------------------
+        if metric is not None:
+            total, unit = self._totals(metric)
+            if allocation == "greedy":
+                kept = _greedy(active, orders, shares, unit, total - target, round_to)
+            else:
+                kept = _uniform(active, unit, total - target, round_to)
         else:
-            mean, std = _bn_moments(b)
-            se_means.append(mean)
-            if b.se is not None:  # gated: a = u * gate, the gate taken at the mean input
-                gate = _se_gate(b, mean)
-                mean, std = mean * gate, std * gate
-        score2 = (std * np.linalg.norm(_project_kernel(b), axis=1)) ** 2
-        total2 = float(score2.sum())
-        shares.append(score2 / total2 if total2 > 0 else np.zeros_like(score2))
-        orders.append(np.argsort(-score2, kind="stable"))
-        means.append(mean)
+            kept = [
+                _keep_count(b.hidden, keep * b.hidden if keep <= 1 else keep, round_to)
+                for b in active
+            ]
 
-    # -- 3. channels per block -----------------------------------------------------------------
-    if metric is not None:
-        unit = [b.channel_macs if metric == "macs" else b.channel_params for b in active]
-        total = before.macs if metric == "macs" else before.total_params
-        if allocation == "greedy":
-            kept = _greedy(active, orders, shares, unit, total - target, round_to)
-        else:
-            kept = _uniform(active, unit, total - target, round_to)
-    else:
-        kept = [
-            _keep_count(b.hidden, keep * b.hidden if keep <= 1 else keep, round_to) for b in active
-        ]
-
-    # -- 4. build ------------------------------------------------------------------------------
-    replacements: dict[int, Any] = {}
-    rows: dict[int, BlockReport] = {
-        id(b): BlockReport(
-            name=b.path,
-            project=paths.get(id(b.project), b.project.name),
-            hidden=b.hidden,
-            kept=b.hidden,
-            macs_before=b.block_macs if macs_known else None,
-            macs_after=b.block_macs if macs_known else None,
-            reason=b.reason,
-        )
-        for b in blocks
-    }
-    for b, k, order, share, mean, se_mean in zip(active, kept, orders, shares, means, se_means):
-        row = rows[id(b)]
-        if k >= b.hidden:
-            row.reason = "the allocation keeps it whole"
-            continue
-        sel = np.sort(order[:k])
-        p = _project_kernel(b)
-        b0 = _w(b.project.bias) if b.project.use_bias else np.zeros(p.shape[1])
-        if grams is not None and refit:
-            p_aug = np.concatenate([p, b0[None, :]], axis=0)
-            kernel, bias = _refit(grams[id(b)], sel, p_aug, float(ridge))
-            row.objective = "data+refit"
-        else:
-            dropped = np.setdiff1d(np.arange(b.hidden), sel)
-            kernel, bias = p[sel], b0 + mean[dropped] @ p[dropped]
-            row.objective = "data" if grams is not None else "bn"
-        replacements.update(_slice_block(b, sel, kernel, bias, se_mean))
-        row.kept = k
-        row.score_kept = float(share[sel].sum())
-        if macs_known:
-            row.macs_after = b.block_macs - (b.hidden - k) * b.channel_macs
-    try:
-        new_model = graph.clone_model(model, replace=lambda la: replacements.get(id(la)))
-    except ValueError as err:
-        raise ValueError(f"prune_channels: {err}") from err
-
-    # -- 5. measure, report --------------------------------------------------------------------
-    try:
-        after = model_cost(new_model).total
-    except ValueError:
-        after = Cost(*_param_counts(new_model), 0)
-    calibration = None
-    if batches is not None:
-        _, whole = cal.measure(model, new_model, {}, held_batches)
-        calibration = {
-            "fit_samples": int(sum(len(x) for x in fit_batches)),
-            "heldout_samples": int(sum(len(x) for x in held_batches)),
-            "heldout_is_fit_data": held_batches is fit_batches,
-            "refit": bool(refit),
-            "ridge": float(ridge),
-            **whole,
+        # -- 4. build ------------------------------------------------------------------------------
+        replacements: dict[int, Any] = {}
+        rows: dict[int, BlockReport] = {
+            id(b): BlockReport(
+                name=b.path,
+                project=paths.get(id(b.project), b.project.name),
+                hidden=b.hidden,
+                kept=b.hidden,
+                macs_before=b.block_macs if macs_known else None,
+                macs_after=b.block_macs if macs_known else None,
+                reason=b.reason,
+            )
+            for b in blocks
         }
-    if budget is not None:
-        selection = f"budget={dict(budget)}, {allocation} allocation"
-    else:
-        selection = f"keep={keep}"
-    selection += f", multiples of {round_to}"
-    selection += ", data-aware" if batches is not None else ", data-free"
-    report = ChannelPruningReport(
-        selection=selection,
-        blocks=list(rows.values()),
-        total_before=before,
-        total_after=after,
-        macs_known=macs_known,
-        seconds=time.perf_counter() - t0,
-        calibration=calibration,
-    )
-    if metric is not None:
-        achieved = after.macs if metric == "macs" else after.total_params
-        report.budget_met = bool(achieved <= target)
-        if not report.budget_met and strict:
-            raise ValueError(
-                f"prune_channels: the budget {dict(budget)} was missed: the pruned model has "
-                f"{achieved:,} {metric} (target {target:,.0f}). Pass strict=False to get it "
-                "anyway (report.budget_met is then False)."
-            )
-    return new_model, report
+        for b, k, order, share, mean, se_mean in zip(active, kept, orders, shares, means, se_means):
+            row = rows[id(b)]
+            if k >= b.hidden:
+                row.reason = "the allocation keeps it whole"
+                continue
+            sel = np.sort(order[:k])
+            p = _project_kernel(b)
+            b0 = _w(b.project.bias) if b.project.use_bias else np.zeros(p.shape[1])
+            if grams is not None and refit:
+                p_aug = np.concatenate([p, b0[None, :]], axis=0)
+                kernel, bias = _refit(grams[id(b)], sel, p_aug, float(ridge))
+                row.objective = "data+refit"
+            else:
+                dropped = np.setdiff1d(np.arange(b.hidden), sel)
+                kernel, bias = p[sel], b0 + mean[dropped] @ p[dropped]
+                row.objective = "data" if grams is not None else "bn"
+            replacements.update(_slice_block(b, sel, kernel, bias, se_mean))
+            row.kept = k
+            row.score_kept = float(share[sel].sum())
+            if macs_known:
+                row.macs_after = b.block_macs - (b.hidden - k) * b.channel_macs
+        try:
+            new_model = graph.clone_model(model, replace=lambda la: replacements.get(id(la)))
+        except ValueError as err:
+            raise ValueError(f"prune_channels: {err}") from err
+
+        # -- 5. measure, report --------------------------------------------------------------------
+        try:
+            after = model_cost(new_model).total
+        except ValueError:
+            after = Cost(*_param_counts(new_model), 0)
+        calibration = None
+        if batches is not None:
+            _, whole = cal.measure(model, new_model, {}, held_batches)
+            calibration = {
+                "fit_samples": int(sum(len(x) for x in fit_batches)),
+                "heldout_samples": int(sum(len(x) for x in held_batches)),
+                "heldout_is_fit_data": held_batches is fit_batches,
+                "refit": bool(refit),
+                "ridge": float(ridge),
+                **whole,
+            }
+        if budget is not None:
+            selection = f"budget={dict(budget)}, {allocation} allocation"
+        else:
+            selection = f"keep={keep}"
+        selection += f", multiples of {round_to}"
+        selection += ", data-aware" if batches is not None else ", data-free"
+        report = ChannelPruningReport(
+            selection=selection,
+            blocks=list(rows.values()),
+            total_before=before,
+            total_after=after,
+            macs_known=macs_known,
+            seconds=time.perf_counter() - t0,
+            calibration=calibration,
+        )
+        if metric is not None:
+            achieved = after.macs if metric == "macs" else after.total_params
+            report.budget_met = bool(achieved <= target)
+            if not report.budget_met and strict:
+                raise ValueError(
+                    f"prune_channels: the budget {dict(budget)} was missed: the pruned model has "
+                    f"{achieved:,} {metric} (target {target:,.0f}). Pass strict=False to get it "
+                    "anyway (report.budget_met is then False)."
+                )
+        return new_model, report
 
 
 def _param_counts(obj) -> tuple[int, int]:
