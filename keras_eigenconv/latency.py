@@ -38,7 +38,9 @@ inference, exported and timed interleaved against the original (``paired_ratio``
 median of per-round ratios), and the share the allocator plans at is corrected by
 interpolating the measured ``(share, ratio)`` points (the original, ``(1, 1)``, is one) until
 the measured ratio is at most ``x`` and within 0.05 of it, or ``feedback_rounds`` models
-were measured; the measured plan closest to ``x`` from below is returned.
+were measured; the measured plan closest to ``x`` from below is confirmed with as many
+rounds again, and if it confirms above ``x`` the next one measured below ``x`` is confirmed
+instead (``_confirm_closest``); the confirmed plan closest to ``x`` from below is returned.
 
 The whole-model measurements (the per-layer table with the original's seconds, and each
 measured plan's interleaved rounds) are kept next to the timing cache in
@@ -526,6 +528,36 @@ def _confirmed_samples(original, candidate, o, c):
     if abs(float(np.median(r[:first])) - float(np.median(r[first:]))) > 0.05:
         o, c = _paired_samples(original, candidate, first, math.inf, o, c)
     return o, c
+
+
+def _confirm_closest(measured: list, x: float, confirm):
+    """Choose among measured models and confirm the choice: the one measured closest to
+    ``x`` from below (else the fastest) is confirmed (``confirm(item)`` returns its
+    confirmed ``{"ratio", ...}``); if it confirms above ``x``, the next one measured below
+    ``x`` is confirmed too, and the confirmed one closest to ``x`` from below is kept (else
+    the confirmed fastest). ``convert`` and ``prune_channels`` choose this way.
+
+    Args:
+        measured: ``[(ratio, item)]``, one per distinct model (``ratio``: its first
+            measurement).
+        x: The latency budget (a ratio).
+        confirm: ``fn(item) -> dict`` with the confirmed ``"ratio"``.
+
+    Returns:
+        ``(item, confirmed)``: the chosen item and what ``confirm`` returned for it.
+    """
+    order = sorted(measured, key=lambda m: (m[0] > x, -m[0] if m[0] <= x else m[0]))
+    confirmed = []
+    for ratio, item in order[:2]:  # a second one only when the first confirms above x
+        if confirmed and ratio > x:
+            break
+        confirmed.append((item, confirm(item)))
+        if confirmed[-1][1]["ratio"] <= x:
+            break
+    ok = [cm for cm in confirmed if cm[1]["ratio"] <= x]
+    if ok:
+        return max(ok, key=lambda cm: cm[1]["ratio"])
+    return min(confirmed, key=lambda cm: cm[1]["ratio"])
 
 
 def _ratio_stats(o, c) -> dict:
@@ -1299,23 +1331,26 @@ def convert(model: keras.Model, method="decef", budget=None, target=None, **kwar
             "method='auto')." + _channels_hint(model, x, tgt)
         ) from refused
     if history:  # the measured plan closest to the budget from below (else the fastest)
-        ok = [h for h in history if h[0]["ratio"] <= x]
-        got, plan, chosen = (
-            max(ok, key=lambda h: h[0]["ratio"])
-            if ok
-            else min(history, key=lambda h: h[0]["ratio"])
-        )
-        key = _plan_key(chosen)
-        if kept.get(key) is not None:  # confirmed by an earlier call
-            got = {**got, **_ratio_stats(*kept[key]), "confirmed": True}
-        elif key in samples:  # confirm the returned plan: as many rounds again
-            first = len(samples[key][0])
+
+        def confirm(h) -> dict:
+            got, _, chosen = h
+            key = _plan_key(chosen)
+            if kept.get(key) is not None:  # confirmed by an earlier call
+                return {**got, **_ratio_stats(*kept[key]), "confirmed": True}
+            if key not in samples:  # the original: nothing to confirm
+                return got
+            first = len(samples[key][0])  # as many rounds again
             if key not in interps:  # measured by an earlier call, not confirmed
                 interps[key] = interpreter_of(chosen)
             samples[key] = _confirmed_samples(original_it(), interps[key], *samples[key])
-            got = {**got, **_ratio_stats(*samples[key]), "confirmed": True}
             table.model_timings += 1
             record(chosen, *samples[key], first, True)
+            return {**got, **_ratio_stats(*samples[key]), "confirmed": True}
+
+        distinct = {_plan_key(h[2]): h for h in history}.values()
+        (_, plan, chosen), got = _confirm_closest(
+            [(h[0]["ratio"], h) for h in distinct], float(x), confirm
+        )
         plan.feedback = [h[0] for h in history]
         plan.measured = got
     plan.model_timings, plan.reused = table.model_timings, table.reused
@@ -1516,31 +1551,19 @@ def prune_channels(
         if abs(nxt - share) < 1e-4:
             break
         share = nxt
-    # the measured models closest to x from below first (else the fastest), confirmed
-    order = sorted(
-        {h[3]: h for h in history}.values(),
-        key=lambda h: (h[0]["ratio"] > x, -h[0]["ratio"] if h[0]["ratio"] <= x else h[0]["ratio"]),
-    )
-    confirmed = []
-    for h in order[:2]:  # a second one only when the first confirms above x
+    def confirm(h) -> dict:
+        nonlocal timings
         got, key = h[0], h[3]
-        if confirmed and got["ratio"] > x:
-            break
         interp, o, c = seen[key]
         if interp is None:  # the original: nothing to confirm
-            measured = {**got, "confirmed": False}
-        else:
-            o2, c2 = _confirmed_samples(original, interp, o, c)
-            timings += 1
-            measured = {**got, **_ratio_stats(o2, c2), "confirmed": True}
-        confirmed.append((h, measured))
-        if measured["ratio"] <= x:
-            break
-    ok = [cm for cm in confirmed if cm[1]["ratio"] <= x]
-    (got, pruned, report, key), measured = (
-        max(ok, key=lambda cm: cm[1]["ratio"])
-        if ok
-        else min(confirmed, key=lambda cm: cm[1]["ratio"])
+            return {**got, "confirmed": False}
+        o2, c2 = _confirmed_samples(original, interp, o, c)
+        timings += 1
+        return {**got, **_ratio_stats(o2, c2), "confirmed": True}
+
+    distinct = {h[3]: h for h in history}.values()
+    (got, pruned, report, key), measured = _confirm_closest(
+        [(h[0]["ratio"], h) for h in distinct], x, confirm
     )
     report.latency = {
         "target": str(tgt),

@@ -675,3 +675,32 @@ def test_prune_channels_to_a_latency_of_1_converts_nothing(mobilenet, monkeypatc
     # a budget that needs pruning converts the original once, and each pruned model
     _, rep = ke.prune_channels(mobilenet, budget={"latency": 0.9}, feedback_rounds=1, strict=False)
     assert converted == [True, False]
+
+
+def test_the_next_plan_below_is_confirmed_when_the_closest_confirms_above():
+    # the choice convert and prune_channels share: a pure function of the measurements
+    from keras_eigenconv.latency import _confirm_closest
+
+    confirms = {"a": 0.72, "b": 0.66, "c": 0.50, "d": 0.90}  # what a confirmation reads
+    asked = []
+
+    def confirm(item):
+        asked.append(item)
+        return {"ratio": confirms[item]}
+
+    measured = [(0.69, "a"), (0.64, "b"), (0.45, "c"), (0.80, "d")]
+    # "a" is closest to 0.7 from below but confirms above it: "b" is confirmed and kept
+    assert _confirm_closest(measured, 0.7, confirm) == ("b", {"ratio": 0.66})
+    assert asked == ["a", "b"]
+    # a first confirmation under x: nothing else is timed
+    asked.clear()
+    assert _confirm_closest(measured, 0.75, confirm)[0] == "a" and asked == ["a"]
+    # nothing measured under x: the fastest is confirmed alone, and returned even though
+    # it misses (the caller reports the miss)
+    asked.clear()
+    assert _confirm_closest([(0.80, "d"), (0.95, "a")], 0.7, confirm)[0] == "d"
+    assert asked == ["d"]
+    # both confirm above x: the confirmed fastest of the two
+    asked.clear()
+    confirms.update(a=0.75, b=0.71)
+    assert _confirm_closest(measured, 0.7, confirm)[0] == "b" and asked == ["a", "b"]
