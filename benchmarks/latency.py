@@ -26,7 +26,6 @@ import argparse
 import importlib
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -54,6 +53,14 @@ METHODS = [
     ("TT", "tt", "TTConv2D", {}),
     ("SSC", "ssc", "SSConv2D", {"groups": 4}),
 ]
+
+
+def _machine_line() -> str:
+    """The machine, its CPU and the CPU features that select LiteRT's kernels."""
+    from keras_eigenconv.deploy.timing import machine_info
+
+    m = machine_info()
+    return f"{m['machine']} {m['cpus']} CPUs ({m['cpu']}; {', '.join(m['isa'])}), {m['platform']}"
 
 
 def small_cnn(size: int) -> keras.Model:
@@ -265,7 +272,7 @@ def main(argv=None) -> int:
         "rounds": args.rounds,
         "target_layer_mac_ratio": args.target,
         "batch": 1,
-        "machine": f"{platform.machine()} {os.cpu_count()} CPUs, {platform.platform()}",
+        "machine": _machine_line(),
         "skipped_methods": skipped,
         "command": "python benchmarks/latency.py "
         + " ".join(sys.argv[1:] if argv is None else argv),

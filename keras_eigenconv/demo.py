@@ -421,19 +421,14 @@ class _Progress:
 
 
 def _machine() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    from .deploy.timing import machine_info
+
+    info = machine_info()
     out = {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "platform": platform.platform(),
+        "cpu": info["cpu"],
+        "isa": info["isa"],
+        "cores": info["cpus"],
+        "platform": info["platform"],
         "python": platform.python_version(),
     }
     if hasattr(os, "getloadavg"):

@@ -58,8 +58,6 @@ import functools
 import hashlib
 import json
 import math
-import os
-import platform
 import sys
 import time
 from collections.abc import Mapping
@@ -88,6 +86,7 @@ from .deploy.timing import (
     TrainStep,
     TrainStepTimer,
     interleaved_samples,
+    machine_info,
     time_interleaved,
 )
 
@@ -607,8 +606,8 @@ _RECORDS_VERSION = 2
 
 @functools.cache
 def _machine() -> dict:
-    """What a timing depends on besides the model: the library versions and the CPU (read
-    once per process)."""
+    """What a timing depends on besides the model: the library versions and the CPU, its
+    model and the features that select kernels (read once per process)."""
     from importlib.metadata import PackageNotFoundError, version
 
     def installed(name: str) -> str | None:
@@ -617,20 +616,14 @@ def _machine() -> dict:
         except PackageNotFoundError:
             return None
 
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next(
-                (ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), cpu
-            )
-    except OSError:
-        pass
+    info = machine_info()
     return {
         "keras_eigenconv": installed("keras-eigenconv"),
         "tensorflow": installed("tensorflow"),
-        "machine": platform.machine(),
-        "cpu": cpu,
-        "cpus": os.cpu_count(),
+        "machine": info["machine"],
+        "cpu": info["cpu"],
+        "cpus": info["cpus"],
+        "isa": info["isa"],
     }
 
 

@@ -704,3 +704,29 @@ def test_the_next_plan_below_is_confirmed_when_the_closest_confirms_above():
     asked.clear()
     confirms.update(a=0.75, b=0.71)
     assert _confirm_closest(measured, 0.7, confirm)[0] == "b" and asked == ["a", "b"]
+
+
+def test_machine_info_names_the_cpu_features_that_select_kernels():
+    # whole-model records are keyed by it, and benchmark headers print it: an int8 timing
+    # taken with AMX/VNNI kernels must not be replayed on a CPU without them
+    from pathlib import Path
+
+    from keras_eigenconv.deploy.timing import _ISA_FLAGS, machine_info
+    from keras_eigenconv.latency import _machine
+
+    info = machine_info()
+    assert set(info) == {"machine", "cpu", "cpus", "isa", "platform"}
+    assert info["cpu"] and info["cpus"] >= 1 and info["isa"] == sorted(info["isa"])
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        lines = cpuinfo.read_text().splitlines()
+        flags = next(
+            (
+                ln.split(":", 1)[1].split()
+                for ln in lines
+                if ln.split(":")[0].strip() in ("flags", "Features")
+            ),
+            [],
+        )
+        assert info["isa"] == sorted(set(flags) & _ISA_FLAGS)
+    assert _machine()["isa"] == info["isa"] and _machine()["cpu"] == info["cpu"]

@@ -23,10 +23,12 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import numbers
 import os
+import platform
 import statistics
 import threading
 import time
@@ -61,6 +63,7 @@ __all__ = [
     "bench_tflite",
     "default_cache_path",
     "interleaved_samples",
+    "machine_info",
     "time_interleaved",
 ]
 
@@ -139,6 +142,65 @@ def _convert_layers(layers: list, input_shape, quantize: str | None) -> bytes:
         y = fresh(y)
     model = keras.Model(x, y)
     return convert_for_timing(model, quantize, random_representative((1, *shape)))
+
+
+# CPU features that change which LiteRT (XNNPACK) and TensorFlow kernels run, so what a
+# timing measures: the same ResNet50 int8 model ran in 6.0 ms on one 2-core x86 machine
+# (AMX, AVX512-VNNI) and in 12.2 ms on another, and on the first an int8 conv's time steps
+# with its output channels in blocks of 64.
+_ISA_FLAGS = frozenset(
+    {
+        "avx2",
+        "fma",
+        "avx512f",
+        "avx512_vnni",
+        "avx512_bf16",
+        "avx512_fp16",
+        "avx_vnni",
+        "amx_tile",
+        "amx_int8",
+        "amx_bf16",
+        "asimd",
+        "asimddp",
+        "i8mm",
+        "sve",
+        "bf16",
+        "fphp",
+    }
+)
+
+
+@functools.cache
+def machine_info() -> dict:
+    """The CPU a timing was taken on (read once per process).
+
+    Returns:
+        ``{"machine", "cpu", "cpus", "isa", "platform"}``: the architecture, the CPU's model
+        name (``/proc/cpuinfo``; virtual machines often report a generic one), the logical
+        CPU count, the CPU features that select LiteRT's and TensorFlow's kernels (e.g.
+        ``"avx512_vnni"``, ``"amx_int8"``; ARM: ``"asimddp"``, ``"i8mm"``), sorted, and
+        the platform string.
+    """
+    cpu, flags = None, set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:  # the first CPU's lines
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "model name" and cpu is None:
+                    cpu = value.strip()
+                elif key in ("flags", "Features") and not flags:
+                    flags = set(value.split())
+    except OSError:  # no /proc (macOS, Windows): the model name platform gives
+        pass
+    cpu = cpu or platform.processor() or platform.machine()
+    return {
+        "machine": platform.machine(),
+        "cpu": cpu,
+        "cpus": os.cpu_count(),
+        "isa": sorted(flags & _ISA_FLAGS),
+        "platform": platform.platform(),
+    }
 
 
 def interleaved_samples(
