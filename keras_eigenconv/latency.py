@@ -440,6 +440,13 @@ def _eligible(layer, m, path, include, exclude) -> bool:
     return not (exclude is not None and _matches(exclude, path, layer))
 
 
+def _budgetable(m) -> bool:
+    """Whether a latency plan can offer ``m`` at int ranks with an error per rank: a
+    spectrum method, or a layer-ranked one whose int-rank spectrum is an error proxy
+    (``budget_spectrum``: Tucker-2 at ``R1 = R2 = r``, as MAC budgets use it)."""
+    return m.rank_selection == "spectrum" or m.budget_spectrum
+
+
 def _candidate_sources(model, methods, include, exclude, skip_first) -> list:
     """``(path, layer, [methods that may replace it])`` for every layer some method may
     replace, in graph order (the first conv left out with ``skip_first``)."""
@@ -1090,7 +1097,7 @@ def convert(model: keras.Model, method="decef", budget=None, target=None, **kwar
         raise ValueError(f"convert: ranks_per_layer must be in 1..6, got {ranks_per_layer}.")
     if isinstance(method, str):
         names = (
-            [n for n in available_methods() if get_method(n).rank_selection == "spectrum"]
+            [n for n in available_methods() if _budgetable(get_method(n))]
             if method == "auto"
             else [method]
         )
@@ -1103,10 +1110,11 @@ def convert(model: keras.Model, method="decef", budget=None, target=None, **kwar
         )
     methods = [get_method(n) for n in names]
     for m in methods:
-        if m.rank_selection != "spectrum":
+        if not _budgetable(m):
+            usable = ", ".join(repr(n) for n in available_methods() if _budgetable(get_method(n)))
             raise ValueError(
-                f"convert: method '{m.name}' chooses its own ranks (rank tuples); latency "
-                "budgets support spectrum methods (e.g. 'svd', 'decef', 'basis') for now."
+                f"convert: method '{m.name}' chooses its own ranks and has no spectrum to "
+                f"spread a latency budget with; latency budgets take {usable} (or 'auto')."
             )
     _check_latency_model(model, "convert")
     include, exclude = kwargs.get("include"), kwargs.get("exclude")

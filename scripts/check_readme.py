@@ -352,6 +352,61 @@ def _claims() -> list[tuple[str, str, list[str]]]:
                 ["meta.command:s", "meta.seconds:.0f"],
             )
         )
+    # ---- int8 on the AMX machine (README "Latency budgets", Measured)
+    r50i8 = "latency_budget_resnet50_int8.json"
+
+    def at(label, digits=3):
+        return [
+            f"rows[label={label}].latency_ratio:.{digits}f",
+            f"rows[label={label}].executed_mac_ratio:.{digits}f",
+        ]
+
+    claims.append(
+        (
+            "(ResNet50 int8 {} ms); on another",
+            "latency_budget_int8_round_to.json",
+            ["rows[model=resnet50,label=original].latency_ms:.2f"],
+        )
+    )
+    claims.append(
+        ("same ResNet50 int8 ran in {} ms", r50i8, ["rows[label=original].latency_ms:.2f"])
+    )
+    claims.append(
+        (
+            "svd {} at {} executed MACs (`round_to=64`: {} at {}),",
+            r50i8,
+            at("macs 0.6 svd") + at("macs 0.6 svd round_to 64"),
+        )
+    )
+    claims.append(
+        (
+            "decef {} at {}, tucker2 {} at {};",
+            r50i8,
+            at("macs 0.6 decef") + at("macs 0.6 tucker2"),
+        )
+    )
+    claims.append(
+        (
+            "Tucker-2) measured {} at {} of the MACs",
+            r50i8,
+            at("latency 0.7 auto"),
+        )
+    )
+    claims.append(
+        (
+            "convert's own confirmation read {}, just",
+            r50i8,
+            ["rows[label=latency 0.7 auto].measured_in_convert:.3f"],
+        )
+    )
+    claims.append(
+        (
+            "the pair is slower than the conv ({}x) at every rank.",
+            "litert_ranks.json",
+            ["results[shape=56x56 64->64 3x3,precision=int8].rows[rank=8].latency_ratio:.2f"],
+        )
+    )
+
     # ---- latency budgets (README "Latency budgets", Measured)
     lb, lb50 = "latency_budget.json", "latency_budget_resnet50.json"
 

@@ -87,8 +87,8 @@ def test_bad_latency_arguments_fail_before_any_timing(model, _timing_cache):
         ke.convert(model, method="svd", budget={"latency": 0.5}, rank=4)
     with pytest.raises(ValueError, match="timing='measure'"):
         ke.convert(model, method="svd", budget={"latency": 0.5}, target="train", timing="predict")
-    with pytest.raises(ValueError, match="chooses its own ranks"):
-        ke.convert(model, method="tucker2", budget={"latency": 0.5})
+    with pytest.raises(ValueError, match="chooses its own ranks.*'tucker2'"):
+        ke.convert(model, method="cp", budget={"latency": 0.5})
     assert not _timing_cache.exists()
 
 
@@ -123,6 +123,31 @@ def test_latency_budget_is_met_and_changes_the_plan(model, shared_cache):
     keys = [json.loads(k) for k in json.loads(shared_cache.read_text())["entries"]]
     assert keys and all(k["quantize"] is None and k["threads"] == 2 for k in keys)
     assert "| layer | method | rank |" in plan.to_markdown()
+
+
+def test_tucker2_takes_a_latency_budget_and_auto_offers_it(model, shared_cache):
+    # Tucker-2 chooses rank pairs; a latency plan offers it at R1 = R2 = r with its
+    # int-rank spectrum as the error (as MAC budgets do)
+    new, rep = ke.convert(
+        model,
+        method="tucker2",
+        budget={"latency": 0.8},
+        ranks_per_layer=2,
+        strict=False,
+        cache_path=shared_cache,
+        feedback_rounds=0,
+    )
+    replaced = [p for p in rep.latency.layers if p.method is not None]
+    assert replaced and {p.method for p in replaced} == {"tucker2"}
+    for p in replaced:
+        layer = new.get_layer(p.name)
+        assert type(layer).__name__ == "Tucker2Conv2D" and layer.ranks == (p.rank, p.rank)
+    assert rep.budget_met == rep.latency.met
+    from keras_eigenconv.compress.registry import available_methods, get_method
+    from keras_eigenconv.latency import _budgetable
+
+    offered = [n for n in available_methods() if _budgetable(get_method(n))]
+    assert "tucker2" in offered and "cp" not in offered and "svd" in offered
 
 
 def test_no_eligible_layer_is_refused_before_timing(_timing_cache):
