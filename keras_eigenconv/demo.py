@@ -228,7 +228,8 @@ def demo_plan(
         plan.append(Conversion(first, {"macs": round(0.6 * budget, 2)}, True, True))
     if latency_budget is not None:
         lat = {"latency": latency_budget}
-        # quick: the main method only (method="auto" plans every spectrum method: slower)
+        # quick: the main method only (method="auto" plans every method a latency budget
+        # takes: slower)
         how = first if quick else "auto"
         plan.append(Conversion(how, lat, True, not quick, target="litert-int8"))
     return plan

@@ -642,12 +642,13 @@ def _architecture_key(model, target: Target, names, settings: dict) -> str | Non
     architecture (a graph model's config: layers, their configs and connections, and the
     weights' paths, shapes and dtypes), the target, the offered methods and ranks and the
     options of the built layers, the library versions (LiteRT, Keras, TensorFlow, this
-    package) and the CPU (model, core count, architecture), not on the weights'
-    values: dense float kernels run the same instructions whatever their values (fp32 and
-    fp16; denormal values, which can slow float math on x86, are the case this ignores),
-    and int8 models run the same integer kernels whatever their scales (timing uses random
-    representative data anyway). Subclassed models (whose ``call`` is not in
-    their config) and settings that are not plain JSON (e.g. a predicate in ``include``)
+    package) and the CPU (model, core count, architecture and the features that select
+    kernels, e.g. AVX512-VNNI, AMX), not on the weights' values: dense float kernels run the
+    same instructions whatever their values (fp32 and fp16; denormal values, which can slow
+    float math on x86, are the case this ignores), and int8 models run the same integer
+    kernels whatever their scales (timing uses random representative data anyway).
+    Subclassed models (whose ``call`` is not in their config) and settings that are not
+    plain JSON (e.g. a predicate in ``include``)
     give None.
     """
     if not graph.is_graph_model(model):
@@ -1019,8 +1020,9 @@ def convert(model: keras.Model, method="decef", budget=None, target=None, **kwar
     Args:
         model: A built ``keras.Model`` with a fixed input size (for a latency budget).
         method: A registered method name, a list of names, or ``"auto"`` (every available
-            method whose ranks come from a spectrum, and "keep the original", chosen per
-            layer). With a latency budget only names (not mappings or functions).
+            method whose ranks come from a spectrum, Tucker-2 at ``R1 = R2 = r``, and "keep
+            the original", chosen per layer). With a latency budget only names (not
+            mappings or functions) of such methods.
         budget: ``{"latency": x}`` with ``0 < x <= 1``, or a ``compress.convert`` budget.
         target: With a latency budget: a ``Target`` or a name in ``TARGETS``
             (default ``"litert-fp32"``); otherwise it must be None.
@@ -1339,7 +1341,7 @@ def convert(model: keras.Model, method="decef", budget=None, target=None, **kwar
             if kept.get(key) is not None:  # confirmed by an earlier call
                 return {**got, **_ratio_stats(*kept[key]), "confirmed": True}
             if key not in samples:  # the original: nothing to confirm
-                return got
+                return {**got, "confirmed": False}
             first = len(samples[key][0])  # as many rounds again
             if key not in interps:  # measured by an earlier call, not confirmed
                 interps[key] = interpreter_of(chosen)
@@ -1348,9 +1350,11 @@ def convert(model: keras.Model, method="decef", budget=None, target=None, **kwar
             record(chosen, *samples[key], first, True)
             return {**got, **_ratio_stats(*samples[key]), "confirmed": True}
 
-        distinct = {_plan_key(h[2]): h for h in history}.values()
+        distinct: dict = {}
+        for h in history:  # a plan re-allocated at a later share: its first measurement
+            distinct.setdefault(_plan_key(h[2]), h)
         (_, plan, chosen), got = _confirm_closest(
-            [(h[0]["ratio"], h) for h in distinct], float(x), confirm
+            [(h[0]["ratio"], h) for h in distinct.values()], float(x), confirm
         )
         plan.feedback = [h[0] for h in history]
         plan.measured = got
@@ -1415,15 +1419,15 @@ def prune_channels(
     ``(s, ratio)`` points (the original, ``(1, 1)``, is one) until the measured ratio is at
     most ``x`` and within 0.05 of it, or ``feedback_rounds`` shares were tried. The
     measured model closest to ``x`` from below is confirmed with as many interleaved rounds
-    again (and as many once more when the two sets' medians disagree by more than 0.05);
-    if its confirmed ratio is above ``x``, the next one below is confirmed instead. A
-    share that keeps every channel is the original (ratio 1, not timed; with ``x = 1`` the
-    original is returned without converting anything), and a pruned network whose
-    per-block channel counts were measured already is not timed again. The arguments are
-    checked, the MAC floor counted (not built) and the channels scored once
+    again (and as many once more when the two sets' medians disagree by more than 0.05); if
+    its confirmed ratio is above ``x``, the next one below is confirmed instead. A share
+    that keeps every channel is the original (ratio 1, not timed; with ``x = 1`` a copy of
+    the original is returned and nothing is converted for LiteRT), and a pruned network
+    whose per-block channel counts were measured already is not timed again. The arguments
+    are checked, the MAC floor counted (not built) and the channels scored once
     (``compress.channels.ChannelPruner``; with ``calibration_data``, one pass over the data
-    for the statistics); each share then only allocates and builds. Channel pruning
-    removes whole channels of the expand, depthwise and project convs (no extra ops), so on
+    for the statistics); each share then only allocates and builds. Channel pruning removes
+    whole channels of the expand, depthwise and project convs (no extra ops), so on
     MobileNet-style networks it reaches latencies the low-rank methods cannot (their extra
     1x1 convs and the depthwise convs do not shrink with the rank).
 
@@ -1524,7 +1528,8 @@ def prune_channels(
             if not report.pruned:  # every channel kept: the original itself
                 seen[key] = (None, None, None)
             else:
-                original = original or _interpreter(model, tgt)
+                if original is None:
+                    original = _interpreter(model, tgt)
                 interp = _interpreter(pruned, tgt)
                 o, c = _paired_samples(original, interp, 15, 0.25)
                 timings += 1
@@ -1552,6 +1557,7 @@ def prune_channels(
         if abs(nxt - share) < 1e-4:
             break
         share = nxt
+
     def confirm(h) -> dict:
         nonlocal timings
         got, key = h[0], h[3]
@@ -1562,9 +1568,11 @@ def prune_channels(
         timings += 1
         return {**got, **_ratio_stats(o2, c2), "confirmed": True}
 
-    distinct = {h[3]: h for h in history}.values()
+    distinct: dict = {}
+    for h in history:
+        distinct.setdefault(h[3], h)
     (got, pruned, report, key), measured = _confirm_closest(
-        [(h[0]["ratio"], h) for h in distinct], x, confirm
+        [(h[0]["ratio"], h) for h in distinct.values()], x, confirm
     )
     report.latency = {
         "target": str(tgt),

@@ -911,11 +911,14 @@ def _check_selection(budget, keep) -> tuple[str | None, float | None]:
 
 
 class ChannelPruner:
-    """The budget-independent work of ``prune_channels``, done once: the arguments
-    checked, the blocks found, their costs, the calibration statistics and the channel
-    scores. ``prune`` then allocates and builds for one budget (or ``keep``), so pruning
-    one model at several budgets (``keras_eigenconv.prune_channels`` with a latency
-    budget) reads the data and scores the channels once.
+    """The budget-independent work of ``prune_channels``, done once per model.
+
+    The constructor checks the arguments, finds the blocks, counts their costs and reads
+    the calibration data; the channel scores (with data, after one pass of the model over
+    it) are computed on the first ``prune`` and kept. ``prune`` then allocates and builds
+    for one budget (or ``keep``), so pruning one model at several budgets
+    (``keras_eigenconv.prune_channels`` with a latency budget) reads the data and scores
+    the channels once.
 
     Args:
         model: As ``prune_channels``.
@@ -936,16 +939,16 @@ class ChannelPruner:
     def __init__(
         self,
         model: keras.Model,
-        include=None,
-        exclude=None,
+        include: Any = None,
+        exclude: Any = None,
         round_to: int = 8,
         allocation: str = "greedy",
-        calibration_data=None,
+        calibration_data: Any = None,
         calibration_steps: int | None = None,
         calibration_batch_size: int = 16,
         refit: bool = True,
         ridge: float = 1e-3,
-    ):
+    ) -> None:
         _check_model(model, "prune_channels")
         if isinstance(round_to, bool) or not isinstance(round_to, numbers.Integral) or round_to < 1:
             raise ValueError(
@@ -961,15 +964,6 @@ class ChannelPruner:
             raise ValueError(f"prune_channels: ridge={ridge!r} must be a number >= 0 (e.g. 1e-3).")
         for spec, name in ((include, "include"), (exclude, "exclude")):
             _check_spec(spec, name)
-        batches = None
-        if calibration_data is not None:
-            try:
-                batches = cal.calibration_batches(
-                    calibration_data, model, calibration_steps, calibration_batch_size
-                )
-            except ValueError as err:
-                raise ValueError(str(err).replace("convert:", "prune_channels:", 1)) from None
-
         # -- 1. the blocks, their costs ------------------------------------------------------------
         blocks = _find_blocks(model)
         paths = {id(la): p for p, la in graph.walk(model, include_models=True)}
@@ -994,6 +988,15 @@ class ChannelPruner:
                 "(low-rank layers)."
             )
             raise ValueError(f"prune_channels: no prunable inverted-residual block: {found}")
+        # the data is read (a generator consumed) only once the model has blocks to prune
+        batches = None
+        if calibration_data is not None:
+            try:
+                batches = cal.calibration_batches(
+                    calibration_data, model, calibration_steps, calibration_batch_size
+                )
+            except ValueError as err:
+                raise ValueError(str(err).replace("convert:", "prune_channels:", 1)) from None
         try:
             before = model_cost(model).total
             macs_known = True
@@ -1009,16 +1012,16 @@ class ChannelPruner:
         self.batches = batches
         self._scores = None
 
-    def scores(self):
+    def _channel_scores(self) -> tuple:
         """The channel scores (module docstring), computed on the first call: with
         calibration data its statistics are collected then (one pass of the model).
 
         Returns:
             ``(grams, orders, shares, means, se_means, fit_batches, held_batches)``:
-            per active block its project-input statistics (None data-free), its channels
-            by falling score, their shares of the block's squared scores, their means and
-            the squeeze-and-excitation input means; the calibration batches fitted on and
-            held out (None data-free).
+            per active block (keyed by ``id`` for ``grams``) its project-input ``_Gram``
+            (None data-free), its channels by falling score, their shares of the block's
+            squared scores, their means and the squeeze-and-excitation input means; the
+            calibration batches fitted on and held out (None data-free).
         """
         if self._scores is None:
             self._scores = self._compute_scores()
@@ -1059,9 +1062,16 @@ class ChannelPruner:
         return total, unit
 
     def floor(self, metric: str = "macs") -> float:
-        """The least share of the model's ``metric`` (``"macs"`` or ``"params"``) that
-        pruning reaches: every active block keeping ``round_to`` channels (counted, no
-        model built).
+        """The least share of the model's ``metric`` that pruning reaches.
+
+        Every active block keeping ``round_to`` channels, counted from the per-channel
+        costs (no model is built).
+
+        Args:
+            metric: ``"macs"`` or ``"params"``.
+
+        Returns:
+            The share of the original's total, in ``(0, 1]``.
 
         Raises:
             ValueError: for ``"macs"`` when the model has no fixed input size.
@@ -1082,7 +1092,11 @@ class ChannelPruner:
         return total, total - most
 
     def prune(
-        self, budget=None, keep=None, strict: bool = True, started: float | None = None
+        self,
+        budget: Mapping[str, float] | None = None,
+        keep: float | int | None = None,
+        strict: bool = True,
+        started: float | None = None,
     ) -> tuple[keras.Model, ChannelPruningReport]:
         """Prune to ``budget`` or ``keep`` (as ``prune_channels``).
 
@@ -1122,7 +1136,7 @@ class ChannelPruner:
                     "layers with convert()."
                 )
 
-        grams, orders, shares, means, se_means, fit_batches, held_batches = self.scores()
+        grams, orders, shares, means, se_means, fit_batches, held_batches = self._channel_scores()
         # -- 3. channels per block -----------------------------------------------------------------
         if metric is not None:
             total, unit = self._totals(metric)

@@ -170,9 +170,8 @@ _ISA_FLAGS = frozenset(
 )
 
 
-@functools.cache
 def machine_info() -> dict:
-    """The CPU a timing was taken on (read once per process).
+    """The CPU a timing was taken on (read once per process; a new dict each call).
 
     Returns:
         ``{"machine", "cpu", "cpus", "isa", "platform"}``: the architecture, the CPU's model
@@ -181,6 +180,18 @@ def machine_info() -> dict:
         ``"avx512_vnni"``, ``"amx_int8"``; ARM: ``"asimddp"``, ``"i8mm"``), sorted, and
         the platform string.
     """
+    return {k: list(v) if isinstance(v, list) else v for k, v in _machine_info().items()}
+
+
+def _cpu_key() -> dict:
+    """What a cached timing's key says of the CPU: its model and kernel-selecting features
+    (a timing taken with AMX int8 kernels is not reused on a CPU without them)."""
+    info = _machine_info()
+    return {"cpu": info["cpu"], "isa": info["isa"]}
+
+
+@functools.cache
+def _machine_info() -> dict:
     cpu, flags = None, set()
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as fh:
@@ -507,6 +518,7 @@ class LiteRTTimer:
                 "quantize": self.quantize,
                 "litert": litert_version,
                 "stat": "min",
+                **_cpu_key(),
             },
             sort_keys=True,
         )
@@ -754,6 +766,7 @@ class TrainStepTimer:
                 "batch": self.batch,
                 "runtime": "tensorflow-train",
                 "tensorflow": tf.__version__,
+                **_cpu_key(),
             },
             sort_keys=True,
         )
