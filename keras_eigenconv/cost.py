@@ -36,7 +36,10 @@ __all__ = [
 #   gradients), relative to a dense conv MAC's forward + backward; fitted to layers timed as
 #   a training step in TensorFlow on CPU (8x8..56x56, 16..256 channels, batch 8 and 128):
 #   depthwise with depth_multiplier > 1 costs 10-28 (its backward kernels are slow), 1x1
-#   1-2, depthwise with multiplier 1 3.5-7. ``"auto"`` uses it for ``call(training=True)``.
+#   1-2, depthwise with multiplier 1 3.5-7; "tile" is per element of a channel-tiled input
+#   (DeCEF trains through one: copy forward, sum backward, and the multiplier-1 depthwise
+#   conv's backward at the input's resolution): 14-32 at ResNet-20 and ResNet50 shapes
+#   (``benchmarks/train_layers.py``). ``"auto"`` uses it for ``call(training=True)``.
 # - "litert_relative": LiteRT (XNNPACK, 1 thread) time per unit in dense 3x3 conv MACs: conv
 #   kinds per MAC, channel moves per value moved; single-op models at 8x8..32x32 x 64
 #   channels: 1x1 conv 0.9-1.6, grouped (G=4) 1.5-1.75, GATHER 99-110, roll 13-37,
@@ -52,6 +55,7 @@ OP_TIME: dict[str, dict[str, float]] = {
         "pointwise": 2.0,
         "depthwise": 4.0,
         "depthwise_multiplier": 15.0,
+        "tile": 25.0,
     },
     "litert_relative": {
         "conv": 1.0,

@@ -170,11 +170,17 @@ def test_implementation_auto_chooses_the_training_path_by_the_training_step():
     decef.build((None, 56, 56, 64))
     assert decef.training_time_ratio_estimate((None, 56, 56, 64)) > 1
     assert decef.resolved_training_implementation == "dense"
-    # DeCEF rank 2 at 8x8x64: the forward model picks factorized, the training step dense
-    low = DeCEFConv2D(64, 3, rank=2, padding="same")
+    # DeCEF rank 3 at 8x8x64: the forward model picks factorized, the training step dense
+    low = DeCEFConv2D(64, 3, rank=3, padding="same")
     low.build((None, 8, 8, 64))
     assert low.resolved_implementation == "factorized"
     assert low.resolved_training_implementation == "dense"
+    # rank 2 there trains through the tiled multiplier-1 depthwise conv (measured 0.8 of
+    # the conv's step; through the multiplier-2 kernels 1.3x): factorized
+    two = DeCEFConv2D(64, 3, rank=2, padding="same")
+    two.build((None, 8, 8, 64))
+    assert two.training_time_ratio_estimate((None, 8, 8, 64)) < AUTO_TRAINING_THRESHOLD
+    assert two.resolved_training_implementation == "factorized"
     # rank 1 is a plain depthwise conv (multiplier 1): factorized in both
     one = DeCEFConv2D(16, 3, rank=1, padding="same")
     one.build((None, 32, 32, 16))
@@ -201,7 +207,7 @@ def test_call_runs_the_training_choice_only_when_training():
     if keras.backend.backend() != "tensorflow":
         pytest.skip("reads the traced TensorFlow graph")
     rng = np.random.default_rng(0)
-    layer = DeCEFConv2D(64, 3, rank=2, padding="same")
+    layer = DeCEFConv2D(64, 3, rank=3, padding="same")
     layer.build((None, 8, 8, 64))
     assert layer.resolved_implementation == "factorized"
     assert layer.resolved_training_implementation == "dense"
@@ -210,3 +216,40 @@ def test_call_runs_the_training_choice_only_when_training():
     assert "DepthwiseConv2dNative" not in _traced_op_types(layer, shape, True)
     x = rng.normal(size=(2, 8, 8, 64)).astype("float32")
     assert _max_err(layer(x, training=True), layer(x, training=False)) < 1e-5
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"padding": "same"},
+        {"padding": "valid", "strides": 2},
+        {"padding": "same", "strides": (1, 2)},
+        {"padding": "same", "dilation_rate": 2},
+    ],
+)
+def test_decef_trains_through_the_tiled_depthwise_conv_with_the_same_function(kw):
+    # training=True runs tile -> multiplier-1 depthwise -> permuted 1x1 (TensorFlow's
+    # multiplier-r backward kernels are slow); it must be the same function and give the
+    # same gradients as the multiplier-r form inference runs
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("gradients through tf.GradientTape")
+    import tensorflow as tf
+
+    conv = _conv((None, 12, 12, 6), filters=5, kernel_size=3, **kw)
+    layer = DeCEFConv2D.from_conv2d(conv, rank=3, implementation="factorized")
+    x = tf.constant(np.random.default_rng(1).normal(size=(2, 12, 12, 6)).astype("float32"))
+    grads = {}
+    for training in (True, False):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x, training=training)
+            loss = tf.reduce_sum(y * tf.cos(y))
+        grads[training] = (y, *tape.gradient(loss, [x, *layer.trainable_weights]))
+    for a, b in zip(grads[True], grads[False]):
+        assert _max_err(b, a) < 1e-5
+    # at full rank (min(kh*kw, filters) = 5) the tiled training path equals the conv
+    full = DeCEFConv2D.from_conv2d(conv, rank=5, implementation="factorized")
+    assert _max_err(conv(x), full(x, training=True)) < 1e-4
+    ops_train = _traced_op_types(layer, (None, 12, 12, 6), True)
+    assert "Tile" in ops_train and "DepthwiseConv2dNative" in ops_train
+    assert "Tile" not in _traced_op_types(layer, (None, 12, 12, 6), False)

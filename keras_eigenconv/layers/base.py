@@ -1170,6 +1170,19 @@ class FactorizedConv2D(CompressedLayer):
         """
         raise NotImplementedError
 
+    def training_op_macs(self, input_shape) -> list[tuple[str, int]]:
+        """MACs of each op the factorized path runs when training (``call(...,
+        training=True)``), for one image: ``op_macs`` unless the layer trains through
+        other ops (DeCEF: a multiplier-1 depthwise conv on the tiled input).
+
+        Args:
+            input_shape: ``(batch, H, W, C)`` with known spatial dims (batch ignored).
+
+        Returns:
+            A list of ``(op kind, macs)`` pairs, as ``op_macs``.
+        """
+        return self.op_macs(input_shape)
+
     @classmethod
     def decompose(cls, kernel: np.ndarray, rank: int, **options) -> dict[str, np.ndarray]:
         """Factors of a trained kernel at ``rank``.
@@ -1379,7 +1392,9 @@ class FactorizedConv2D(CompressedLayer):
         Returns:
             The ratio as a float (below 1: the factorized form is estimated faster).
         """
-        est = sum(OP_TIME_PER_MAC_TRAINING[kind] * m for kind, m in self.op_macs(input_shape))
+        est = sum(
+            OP_TIME_PER_MAC_TRAINING[kind] * m for kind, m in self.training_op_macs(input_shape)
+        )
         rebuild = self.rebuild_macs(int(input_shape[-1])) / max(int(batch), 1)
         return est / max(self.dense_macs(input_shape) + rebuild, 1)
 

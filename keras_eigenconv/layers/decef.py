@@ -90,10 +90,31 @@ class DeCEFConv2D(FactorizedConv2D):
         return ops.einsum("hwcj,cjn->hwcn", e, a)
 
     def factorized_call(self, inputs, training=None):
+        if training is True and self.rank > 1:
+            return self._tiled_call(inputs)
         y = safe_depthwise_conv(
             inputs, self.eigen_filters, self.strides, self.padding, self.dilation_rate
         )
         return ops.conv(y, self.combination, padding="valid", data_format="channels_last")
+
+    def _tiled_call(self, inputs):
+        """The same function through a multiplier-1 depthwise conv (what training runs).
+
+        The input is tiled ``r`` times along channels (channel ``j*C + c`` is ``x_c``), the
+        depthwise kernel is ``E'[:, :, j*C + c, 0] = E[:, :, c, j]`` and the 1x1 conv's rows
+        are permuted from ``c*r + j`` to ``j*C + c``. Same MACs, but TensorFlow's backward
+        kernels for a depthwise conv with ``depth_multiplier > 1`` are slow on CPU: a
+        training step of the tiled form measured 1.1-1.9x faster at ResNet-20 and ResNet50
+        shapes (r = 2..5). Forward alone it is not always faster, so inference keeps the
+        multiplier-``r`` form.
+        """
+        kh, kw, c, r = (int(d) for d in self.eigen_filters.shape)
+        e = ops.reshape(ops.transpose(self.eigen_filters, (0, 1, 3, 2)), (kh, kw, r * c, 1))
+        a = ops.reshape(self.combination, (c, r, self.filters))
+        a = ops.reshape(ops.transpose(a, (1, 0, 2)), (1, 1, r * c, self.filters))
+        y = ops.tile(inputs, (1, 1, 1, r))
+        y = safe_depthwise_conv(y, e, self.strides, self.padding, self.dilation_rate)
+        return ops.conv(y, a, padding="valid", data_format="channels_last")
 
     def op_macs(self, input_shape):
         h, w = self.out_hw(input_shape)
@@ -101,6 +122,18 @@ class DeCEFConv2D(FactorizedConv2D):
         kh, kw = self.kernel_size
         kind = "depthwise" if r == 1 else "depthwise_multiplier"
         return [(kind, h * w * kh * kw * c * r), ("pointwise", h * w * c * r * self.filters)]
+
+    def training_op_macs(self, input_shape):
+        """As ``op_macs``, with what training runs for ``r > 1``: the input tiled ``r``
+        times (``("tile", H_in*W_in*C*r)`` elements, at the input's resolution, so a
+        strided layer pays it on 4x its output pixels) and a multiplier-1 depthwise conv."""
+        ops_ = self.op_macs(input_shape)
+        if self.rank == 1:
+            return ops_
+        tile = int(input_shape[1]) * int(input_shape[2]) * int(input_shape[3]) * self.rank
+        return [("depthwise", m) if k == "depthwise_multiplier" else (k, m) for k, m in ops_] + [
+            ("tile", tile)
+        ]
 
     @classmethod
     def spectrum(cls, kernel, **options):
