@@ -216,20 +216,22 @@ def test_cost_model_fits_one_precision(_timing_cache):
 @pytest.mark.slow
 def test_auto_int8_mixes_methods_within_the_budget(model):
     from keras_eigenconv.compress import get_method
+    from keras_eigenconv.latency import _budgetable
 
-    _, rep = ke.convert(
-        model,
-        method="auto",
-        budget={"latency": 0.7},
-        target="litert-int8",
-        ranks_per_layer=2,
-        feedback_rounds=0,
-    )
+    # how far int8 factorization pays depends on the CPU's integer kernels (on one with
+    # AMX the fastest plan of this model was 0.75 of the original): the budget is set
+    # between the plan's floor (measured by a first call) and 1
+    kw = dict(method="auto", target="litert-int8", ranks_per_layer=2, feedback_rounds=0)
+    _, first = ke.convert(model, budget={"latency": 0.99}, **kw)
+    floor = first.latency.floor
+    assert 0 < floor < 1
+    x = round(min(0.97, floor + 0.5 * (1 - floor)), 3)
+    _, rep = ke.convert(model, budget={"latency": x}, **kw)  # the layers' timings cached
     plan = rep.latency
     assert rep.budget_met and plan.met and plan.target.quantize == "int8"
     chosen = {p.method for p in plan.layers if p.method is not None}
-    assert chosen and all(get_method(m).rank_selection == "spectrum" for m in chosen)
-    # auto offers every spectrum method, so more candidates than one method alone
+    assert chosen and all(_budgetable(get_method(m)) for m in chosen)
+    # auto offers every method a latency budget takes, so more candidates than one alone
     assert all(p.candidates > 2 for p in plan.layers)
 
 
