@@ -173,6 +173,43 @@ def _claims() -> list[tuple[str, str, list[str]]]:
             ],
         )
     )
+    # ---- MobileNetV2 against alpha 0.75, on the second (AMX) machine
+    mnv2 = "latency_budget_mobilenetv2_amx.json"
+
+    def mn(label, prec, key="latency_ratio"):
+        return f"rows[precision={prec},label={label}].{key}:.3f"
+
+    pruned, native, svd_ = (
+        "macs 0.695 channels (= alpha 0.75)",
+        "native alpha 0.75",
+        "macs 0.695 svd (= alpha 0.75)",
+    )
+    for template, selectors in [
+        (
+            "`prune_channels` at the MACs of `alpha=0.75` measured fp32 {} and int8 {},",
+            [mn(pruned, "fp32"), mn(pruned, "int8")],
+        ),
+        (
+            "`alpha=0.75` fp32 {} and int8 {}, `svd` fp32 {} and int8 {} (at {}",
+            [
+                mn(native, "fp32"),
+                mn(native, "int8"),
+                mn(svd_, "fp32"),
+                mn(svd_, "int8"),
+                mn(svd_, "int8", "executed_mac_ratio"),
+            ],
+        ),
+        (
+            "executed MACs in int8). At a latency of 0.7, `prune_channels` measured fp32 {} and",
+            [mn("latency 0.7 channels", "fp32")],
+        ),
+        (
+            "int8 {}, and `convert`'s auto fp32 {}; auto in int8 was refused",
+            [mn("latency 0.7 channels", "int8"), mn("latency 0.7 auto", "fp32")],
+        ),
+    ]:
+        claims.append((template, mnv2, selectors))
+
     # ---- DeCEF's tiled training path, on the second (AMX) machine
     tla = "train_layers_amx.json"
     small = (
