@@ -1076,16 +1076,17 @@ class ChannelPruner:
         Raises:
             ValueError: for ``"macs"`` when the model has no fixed input size.
         """
+        total, least = self._least(metric)
+        return least / max(total, 1)
+
+    def _least(self, metric: str) -> tuple[int, int]:
+        """The model's total ``metric`` and the least that pruning leaves of it (a MACs
+        budget needs the input size: refused without it)."""
         if metric == "macs" and not self.macs_known:
             raise ValueError(
                 "prune_channels: a MACs budget needs a model with a fixed input size; build "
                 "it with keras.Input((H, W, C)) or use budget={'params': ...} or keep=."
             )
-        total, least = self._least(metric)
-        return least / max(total, 1)
-
-    def _least(self, metric: str) -> tuple[int, int]:
-        """The model's total ``metric`` and the least that pruning leaves of it."""
         total, unit = self._totals(metric)
         rt = self.round_to
         most = sum((b.hidden - _allowed(b.hidden, rt)[-1]) * u for b, u in zip(self.active, unit))
@@ -1121,7 +1122,6 @@ class ChannelPruner:
         batches = self.batches
         target = None
         if metric is not None:
-            self.floor(metric)  # a MACs budget needs the input size
             total, least = self._least(metric)
             target = value * total if value <= 1 else value
             if least > target:
