@@ -48,6 +48,7 @@ from keras import ops
 
 from .. import graph
 from ..layers import ChannelTile, CompressedLayer
+from ..layers.inference import tiled_kernels
 from .timing import CostModel, LiteRTTimer
 
 __all__ = [
@@ -99,7 +100,9 @@ def _tile_depthwise(layers: list) -> list | None:
             and nxt.groups == 1
         ):
             e = np.asarray(ops.convert_to_numpy(dw.kernel))  # (kh, kw, C, r)
-            kh, kw, c, r = e.shape
+            _, _, c, r = e.shape
+            a = np.asarray(ops.convert_to_numpy(nxt.kernel))  # (1, 1, C*r, N), row c*r + j
+            tiled_e, tiled_a = tiled_kernels(e, a)
             new_dw = keras.layers.DepthwiseConv2D(
                 dw.kernel_size,
                 strides=dw.strides,
@@ -111,16 +114,13 @@ def _tile_depthwise(layers: list) -> list | None:
                 dtype=dw.dtype_policy,
             )
             new_dw.build((None, None, None, c * r))
-            # tiled channel j*C + c carries eigen-filter E[:, :, c, j]
-            new_dw.kernel.assign(e.transpose(0, 1, 3, 2).reshape(kh, kw, r * c, 1))
+            new_dw.kernel.assign(tiled_e)  # tiled channel j*C + c: eigen-filter E[:, :, c, j]
             if dw.use_bias:
                 b = np.asarray(ops.convert_to_numpy(dw.bias)).reshape(c, r)
                 new_dw.bias.assign(b.T.reshape(-1))
-            a = np.asarray(ops.convert_to_numpy(nxt.kernel))  # (1, 1, C*r, N), row c*r + j
-            n = a.shape[-1]
             new_pw = keras.layers.Conv2D.from_config(nxt.get_config())
             new_pw.build((None, None, None, c * r))
-            new_pw.kernel.assign(a.reshape(c, r, n).transpose(1, 0, 2).reshape(1, 1, r * c, n))
+            new_pw.kernel.assign(tiled_a)
             if nxt.use_bias:
                 new_pw.bias.assign(ops.convert_to_numpy(nxt.bias))
             out += [ChannelTile(r, name=f"{dw.name}_tile", dtype=dw.dtype_policy), new_dw, new_pw]

@@ -15,6 +15,7 @@ from keras import ops
 
 from .. import decompositions as dec
 from .base import FactorizedConv2D, safe_depthwise_conv
+from .inference import tiled_kernels
 
 __all__ = ["DeCEFConv2D"]
 
@@ -100,19 +101,15 @@ class DeCEFConv2D(FactorizedConv2D):
     def _tiled_call(self, inputs):
         """The same function through a multiplier-1 depthwise conv (what training runs).
 
-        The input is tiled ``r`` times along channels (channel ``j*C + c`` is ``x_c``), the
-        depthwise kernel is ``E'[:, :, j*C + c, 0] = E[:, :, c, j]`` and the 1x1 conv's rows
-        are permuted from ``c*r + j`` to ``j*C + c``. Same MACs, but TensorFlow's backward
-        kernels for a depthwise conv with ``depth_multiplier > 1`` are slow on CPU: a
-        training step of the tiled form measured 1.1-1.9x faster at ResNet-20 and ResNet50
-        shapes (r = 2..5). Forward alone it is not always faster, so inference keeps the
-        multiplier-``r`` form.
+        The input is tiled ``r`` times along channels and the kernels permuted to match
+        (``inference.tiled_kernels``, as the LiteRT "tiled" arrangement). Same MACs, but
+        TensorFlow's backward kernels for a depthwise conv with ``depth_multiplier > 1``
+        are slow on CPU: a training step of the tiled form measured 1.1-1.9x faster at
+        ResNet-20 and ResNet50 shapes (r = 2..5). Forward alone it is not always faster,
+        so inference keeps the multiplier-``r`` form.
         """
-        kh, kw, c, r = (int(d) for d in self.eigen_filters.shape)
-        e = ops.reshape(ops.transpose(self.eigen_filters, (0, 1, 3, 2)), (kh, kw, r * c, 1))
-        a = ops.reshape(self.combination, (c, r, self.filters))
-        a = ops.reshape(ops.transpose(a, (1, 0, 2)), (1, 1, r * c, self.filters))
-        y = ops.tile(inputs, (1, 1, 1, r))
+        e, a = tiled_kernels(self.eigen_filters, self.combination)
+        y = ops.tile(inputs, (1, 1, 1, self.rank))
         y = safe_depthwise_conv(y, e, self.strides, self.padding, self.dilation_rate)
         return ops.conv(y, a, padding="valid", data_format="channels_last")
 

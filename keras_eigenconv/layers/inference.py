@@ -11,7 +11,30 @@ import keras
 import numpy as np
 from keras import ops
 
-__all__ = ["ChannelTile"]
+__all__ = ["ChannelTile", "tiled_kernels"]
+
+
+def tiled_kernels(eigen_filters, combination):
+    """The kernels of the tiled arrangement of a multiplier-``r`` depthwise + 1x1 pair.
+
+    ``depthwise(x, E) -> conv1x1(., A)`` equals ``tile(x, r) -> depthwise(., E') ->
+    conv1x1(., A')`` with ``E'[:, :, j*C + c, 0] = E[:, :, c, j]`` (tiled channel ``j*C + c``
+    is ``x_c``, as ``ChannelTile`` makes it) and ``A'[0, 0, j*C + c] = A[0, 0, c*r + j]``.
+    Written with ``keras.ops``, so it serves NumPy weights (the export rewrite) and
+    trainable tensors (``DeCEFConv2D``'s training path) alike.
+
+    Args:
+        eigen_filters: The depthwise kernel ``E (kh, kw, C, r)``.
+        combination: The 1x1 kernel ``A (1, 1, C*r, N)``.
+
+    Returns:
+        ``(E', A')``: ``(kh, kw, r*C, 1)`` and ``(1, 1, r*C, N)``.
+    """
+    kh, kw, c, r = (int(d) for d in eigen_filters.shape)
+    n = int(combination.shape[-1])
+    e = ops.reshape(ops.transpose(eigen_filters, (0, 1, 3, 2)), (kh, kw, r * c, 1))
+    a = ops.transpose(ops.reshape(combination, (c, r, n)), (1, 0, 2))
+    return e, ops.reshape(a, (1, 1, r * c, n))
 
 
 @keras.saving.register_keras_serializable(package="keras_eigenconv")
