@@ -38,6 +38,7 @@ import numpy as np  # noqa: E402
 
 from keras_eigenconv import model_cost  # noqa: E402
 from keras_eigenconv.deploy import bench_tflite, export_tflite, prepare_for_inference  # noqa: E402
+from keras_eigenconv.deploy.timing import machine_summary  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -53,14 +54,6 @@ METHODS = [
     ("TT", "tt", "TTConv2D", {}),
     ("SSC", "ssc", "SSConv2D", {"groups": 4}),
 ]
-
-
-def _machine_line() -> str:
-    """The machine, its CPU and the CPU features that select LiteRT's kernels."""
-    from keras_eigenconv.deploy.timing import machine_info
-
-    m = machine_info()
-    return f"{m['machine']} {m['cpus']} CPUs ({m['cpu']}; {', '.join(m['isa'])}), {m['platform']}"
 
 
 def small_cnn(size: int) -> keras.Model:
@@ -272,7 +265,7 @@ def main(argv=None) -> int:
         "rounds": args.rounds,
         "target_layer_mac_ratio": args.target,
         "batch": 1,
-        "machine": _machine_line(),
+        "machine": machine_summary(),
         "skipped_methods": skipped,
         "command": "python benchmarks/latency.py "
         + " ".join(sys.argv[1:] if argv is None else argv),

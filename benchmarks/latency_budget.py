@@ -61,16 +61,9 @@ import numpy as np  # noqa: E402
 import keras_eigenconv as ke  # noqa: E402
 from keras_eigenconv import compress, model_cost  # noqa: E402
 from keras_eigenconv.deploy import bench_tflite, export_tflite, prepare_for_inference  # noqa: E402
+from keras_eigenconv.deploy.timing import machine_summary  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
-
-
-def _machine_line() -> str:
-    """The machine, its CPU and the CPU features that select LiteRT's kernels."""
-    from keras_eigenconv.deploy.timing import machine_info
-
-    m = machine_info()
-    return f"{m['machine']} {m['cpus']} CPUs ({m['cpu']}; {', '.join(m['isa'])}), {m['platform']}"
 
 
 def small_resnet(size: int) -> keras.Model:
@@ -587,7 +580,7 @@ def main(argv=None) -> int:
     meta = {
         "command": "python benchmarks/latency_budget.py "
         + " ".join(sys.argv[1:] if argv is None else argv),
-        "machine": _machine_line(),
+        "machine": machine_summary(),
         "versions": f"keras {keras.__version__}, tensorflow {tf.__version__}, "
         f"ai-edge-litert {litert_version}, keras-eigenconv {ke.__version__}",
         "threads": args.threads,

@@ -31,12 +31,17 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
+from keras_eigenconv._io import atomic_write_text  # noqa: E402
 from keras_eigenconv.deploy.litert import (  # noqa: E402
     convert_for_timing,
     make_interpreter,
     random_representative,
 )
-from keras_eigenconv.deploy.timing import interleaved_samples, machine_info  # noqa: E402
+from keras_eigenconv.deploy.timing import (  # noqa: E402
+    interleaved_samples,
+    machine_info,
+    machine_summary,
+)
 
 # (H=W, C, N, k): ResNet50's 3x3 convs of stages 2-5 and a 1x1 reduce conv of stage 4
 SHAPES = [
@@ -148,13 +153,14 @@ def main(argv=None) -> int:
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
-    m = meta["machine"]
+    atomic_write_text(
+        out.with_suffix(".json"), json.dumps({"meta": meta, "results": results}, indent=1)
+    )
     lines = [
         "# LiteRT latency of a channel-SVD conv against its rank (batch 1)",
         "",
-        f"`{meta['command']}` on {m['machine']} {m['cpus']} CPUs ({m['cpu']}; "
-        f"{', '.join(m['isa'])}), {args.threads} threads, {args.rounds} interleaved rounds. "
+        f"`{meta['command']}` on {machine_summary()}, {args.threads} threads, "
+        f"{args.rounds} interleaved rounds. "
         "Ratio: the factorized pair's time over the dense conv's in the same round (median; "
         "MACs ratio in brackets). Jumps: ranks whose ratio rose by more than "
         f"{args.jump} of the dense time over the previous rank's.",
@@ -177,7 +183,7 @@ def main(argv=None) -> int:
             f"| {r['shape']} | {r['precision']} | {r['dense_ms']:.3f} | "
             f"{', '.join(map(str, r['jumps_at'])) or '-'} | " + " | ".join(cells) + " |"
         )
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    atomic_write_text(out.with_suffix(".md"), "\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
 

@@ -757,3 +757,9 @@ def test_machine_info_names_the_cpu_features_that_select_kernels():
         )
         assert info["isa"] == sorted(set(flags) & _ISA_FLAGS)
     assert _machine()["isa"] == info["isa"] and _machine()["cpu"] == info["cpu"]
+    from keras_eigenconv.deploy.timing import machine_summary
+
+    line = machine_summary()
+    assert info["cpu"] in line and ", ".join(info["isa"]) in line and f"{info['cpus']} CPUs" in line
+    info["isa"].append("changed")  # a caller's copy: the cached answer stays as it was
+    assert "changed" not in machine_info()["isa"]

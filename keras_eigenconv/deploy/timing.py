@@ -64,6 +64,7 @@ __all__ = [
     "default_cache_path",
     "interleaved_samples",
     "machine_info",
+    "machine_summary",
     "time_interleaved",
 ]
 
@@ -181,6 +182,13 @@ def machine_info() -> dict:
         the platform string.
     """
     return {k: list(v) if isinstance(v, list) else v for k, v in _machine_info().items()}
+
+
+def machine_summary() -> str:
+    """``machine_info()`` in one line, for report headers: ``"x86_64 2 CPUs (model;
+    features), platform"``."""
+    m = _machine_info()
+    return f"{m['machine']} {m['cpus']} CPUs ({m['cpu']}; {', '.join(m['isa'])}), {m['platform']}"
 
 
 def _cpu_key() -> dict:
