@@ -104,9 +104,9 @@ class DeCEFConv2D(FactorizedConv2D):
         The input is tiled ``r`` times along channels and the kernels permuted to match
         (``inference.tiled_kernels``, as the LiteRT "tiled" arrangement). Same MACs, but
         TensorFlow's backward kernels for a depthwise conv with ``depth_multiplier > 1``
-        are slow on CPU: a training step of the tiled form measured 1.1-1.9x faster at
-        ResNet-20 and ResNet50 shapes (r = 2..5). Forward alone it is not always faster,
-        so inference keeps the multiplier-``r`` form.
+        are slow on CPU (``benchmarks/train_layers.py`` times the training step per
+        shape). Forward alone the tiled form was not always faster, so inference keeps the
+        multiplier-``r`` form.
         """
         e, a = tiled_kernels(self.eigen_filters, self.combination)
         y = ops.tile(inputs, (1, 1, 1, self.rank))
