@@ -185,8 +185,11 @@ def machine_info() -> dict:
 
 
 def machine_summary() -> str:
-    """``machine_info()`` in one line, for report headers: ``"x86_64 2 CPUs (model;
-    features), platform"``."""
+    """``machine_info()`` in one line, for report headers.
+
+    Returns:
+        ``"<architecture> <n> CPUs (<model>; <features, comma-separated>), <platform>"``.
+    """
     m = _machine_info()
     return f"{m['machine']} {m['cpus']} CPUs ({m['cpu']}; {', '.join(m['isa'])}), {m['platform']}"
 
