@@ -89,6 +89,7 @@ from .deploy.timing import (
     machine_info,
     time_interleaved,
 )
+from .training.implementations import tune_implementations
 
 __all__ = [
     "PRECISIONS",
@@ -823,10 +824,11 @@ def _time_table(
     for path, layer, shapes, offers in entries:
         prog.step(path)
         cands = {
-            # train: the compressed layer itself, timed as it trains ("auto": its training
-            # choice); LiteRT: its inference arrangements
+            # train: the compressed layer itself, timed as it trains through its factor ops
+            # and through its rebuilt dense kernel (the built model trains the faster way:
+            # training.tune_implementations); LiteRT: its inference arrangements
             i: (
-                {"train": [m.candidate(layer, r, opts)]}
+                _training_paths(m.candidate(layer, r, opts))
                 if target.runtime == "train"
                 else _candidate_layers(m, layer, r, opts, shapes[0])
             )
@@ -846,6 +848,20 @@ def _time_table(
     table.rest = max(0.0, table.model_s - sum(t[3] for t in table.rows))
     table.records.put("table", table.model_s, _table_features(table.rows, table.model_s))
     return table
+
+
+def _training_paths(candidate) -> dict[str, list]:
+    """``{path: [layer]}``: the candidate with each training path it can run fixed
+    (``training_implementation``); a layer that trains one way only (a batch-normalized
+    basis layer refuses ``"dense"``) offers that way."""
+    out = {}
+    for path in ("factorized", "dense"):
+        try:
+            config = {**candidate.get_config(), "training_implementation": path}
+            out[path] = [type(candidate).from_config(config)]
+        except (ValueError, TypeError):  # from_config wraps the constructor's ValueError
+            continue
+    return out or {"train": [candidate]}
 
 
 def _allocate(table: _Table, share: float, budget: float, timing: str):
@@ -1177,6 +1193,8 @@ def convert(model: keras.Model, method="decef", budget=None, target=None, **kwar
             "exclude": exclude,
             "skip_first": skip_first,
             "implementation": kwargs.get("implementation", "auto"),
+            # train: both training paths timed, the faster one built (not the cost model's)
+            "training_paths": "measured" if tgt.runtime == "train" else None,
         },
     )
     table = _time_table(
@@ -1231,7 +1249,7 @@ def convert(model: keras.Model, method="decef", budget=None, target=None, **kwar
 
     def build(chosen, **extra):
         by_id = {k: v for k, v in chosen.items() if v is not None}
-        return compress_convert(
+        new_model, report = compress_convert(
             model,
             method=lambda layer: by_id[id(layer)][0] if id(layer) in by_id else None,
             rank=lambda layer: by_id[id(layer)][1] if id(layer) in by_id else None,
@@ -1239,6 +1257,13 @@ def convert(model: keras.Model, method="decef", budget=None, target=None, **kwar
             require_saving=False,
             **extra,
         )
+        if tgt.runtime == "train" and by_id:
+            # each layer trains the way it measured faster here (its table entry is the
+            # faster of its two training paths)
+            new_model, _ = tune_implementations(
+                new_model, batch_size=tgt.batch, cache_path=table.timer.cache_path
+            )
+        return new_model, report
 
     # Plan at the budget; then measure the whole converted model against the original
     # (interleaved) and re-plan at a corrected share until the measurement is at most the
@@ -1261,7 +1286,7 @@ def convert(model: keras.Model, method="decef", budget=None, target=None, **kwar
             strict=False,
         )
         prepared = (
-            timing_model  # trains as built: "auto" layers run their training choice
+            timing_model  # trains as built: each layer by its faster measured path
             if tgt.runtime == "train"
             else prepare_for_inference(
                 timing_model,

@@ -247,6 +247,32 @@ def test_config_round_trip(name):
 
 
 @pytest.mark.parametrize("name", METHODS)
+def test_a_fixed_training_path_trains_that_way_and_computes_the_same(name):
+    """``training_implementation`` fixes what ``fit`` runs (where the layer has both paths);
+    inference keeps its own choice; the two training paths compute the same outputs."""
+    from keras_eigenconv.layers import FactorizedConv2D
+
+    m = get_method(name)
+    if not issubclass(m.layer, FactorizedConv2D):
+        pytest.skip("training_implementation is a FactorizedConv2D argument")
+    source, x = _source(m)
+    base = _reduced(m, source)
+    outs = {}
+    for path in ("factorized", "dense"):
+        layer = type(base).from_config({**base.get_config(), "training_implementation": path})
+        layer.build(x.shape)
+        layer.set_weights(base.get_weights())
+        assert layer.get_config()["training_implementation"] == path
+        assert layer.resolved_implementation == base.resolved_implementation
+        assert layer.resolved_training_implementation in (path, base.resolved_implementation)
+        outs[path] = np.asarray(layer(x, training=True))
+    assert max_rel_err(outs["factorized"], outs["dense"]) < 1e-5
+    # from_config wraps the constructor's ValueError in a TypeError with its message
+    with pytest.raises((ValueError, TypeError), match="training_implementation must be"):
+        type(base).from_config({**base.get_config(), "training_implementation": "auto"})
+
+
+@pytest.mark.parametrize("name", METHODS)
 def test_keras_file_round_trip_is_bit_exact(name, tmp_path):
     m = get_method(name)
     source, x = _source(m)

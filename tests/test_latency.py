@@ -385,14 +385,28 @@ def test_train_target_plans_with_training_step_times(model, tmp_path, _timing_ca
         layer = by_name[p.name.split("/")[-1]]
         shape = tuple(layer.input.shape)
         assert p.original_s == timer.time({"o": [layer]}, shape)["o"]
-        if p.method is not None:
-            cand = get_method("svd").candidate(layer, p.rank)
-            assert p.predicted_s == timer.time({"c": [cand]}, shape)["c"]
+        if p.method is not None:  # the faster of its two training paths
+            cfg = get_method("svd").candidate(layer, p.rank).get_config()
+            paths = {
+                t: [ke.SVDConv2D.from_config({**cfg, "training_implementation": t})]
+                for t in ("factorized", "dense")
+            }
+            assert p.predicted_s == min(timer.time(paths, shape).values())
     assert timer.measured == 0
-    # the converted model trains; its "auto" layers run their training choice in fit
-    for la in new.layers:
-        if isinstance(la, ke.SVDConv2D):
-            assert la.resolved_training_implementation in ("factorized", "dense")
+    # the converted model's layers train by the path measured faster (in the same cache)
+    tuned = [la for la in new.layers if isinstance(la, ke.SVDConv2D)]
+    assert tuned
+    for la in tuned:
+        assert la.training_implementation in ("factorized", "dense")
+        shape = tuple(la.input.shape)
+        paths = {
+            t: [ke.SVDConv2D.from_config({**la.get_config(), "training_implementation": t})]
+            for t in ("factorized", "dense")
+        }
+        got = timer.time(paths, shape)
+        assert la.training_implementation == min(got, key=lambda t: (got[t], t != "dense"))
+        assert la.resolved_training_implementation == la.training_implementation
+    assert timer.measured == 0
     new.compile("sgd", "mse")
     x = np.random.default_rng(0).normal(size=(4, 24, 24, 16)).astype("float32")
     new.fit(x, np.zeros((4, 24, 24, 96), "float32"), epochs=1, verbose=0)

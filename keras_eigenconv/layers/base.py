@@ -1014,6 +1014,10 @@ class FactorizedConv2D(CompressedLayer):
               ``fit`` runs it; ``OP_TIME_PER_MAC_TRAINING``, forward + backward)
               factorized when below ``AUTO_TRAINING_THRESHOLD`` (0.7). Both paths
               compute the same function of the same weights.
+        training_implementation: what ``call(..., training=True)`` (``fit``) runs:
+            ``None`` (default) follows ``implementation`` (for ``"auto"``, the training
+            cost model above); ``"factorized"`` or ``"dense"`` fixes it, e.g. to a choice
+            measured on the machine that trains (``training.tune_implementations``).
         kernel_initializer: initializer of the equivalent full kernel (see above).
         bias_initializer: initializer of the bias.
         kernel_regularizer: regularizer of every trainable factor.
@@ -1076,10 +1080,17 @@ class FactorizedConv2D(CompressedLayer):
         kernel_constraint=None,
         bias_constraint=None,
         seed: int | None = None,
+        training_implementation: str | None = None,
         **kwargs,
     ):
         super().__init__(activity_regularizer=activity_regularizer, **kwargs)
         who = f"{type(self).__name__} '{self.name}'"
+        if training_implementation not in (None, "factorized", "dense"):
+            raise ValueError(
+                f"{who}: training_implementation must be None (follow implementation), "
+                f"'factorized' or 'dense', got {training_implementation!r}."
+            )
+        self.training_implementation = training_implementation
         conv_geometry(self, who, filters, kernel_size, strides, padding, data_format, dilation_rate)
         self.rank = self.validate_rank(rank)
         set_weight_args(
@@ -1321,6 +1332,8 @@ class FactorizedConv2D(CompressedLayer):
         )
 
     def _resolve_implementation(self, input_shape, training: bool = False) -> str:
+        if training and self.training_implementation is not None:
+            return self.training_implementation
         if self.implementation != "auto":
             return self.implementation
         # Unknown spatial dims: a nominal 56x56 (the ratio barely depends on it).
@@ -1578,4 +1591,5 @@ class FactorizedConv2D(CompressedLayer):
         config.update(geometry_config(self))
         config["rank"] = self.rank
         config.update(weights_config(self))
+        config["training_implementation"] = self.training_implementation
         return config

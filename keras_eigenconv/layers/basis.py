@@ -74,9 +74,10 @@ class BasisConv2D(FactorizedConv2D):
         super().__init__(filters, kernel_size, rank, **kwargs)
         self.trainable_basis = bool(trainable_basis)
         self.batch_norm = bool(batch_norm)
-        if self.batch_norm and self.implementation == "dense":
+        if self.batch_norm and "dense" in (self.implementation, self.training_implementation):
+            arg = "implementation" if self.implementation == "dense" else "training_implementation"
             raise ValueError(
-                f"{self._who}: implementation='dense' cannot run a BatchNorm between the "
+                f"{self._who}: {arg}='dense' cannot run a BatchNorm between the "
                 "stages; use 'factorized' or 'auto' (fold it for inference with to_conv2d)."
             )
         self.bn = (

@@ -234,6 +234,8 @@ class TTConv2D(FactorizedConv2D):
         # Measured (benchmarks/layers.py, batch 1, 56x56x64 to 14x14x256): the factorized
         # TT-conv ran 0.86x-3.8x the conv's forward time and 1.2x-4.9x its training step even
         # at 0.3x the MACs (depthwise multiplier r0 plus transposes), so "auto" runs dense.
+        if training and self.training_implementation is not None:
+            return self.training_implementation
         return "dense" if self.implementation == "auto" else self.implementation
 
     def cost(self, input_shape) -> Cost:

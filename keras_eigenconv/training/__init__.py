@@ -6,7 +6,9 @@
 - ``from_scratch``: ``effective_ranks``, ``from_scratch``, ``train_decef_from_scratch``,
   ``basis_from_scratch``;
 - ``distill``: a short recovery step on unlabeled data (the student reproduces the
-  teacher's outputs).
+  teacher's outputs);
+- ``implementations``: ``tune_implementations``, each factorized layer's training path
+  (factor ops or rebuilt dense kernel) chosen by timing it on the machine that trains.
 
 Reaches the layers only through their public classes and contract. ``data`` imports
 TensorFlow; it is loaded when first used (``keras_eigenconv.training.data``).
@@ -21,6 +23,7 @@ from .from_scratch import (
     from_scratch,
     train_decef_from_scratch,
 )
+from .implementations import ImplementationChoice, TuningReport, tune_implementations
 from .pruning import (
     RankPruning,
     add_svd_regularization,
@@ -32,6 +35,7 @@ from .pruning import (
 
 __all__ = [
     "DeCEFRecipeResult",
+    "ImplementationChoice",
     "Orthogonality",
     "RankPruning",
     "SingularValueHoyer",
@@ -47,6 +51,8 @@ __all__ = [
     "set_svd_rank",
     "svd_ranks",
     "train_decef_from_scratch",
+    "TuningReport",
+    "tune_implementations",
 ]
 
 
