@@ -121,6 +121,46 @@ def test_convert_a_keras_file(tmp_path, saved_model, capsys):
     assert exported["max_abs_error"] == pytest.approx(measured, rel=0.5, abs=1e-6)
 
 
+def test_convert_can_fix_each_layers_measured_training_path(
+    tmp_path, saved_model, capsys, monkeypatch
+):
+    path, _ = saved_model
+    out = tmp_path / "tuned.keras"
+    monkeypatch.setenv("KERAS_EIGENCONV_TIMING_CACHE", str(tmp_path / "timings.json"))
+    code = main(
+        ["convert", str(path), "--method", "svd", "--rank", "2", "--tune-training", "4",
+         "-o", str(out), "--no-progress"]
+    )  # fmt: skip
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "training paths measured at batch 4" in printed
+    saved = keras.saving.load_model(out)
+    tuned = [la for la in saved.layers if isinstance(la, keras_eigenconv.SVDConv2D)]
+    assert tuned and all(la.training_implementation in ("factorized", "dense") for la in tuned)
+    # each choice is the faster of the two paths timed, cached next to the LiteRT cache
+    from keras_eigenconv.deploy import TrainStepTimer
+
+    timer = TrainStepTimer(tmp_path / "train_step_timings.json", batch=4)
+    for la in tuned:
+        paths = {
+            t: [type(la).from_config({**la.get_config(), "training_implementation": t})]
+            for t in ("factorized", "dense")
+        }
+        got = timer.time(paths, tuple(la.input.shape))
+        assert la.training_implementation == min(got, key=lambda t: (got[t], t != "dense"))
+    assert timer.measured == 0
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [(["--tune-training", "0"], "the fit batch size, >= 1")],
+)
+def test_convert_checks_tune_training_before_loading(extra, message, capsys):
+    assert main(["convert", "missing/model.keras", "--method", "svd", *extra]) == 1
+    err = capsys.readouterr().err
+    assert "keras-eigenconv convert: error:" in err and message in err
+
+
 def test_convert_an_application_by_name(capsys):
     code = main(
         ["convert", "VGG16", "--weights", "none", "--input-shape", "32,32,3", "--rank", "4"]

@@ -247,6 +247,16 @@ def _cli_convert(args) -> int:
         raise ValueError("--round-to cannot be combined with --budget-latency (it picks ranks).")
     if args.energy is not None:
         rk.energy_rank([1.0], args.energy)
+    if args.tune_training is not None:
+        if args.tune_training < 1:
+            raise ValueError(f"--tune-training {args.tune_training}: the fit batch size, >= 1.")
+        import keras
+
+        if keras.backend.backend() != "tensorflow":
+            raise ValueError(
+                "--tune-training times TensorFlow training steps; run with "
+                "KERAS_BACKEND=tensorflow."
+            )
     _check_model_outputs(args, "converted")
     model, calibration = _load_model_and_calibration(args)
     extra = {}
@@ -279,6 +289,11 @@ def _cli_convert(args) -> int:
     plan = getattr(report, "latency", None)
     if plan is not None:
         print(plan)
+    if args.tune_training is not None:
+        from ..training import tune_implementations
+
+        new_model, tuning = tune_implementations(new_model, batch_size=args.tune_training)
+        print(tuning)
     _write_model_outputs(args, new_model, report)
     return 0
 
@@ -373,6 +388,14 @@ def add_convert(subparsers) -> None:
         help="also replace layers whose replacement does not cost less",
     )
     p.add_argument("--implementation", choices=IMPLEMENTATIONS, default="auto")
+    p.add_argument(
+        "--tune-training",
+        type=int,
+        metavar="BATCH",
+        help="time each layer's two training paths (factor ops, rebuilt dense kernel) at "
+        "this fit batch size on this machine and save the faster in each layer "
+        "(training.tune_implementations)",
+    )
     _add_model_arguments(p, "converted", " for data-aware conversion")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
