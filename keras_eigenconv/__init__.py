@@ -13,12 +13,14 @@ Architecture (each stage a subpackage; dependencies point one way, down this lis
 - ``layers``: one file per layer family over one contract (``layers.CompressedLayer``);
   imports only ``decompositions``, ``cost``, ``graph`` and itself;
 - ``compress`` (registry, ranks, ``convert``, report), ``deploy`` (inference rewrite, LiteRT,
-  timing, export) and ``training`` (data, rank pruning, from-scratch recipes): each reaches
-  the layers through the contract, and none imports another of the three;
+  timing, export) and ``training`` (data, rank pruning, from-scratch recipes, measured
+  training paths): each reaches the layers through the contract; ``compress`` and
+  ``deploy`` never import each other, and ``training`` imports only ``deploy``'s
+  training-step timer (``tune_implementations``);
 - ``latency``: ``convert`` to a latency budget on a target runtime (``Target``): joins
-  ``compress`` (the plan, the build) and ``deploy`` (LiteRT timing), so neither imports the
-  other; the package's ``convert`` and ``prune_channels`` are its (other budgets go to
-  ``compress.convert`` and ``compress.prune_channels``);
+  ``compress`` (the plan, the build), ``deploy`` (LiteRT timing) and ``training`` (the train
+  target's measured training paths); the package's ``convert`` and ``prune_channels`` are
+  its (other budgets go to ``compress.convert`` and ``compress.prune_channels``);
 - ``analysis``, ``zoo`` (reference networks), ``demo``: built on the stages above;
 - ``cli``: the command line; nothing imports it.
 """

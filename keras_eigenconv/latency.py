@@ -89,7 +89,7 @@ from .deploy.timing import (
     machine_info,
     time_interleaved,
 )
-from .training.implementations import tune_implementations
+from .training.implementations import training_path_variants, tune_implementations
 
 __all__ = [
     "PRECISIONS",
@@ -741,10 +741,13 @@ def _time_table(
     original_interpreter,
     show_progress: bool = False,
     architecture: str | None = None,
+    implementation: str = "auto",
 ) -> _Table:
     """The per-layer timings (``original_interpreter()`` gives the original's interpreter,
     made only if it is timed); with ``architecture`` (``timing="measure"`` only) a table
-    kept by an earlier call on the same architecture is reused instead of timed."""
+    kept by an earlier call on the same architecture is reused instead of timed. On the
+    train target, ``implementation`` is the replacements' (``"auto"``: both training paths
+    are timed and the faster counts, as ``tune_implementations`` then builds)."""
     timer = (
         TrainStepTimer(cache_path, batch=target.batch)
         if target.runtime == "train"
@@ -808,16 +811,17 @@ def _time_table(
         return table
 
     def seconds(source, candidates, shapes):
-        """Summed over the layer's calls: the fastest arrangement of each candidate."""
-        total = dict.fromkeys(candidates, 0.0)
+        """The fastest arrangement of each candidate, its times summed over the layer's
+        calls (a layer runs one arrangement at all of its input shapes)."""
+        flat = {f"{n}|{a}": lays for n, arrs in candidates.items() for a, lays in arrs.items()}
+        summed = dict.fromkeys(flat, 0.0)
         for shape in shapes:
-            flat = {f"{n}|{a}": lays for n, arrs in candidates.items() for a, lays in arrs.items()}
             got = source.time(flat, shape)
             if source is timer:
                 table.timed += len(flat)
-            for n, arrs in candidates.items():
-                total[n] += min(got[f"{n}|{a}"] for a in arrs)
-        return total
+            for k in flat:
+                summed[k] += got[k]
+        return {n: min(summed[f"{n}|{a}"] for a in arrs) for n, arrs in candidates.items()}
 
     table.seconds_fn = seconds
     prog = Progress(len(entries), show_progress, prefix=f"timing on {target}")
@@ -828,7 +832,7 @@ def _time_table(
             # and through its rebuilt dense kernel (the built model trains the faster way:
             # training.tune_implementations); LiteRT: its inference arrangements
             i: (
-                _training_paths(m.candidate(layer, r, opts))
+                _training_paths(m.candidate(layer, r, opts), layer, implementation)
                 if target.runtime == "train"
                 else _candidate_layers(m, layer, r, opts, shapes[0])
             )
@@ -850,18 +854,20 @@ def _time_table(
     return table
 
 
-def _training_paths(candidate) -> dict[str, list]:
-    """``{path: [layer]}``: the candidate with each training path it can run fixed
-    (``training_implementation``); a layer that trains one way only (a batch-normalized
-    basis layer refuses ``"dense"``) offers that way."""
-    out = {}
-    for path in ("factorized", "dense"):
-        try:
-            config = {**candidate.get_config(), "training_implementation": path}
-            out[path] = [type(candidate).from_config(config)]
-        except (ValueError, TypeError):  # from_config wraps the constructor's ValueError
-            continue
-    return out or {"train": [candidate]}
+def _training_paths(candidate, source, implementation: str) -> dict[str, list]:
+    """``{path: [layer]}``: the candidate as the converted layer trains it (the source's
+    activation; ``implementation`` when fixed), once per training path it can run when
+    ``implementation`` is ``"auto"`` (``training.training_path_variants``)."""
+    config = {
+        **candidate.get_config(),
+        "activation": source.get_config().get("activation"),
+        "implementation": implementation,
+    }
+    candidate = type(candidate).from_config(config)
+    if implementation != "auto":
+        return {implementation: [candidate]}
+    paths = {p: [v] for p, v in training_path_variants(candidate).items()}
+    return paths or {"train": [candidate]}
 
 
 def _allocate(table: _Table, share: float, budget: float, timing: str):
@@ -1194,7 +1200,7 @@ def convert(model: keras.Model, method="decef", budget=None, target=None, **kwar
             "skip_first": skip_first,
             "implementation": kwargs.get("implementation", "auto"),
             # train: both training paths timed, the faster one built (not the cost model's)
-            "training_paths": "measured" if tgt.runtime == "train" else None,
+            **({"training_paths": "measured"} if tgt.runtime == "train" else {}),
         },
     )
     table = _time_table(
@@ -1212,6 +1218,7 @@ def convert(model: keras.Model, method="decef", budget=None, target=None, **kwar
         original_it,
         show_progress,
         architecture,
+        implementation=kwargs.get("implementation", "auto"),
     )
     paths = {id(t[1]): t[0] for t in table.rows}
 

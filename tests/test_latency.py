@@ -13,6 +13,7 @@ import keras_eigenconv as ke
 from keras_eigenconv.compress.registry import get_method
 from keras_eigenconv.deploy import CostModel, LiteRTTimer
 from keras_eigenconv.latency import TARGETS, Target, latency_ranks, parse_target
+from keras_eigenconv.training.implementations import training_path_variants
 
 
 @pytest.fixture(autouse=True)
@@ -385,27 +386,19 @@ def test_train_target_plans_with_training_step_times(model, tmp_path, _timing_ca
         layer = by_name[p.name.split("/")[-1]]
         shape = tuple(layer.input.shape)
         assert p.original_s == timer.time({"o": [layer]}, shape)["o"]
-        if p.method is not None:  # the faster of its two training paths
-            cfg = get_method("svd").candidate(layer, p.rank).get_config()
-            paths = {
-                t: [ke.SVDConv2D.from_config({**cfg, "training_implementation": t})]
-                for t in ("factorized", "dense")
-            }
-            assert p.predicted_s == min(timer.time(paths, shape).values())
-    assert timer.measured == 0
-    # the converted model's layers train by the path measured faster (in the same cache)
-    tuned = [la for la in new.layers if isinstance(la, ke.SVDConv2D)]
-    assert tuned
-    for la in tuned:
-        assert la.training_implementation in ("factorized", "dense")
-        shape = tuple(la.input.shape)
-        paths = {
-            t: [ke.SVDConv2D.from_config({**la.get_config(), "training_implementation": t})]
-            for t in ("factorized", "dense")
-        }
-        got = timer.time(paths, shape)
-        assert la.training_implementation == min(got, key=lambda t: (got[t], t != "dense"))
-        assert la.resolved_training_implementation == la.training_implementation
+        if p.method is not None:
+            # the plan counted the faster training path of the layer it built (same
+            # activation, same cache entries), and the built layer trains that way
+            built = new.get_layer(layer.name)
+            assert isinstance(built, ke.SVDConv2D) and built.rank == p.rank
+            paths = {t: [v] for t, v in training_path_variants(built).items()}
+            got = timer.time(paths, shape)
+            assert p.predicted_s == min(got.values())
+            assert built.training_implementation == min(
+                got, key=lambda t: (got[t], t != "dense")
+            )
+            assert built.resolved_training_implementation == built.training_implementation
+    assert any(p.method is not None for p in plan.layers)
     assert timer.measured == 0
     new.compile("sgd", "mse")
     x = np.random.default_rng(0).normal(size=(4, 24, 24, 16)).astype("float32")
@@ -777,3 +770,22 @@ def test_machine_info_names_the_cpu_features_that_select_kernels():
     assert info["cpu"] in line and ", ".join(info["isa"]) in line and f"{info['cpus']} CPUs" in line
     info["isa"].append("changed")  # a caller's copy: the cached answer stays as it was
     assert "changed" not in machine_info()["isa"]
+
+
+def test_train_candidates_are_timed_as_the_converted_layer_trains():
+    from keras_eigenconv.latency import _training_paths
+
+    source = keras.layers.Conv2D(16, 3, padding="same", activation="relu")
+    source.build((None, 12, 12, 8))
+    svd = get_method("svd").candidate(source, 4)
+    both = _training_paths(svd, source, "auto")
+    assert sorted(both) == ["dense", "factorized"]
+    for path, (layer,) in both.items():
+        cfg = layer.get_config()
+        assert cfg["activation"] == "relu" and cfg["training_implementation"] == path
+    # a fixed implementation is timed as it is built: that path only
+    (only,) = _training_paths(svd, source, "factorized").values()
+    assert only[0].get_config()["implementation"] == "factorized"
+    # a batch-normalized basis layer trains one way
+    basis = get_method("basis").candidate(source, 4, {"batch_norm": True})
+    assert list(_training_paths(basis, source, "auto")) == ["factorized"]

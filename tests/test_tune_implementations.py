@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_eigenconv import SVDConv2D
+from keras_eigenconv import SVDConv2D, graph
 from keras_eigenconv.compress import convert
 from keras_eigenconv.training import tune_implementations
 
@@ -99,9 +99,9 @@ def test_the_choice_survives_a_keras_file_and_the_copy_trains(tmp_path):
 
 def test_bad_arguments_get_clear_errors(tmp_path):
     model, _ = _model()
-    with pytest.raises(ValueError, match="batch must be an int >= 1"):
+    with pytest.raises(ValueError, match="tune_implementations: batch_size must be an int >= 1"):
         tune_implementations(model, batch_size=0, cache_path=tmp_path / "t.json")
-    with pytest.raises(ValueError, match="rounds must be an int >= 1"):
+    with pytest.raises(ValueError, match="tune_implementations: rounds must be an int >= 1"):
         tune_implementations(model, rounds=0, cache_path=tmp_path / "t.json")
     with pytest.raises(ValueError, match="must be a built keras.Model"):
         tune_implementations(
@@ -109,3 +109,81 @@ def test_bad_arguments_get_clear_errors(tmp_path):
         )
     with pytest.raises(ValueError, match="must be a built keras.Model"):
         tune_implementations("model.keras", cache_path=tmp_path / "t.json")
+
+
+def test_the_layers_of_a_subclassed_model_are_tuned_in_its_copy(tmp_path):
+    # the users' subclassed net: convs in an attribute, in auto-named blocks (which a copy
+    # of the model renames), in a dict and in a nested Sequential
+    from test_models_users_have import _trained_net
+
+    plain, _ = _trained_net()
+    net, _ = convert(plain, "svd", rank=2, skip_first=False, progress=False)
+    tuned, report = tune_implementations(
+        net, batch_size=4, cache_path=tmp_path / "t.json", rounds=1
+    )
+
+    def svd_layers(model):
+        return [la for _, la in graph.walk(model) if isinstance(la, SVDConv2D)]
+
+    assert len(report.choices) == len(svd_layers(net)) >= 4
+    assert [b.name for b in tuned.blocks] != [b.name for b in net.blocks]  # renamed
+    assert [la.training_implementation for la in svd_layers(tuned)] == [
+        c.chosen for c in report.choices
+    ]
+    assert all(la.training_implementation is None for la in svd_layers(net))
+
+
+def test_ties_go_to_dense_and_a_layer_called_twice_sums_its_calls(tmp_path):
+    from keras_eigenconv.deploy import TrainStepTimer
+    from keras_eigenconv.training import training_path_variants
+
+    shared = SVDConv2D(8, 3, rank=2, padding="same", name="shared")
+    x = keras.Input((16, 16, 8))
+    model = keras.Model(x, shared(keras.layers.MaxPooling2D()(shared(x))))
+    cache = tmp_path / "t.json"
+    timer = TrainStepTimer(cache, batch=4)
+    shapes = [(None, 16, 16, 8), (None, 8, 8, 8)]
+    variants = training_path_variants(shared)
+    for shape, seconds in zip(shapes, (0.002, 0.001)):  # equal per path at each shape
+        for v in variants.values():
+            timer.entries[timer.key([v], shape)] = {"seconds": seconds}
+    timer.cache.save(timer.entries)
+    _, report = tune_implementations(model, batch_size=4, cache_path=cache)
+    (choice,) = report.choices
+    assert report.measured == 0  # read from the cache written above
+    assert choice.input_shapes == tuple(shapes)
+    assert choice.factorized_s == choice.dense_s == pytest.approx(0.003)
+    assert choice.chosen == "dense"
+
+
+def test_layers_that_cannot_be_tuned_are_reported_and_kept(tmp_path):
+    from keras_eigenconv import BasisConv2D
+
+    @keras.saving.register_keras_serializable(package="test_tune")
+    class Block(keras.layers.Layer):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.conv = SVDConv2D(8, 3, rank=2, padding="same", name="inner")
+
+        def build(self, input_shape):
+            self.conv.build(input_shape)
+
+        def call(self, x):
+            return self.conv(x)
+
+    x = keras.Input((16, 16, 8))
+    y = BasisConv2D(8, 3, rank=4, batch_norm=True, padding="same", name="bn_basis")(x)
+    y = Block(name="block")(y)
+    y = SVDConv2D(8, 3, rank=2, padding="same", name="fixed", training_implementation="dense")(y)
+    model = keras.Model(x, y)
+    tuned, report = tune_implementations(
+        model, batch_size=4, cache_path=tmp_path / "t.json", rounds=2
+    )
+    assert dict(report.skipped) == {
+        "bn_basis": "trains one way only",
+        "block/inner": "inside a custom layer, copied whole from its config",
+    }
+    # a training_implementation set before is measured again (the last layer)
+    assert [c.path for c in report.choices] == ["fixed"]
+    assert tuned.get_layer("fixed").training_implementation == report.choices[0].chosen
+    assert tuned.get_layer("bn_basis").resolved_training_implementation == "factorized"

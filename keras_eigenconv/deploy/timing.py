@@ -724,7 +724,8 @@ class TrainStepTimer:
     ``time(candidates, input_shape)`` has ``LiteRTTimer.time``'s interface: each candidate,
     a list of layers, is rebuilt from its config (fresh weights: timing only) and run on a
     fixed random input ``(batch, *input_shape[1:])``; one step is the forward pass with
-    ``training=True`` (so ``implementation="auto"`` layers run their training choice) and
+    ``training=True`` (so each layer runs its training path: a fixed
+    ``training_implementation``, else its ``implementation="auto"`` training choice) and
     the gradients of ``sum(y**2) / 2`` with respect to the input and every trainable weight
     (what backpropagation computes for a layer inside a network; no optimizer update), in a
     ``tf.function`` (graph mode, as ``fit`` runs without XLA on CPU). Candidates not in the

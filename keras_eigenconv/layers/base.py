@@ -1331,6 +1331,19 @@ class FactorizedConv2D(CompressedLayer):
             input_shape, training=True
         )
 
+    def implementation_for(self, input_shape, training: bool = False) -> str:
+        """What ``call`` would run on ``input_shape`` (the layer need not be built).
+
+        Args:
+            input_shape: ``(batch, H, W, C)``; unknown spatial dims count as 56x56.
+            training: the path of ``call(..., training=True)`` (``fit``) instead of
+                inference.
+
+        Returns:
+            ``"factorized"`` or ``"dense"``.
+        """
+        return self._resolve_implementation(input_shape, training)
+
     def _resolve_implementation(self, input_shape, training: bool = False) -> str:
         if training and self.training_implementation is not None:
             return self.training_implementation

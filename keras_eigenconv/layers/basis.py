@@ -38,7 +38,8 @@ class BasisConv2D(FactorizedConv2D):
             weights) and only the 1x1 weights learn, as in the paper; ``True`` follows the
             author's later code.
         batch_norm: bool; ``True`` puts a ``BatchNormalization`` between the two stages, and
-            the layer then always runs factorized (``implementation="dense"`` is refused).
+            the layer then always runs factorized (``implementation="dense"`` and
+            ``training_implementation="dense"`` are refused).
         **kwargs: the other arguments of ``keras.layers.Conv2D`` and ``FactorizedConv2D``:
             ``strides``, ``padding``, ``data_format``, ``dilation_rate``, ``activation``,
             ``use_bias``, ``implementation``, the initializers, regularizers and
@@ -51,8 +52,8 @@ class BasisConv2D(FactorizedConv2D):
         4D tensor ``(batch, H_out, W_out, filters)``.
 
     Raises:
-        ValueError: when ``batch_norm`` is combined with ``implementation="dense"``, or
-            another argument is invalid.
+        ValueError: when ``batch_norm`` is combined with ``implementation="dense"`` or
+            ``training_implementation="dense"``, or another argument is invalid.
 
     Example:
 

@@ -23,7 +23,12 @@ from .from_scratch import (
     from_scratch,
     train_decef_from_scratch,
 )
-from .implementations import ImplementationChoice, TuningReport, tune_implementations
+from .implementations import (
+    ImplementationChoice,
+    TuningReport,
+    training_path_variants,
+    tune_implementations,
+)
 from .pruning import (
     RankPruning,
     add_svd_regularization,
@@ -51,6 +56,7 @@ __all__ = [
     "set_svd_rank",
     "svd_ranks",
     "train_decef_from_scratch",
+    "training_path_variants",
     "TuningReport",
     "tune_implementations",
 ]

@@ -26,10 +26,15 @@ import keras
 
 from .. import graph
 from .._table import markdown_table, text_table
-from ..deploy.timing import TrainStepTimer
+from ..deploy.timing import TrainStepTimer, positive_int
 from ..layers import FactorizedConv2D
 
-__all__ = ["ImplementationChoice", "TuningReport", "tune_implementations"]
+__all__ = [
+    "ImplementationChoice",
+    "TuningReport",
+    "training_path_variants",
+    "tune_implementations",
+]
 
 _PATHS = ("factorized", "dense")
 
@@ -127,8 +132,25 @@ class TuningReport:
         return "\n".join(lines)
 
 
-def _with_training_path(layer, path: str | None):
-    return type(layer).from_config({**layer.get_config(), "training_implementation": path})
+def training_path_variants(layer) -> dict[str, keras.layers.Layer]:
+    """Unbuilt copies of a factorized layer, one per training path it can run.
+
+    Args:
+        layer: A ``FactorizedConv2D`` (built or not).
+
+    Returns:
+        ``{"factorized": copy, "dense": copy}``, each copy from ``layer``'s config with
+        ``training_implementation`` fixed to that path; a path the layer refuses (a
+        batch-normalized ``BasisConv2D`` always runs its factors) is absent.
+    """
+    out = {}
+    for path in _PATHS:
+        try:
+            config = {**layer.get_config(), "training_implementation": path}
+            out[path] = type(layer).from_config(config)
+        except (ValueError, TypeError):  # from_config wraps the constructor's ValueError
+            continue
+    return out
 
 
 def tune_implementations(
@@ -144,12 +166,16 @@ def tune_implementations(
     with ``training=True``, then the gradients of ``sum(y**2) / 2`` with respect to the
     input and every factor, in a ``tf.function``) of a fresh copy is timed through the factor
     ops and through the rebuilt dense kernel, at each input shape the layer is called with
-    and ``batch_size`` images, interleaved over ``rounds`` rounds (median). The copy of the
-    model returned gets ``training_implementation`` set to the faster path (dense on a
-    tie), so ``fit`` never runs a layer's factor ops where they measured slower than its
-    dense path. Inference (``implementation``) and the weights are unchanged: the copy
-    computes the same function. Layers whose two paths are one (a batch-normalized
-    ``BasisConv2D`` always runs its factors) are left as they are.
+    and ``batch_size`` images, interleaved over ``rounds`` rounds (median). A layer called
+    at several shapes is timed at each and the summed times compared. The copy of the model
+    returned gets ``training_implementation`` set to the faster path (dense on a tie), so
+    ``fit`` never runs a layer's factor ops where they measured slower than its dense path.
+    A ``training_implementation`` set before (by an earlier tuning, perhaps on another
+    machine) is measured again and replaced. Inference (``implementation``) and the weights
+    are unchanged: the copy computes the same function. Left as they are, and listed in
+    ``report.skipped``: layers that train one way only (a batch-normalized ``BasisConv2D``
+    always runs its factors), layers without a known input size, and layers inside a custom
+    layer of a graph model (which is copied whole from its config).
 
     Args:
         model: A built ``keras.Model`` (graph or subclassed) whose input size is known.
@@ -165,19 +191,27 @@ def tune_implementations(
 
     Raises:
         ValueError: When ``batch_size`` or ``rounds`` is not a positive int, the Keras
-            backend is not TensorFlow (training steps are timed in TensorFlow), or
-            ``model`` is not a built ``keras.Model``.
+            backend is not TensorFlow (training steps are timed in TensorFlow), ``model``
+            is not a built ``keras.Model``, or the model cannot be copied (a subclassed
+            model without a ``get_config`` that rebuilds it); all before any timing.
     """
-    timer = TrainStepTimer(cache_path, batch=batch_size, rounds=rounds)
+    who = "tune_implementations"
+    batch_size = positive_int(who, "batch_size", batch_size)
+    rounds = positive_int(who, "rounds", rounds)
     if not isinstance(model, keras.Model) or not model.built:
         raise ValueError(
-            f"tune_implementations: model must be a built keras.Model, got "
-            f"{type(model).__name__}; call it on an input (or build it) first."
+            f"{who}: model must be a built keras.Model, got {type(model).__name__}; call it "
+            "on an input (or build it) first."
         )
+    timer = TrainStepTimer(cache_path, batch=batch_size, rounds=rounds)
+    copy = graph.clone_model(model)  # first: a model that cannot be copied fails before timing
+    walked = list(graph.walk(model))
+    copied = list(graph.walk(copy))
+    if [type(la) for _, la in walked] != [type(la) for _, la in copied]:
+        raise ValueError(f"{who}: the copy of '{model.name}' does not have the original's layers.")
     report = TuningReport(batch=timer.batch, cache_path=timer.cache_path)
     shape_map = graph.layer_input_shapes(model)
-    chosen: dict[str, tuple[str, tuple]] = {}  # path -> (path chosen, first input shape)
-    for path, layer in graph.walk(model):
+    for (path, layer), (_, twin) in zip(walked, copied):
         if not isinstance(layer, FactorizedConv2D):
             continue
         if layer.implementation != "auto":
@@ -187,23 +221,19 @@ def tune_implementations(
         if not shapes or any(d is None for s in shapes for d in s[1:]):
             report.skipped.append((path, "no known input size"))
             continue
-        cands = {p: [_with_training_path(layer, p)] for p in _PATHS}
-        probe = {p: _with_training_path(layer, p) for p in _PATHS}
-        for lay in probe.values():
-            lay.build(shapes[0])
-        if probe["factorized"].resolved_training_implementation == "dense" or (
-            probe["dense"].resolved_training_implementation == "factorized"
+        variants = training_path_variants(layer)
+        if set(variants) != set(_PATHS) or any(
+            v.implementation_for(shapes[0], training=True) != p for p, v in variants.items()
         ):
             report.skipped.append((path, "trains one way only"))
             continue
-        modelled = _with_training_path(layer, None)
-        modelled.build(shapes[0])
+        cands = {p: [v] for p, v in variants.items()}
         total = dict.fromkeys(_PATHS, 0.0)
         for shape in shapes:
             for p, seconds in timer.time(cands, shape).items():
                 total[p] += seconds
         choice = "factorized" if total["factorized"] < total["dense"] else "dense"
-        chosen[path] = (choice, shapes[0])
+        modelled = type(layer).from_config({**layer.get_config(), "training_implementation": None})
         report.choices.append(
             ImplementationChoice(
                 path=path,
@@ -211,14 +241,15 @@ def tune_implementations(
                 input_shapes=tuple(tuple(s) for s in shapes),
                 factorized_s=total["factorized"],
                 dense_s=total["dense"],
-                modelled=modelled.resolved_training_implementation,
+                modelled=modelled.implementation_for(shapes[0], training=True),
                 chosen=choice,
             )
         )
+        twin.training_implementation = choice  # the copy is ours to set
+        twin.resolve_implementations(shapes[0])
+    walked_ids = {id(la) for _, la in walked}
+    for path, layer in graph.walk_all(model):
+        if isinstance(layer, FactorizedConv2D) and id(layer) not in walked_ids:
+            report.skipped.append((path, "inside a custom layer, copied whole from its config"))
     report.measured = timer.measured
-    copy = graph.clone_model(model)
-    for path, layer in graph.walk(copy):
-        if path in chosen:  # the copy is ours to set
-            layer.training_implementation, shape = chosen[path]
-            layer.resolve_implementations(shape)
     return copy, report
