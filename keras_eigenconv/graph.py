@@ -20,6 +20,7 @@ them is fixed here. Everything else walks and copies models through these functi
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -54,6 +55,30 @@ __all__ = [
     "walk",
     "walk_all",
 ]
+
+
+def eager_scope():
+    """A context in which backend ops run eagerly, even inside a symbolic trace.
+
+    Keras builds a subclassed model's layers by calling it symbolically (``build_from_config``
+    when a copy is made, ``model.build(shape)``); on TensorFlow that trace is a
+    ``FuncGraph``, and ``tf.init_scope()`` lifts out of it, as Keras' own variable
+    initializers do; on JAX it is a trace, and ``jax.ensure_compile_time_eval()`` evaluates
+    concrete values inside it. A layer whose initial weights are computed in NumPy (from a
+    drawn kernel) draws them in this scope. On other backends: no change.
+
+    Returns:
+        A context manager.
+    """
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return tf.init_scope()
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return jax.ensure_compile_time_eval()
+    return contextlib.nullcontext()
 
 
 def is_graph_model(model) -> bool:

@@ -213,6 +213,32 @@ def test_subclassed_model_with_a_budget():
     assert tuple(new(x).shape) == (2, 3)
 
 
+class _FromScratch(keras.Model):
+    """A subclassed model written with the package's layers from the start."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.decef = ke.DeCEFConv2D(16, 3, rank=2, padding="same", activation="relu")
+        self.svd = ke.SVDConv2D(16, 3, rank=2, padding="same")
+
+    def call(self, x):
+        return self.svd(self.decef(x))
+
+
+def test_subclassed_model_of_the_packages_layers_is_copied_with_its_weights():
+    # a copy is rebuilt from the config and built by a symbolic call, in which the layers
+    # draw their from-scratch factors (NumPy): before, that build failed and the copy had
+    # no factor weights
+    model = _FromScratch()
+    x = np.random.default_rng(0).random((2, 12, 12, 8)).astype("float32")
+    y = np.asarray(model(x))
+    copy = graph.clone_model(model)
+    assert copy is not model and len(copy.weights) == len(model.weights)
+    np.testing.assert_array_equal(np.asarray(copy(x)), y)
+    for a, b in zip(model.weights, copy.weights):
+        assert a is not b
+
+
 def test_subclassed_model_that_its_config_cannot_rebuild_gets_a_clear_error():
     class Opaque(keras.Model):
         def __init__(self, fn, **kwargs):  # a function argument: no config

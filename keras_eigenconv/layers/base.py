@@ -26,6 +26,7 @@ import numpy as np
 from keras import ops
 
 from .. import decompositions as dec
+from .. import graph
 from ..cost import OP_TIME, Cost, CostedLayer, conv_output_length
 
 __all__ = [
@@ -1260,18 +1261,21 @@ class FactorizedConv2D(CompressedLayer):
     def _initialize_factors(self, in_channels: int) -> None:
         kh, kw = self.kernel_size
         shape = (kh, kw, in_channels, self.filters)
-        drawn = np.asarray(
-            ops.convert_to_numpy(self.kernel_initializer(shape, dtype="float32")), np.float64
-        )
-        factors = self.initial_factors(drawn)
-        if self._scale_factor:
-            rebuilt = ops.convert_to_numpy(self.kernel_from_factors(factors))
-            norm = np.linalg.norm(rebuilt)
-            if norm > 0:
-                factors[self._scale_factor] = factors[self._scale_factor] * (
-                    np.linalg.norm(drawn) / norm
-                )
-        self.set_factors(factors)
+        # eager even when built inside a symbolic call (a subclassed model's build): the
+        # drawn kernel is decomposed in NumPy
+        with graph.eager_scope():
+            drawn = np.asarray(
+                ops.convert_to_numpy(self.kernel_initializer(shape, dtype="float32")), np.float64
+            )
+            factors = self.initial_factors(drawn)
+            if self._scale_factor:
+                rebuilt = ops.convert_to_numpy(self.kernel_from_factors(factors))
+                norm = np.linalg.norm(rebuilt)
+                if norm > 0:
+                    factors[self._scale_factor] = factors[self._scale_factor] * (
+                        np.linalg.norm(drawn) / norm
+                    )
+            self.set_factors(factors)
 
     def initial_factors(self, drawn_kernel: np.ndarray) -> dict[str, np.ndarray]:
         """From-scratch factors: the rank-``rank`` decomposition of a drawn kernel.
