@@ -345,3 +345,25 @@ def test_vbmf_rank_of_matrices_with_exact_zero_singular_values(matrix, rank):
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
         assert dec.vbmf_rank(matrix) == rank
+
+
+@pytest.mark.parametrize("shape", [(3, 3, 6, 10), (1, 1, 8, 3)])  # wide and tall unfoldings
+def test_tucker2_spectra_and_factors_share_their_gram_matrices(monkeypatch, shape):
+    from keras_eigenconv.decompositions import matrix as mx
+    from keras_eigenconv.decompositions import tensor as tn
+
+    k = np.random.default_rng(4).normal(size=shape)
+    plain_s, plain_f = dec.tucker2_spectra(k), dec.tucker2_factors(k, (2, 2))
+    grams, real = [], tn._tall_gram
+    monkeypatch.setattr(tn, "_tall_gram", lambda m: grams.append(m.shape) or real(m))
+    with mx.shared_work():
+        w = mx.shared_array("layer", lambda: k.copy())
+        s = dec.tucker2_spectra(w)
+        f = dec.tucker2_factors(w, (2, 2))
+        assert len(grams) == 2  # one per channel unfolding, for both the spectra and factors
+        assert dec.tucker2_spectra(w) is s  # kept: asking again computes nothing
+    for got, want in zip((*s, *f), (*plain_s, *plain_f)):
+        np.testing.assert_array_equal(got, want)  # the same numbers as without sharing
+    # exact at full ranks, in either orientation of the unfoldings
+    full = (min(shape[2], k[..., 0, :].size), min(shape[3], k[..., 0].size))
+    np.testing.assert_allclose(dec.tucker2_full(*dec.tucker2_factors(k, full)), k, atol=1e-10)

@@ -24,7 +24,15 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .matrix import as_float64_kernel, energy_rank, gram_svd, relative_error, singular_energies
+from .matrix import (
+    _energies,
+    _gram_svd,
+    _shared,
+    _tall_gram,
+    as_float64_kernel,
+    energy_rank,
+    relative_error,
+)
 
 __all__ = [
     "balanced_modes",
@@ -383,8 +391,26 @@ def tucker2_spectra(kernel) -> tuple[np.ndarray, np.ndarray]:
     Raises:
         ValueError: when ``kernel`` is not 4-D.
     """
-    a, b = _unfoldings(as_float64_kernel(kernel))
-    return singular_energies(a), singular_energies(b)
+    w = as_float64_kernel(kernel)
+    # inside shared_work() the spectra and the factors share the Gram matrices
+    return _shared(
+        "tucker2_spectra",
+        w,
+        lambda: tuple(_energies(_tall(m), gram) for m, gram in _tucker2_grams(w)),
+    )
+
+
+def _tall(m: np.ndarray) -> np.ndarray:
+    return m if m.shape[0] >= m.shape[1] else m.T
+
+
+def _tucker2_grams(w: np.ndarray) -> tuple:
+    """``((A, G_A), (B, G_B))``: the two channel unfoldings and the Gram matrices of their
+    tall orientations (``M^T M`` for the tall ``M`` of ``A`` or ``A^T``; shared inside
+    ``shared_work()``)."""
+    a, b = _unfoldings(w)
+    grams = _shared("tucker2_grams", w, lambda: (_tall_gram(a)[1], _tall_gram(b)[1]))
+    return (a, grams[0]), (b, grams[1])
 
 
 def tucker2_factors(kernel, ranks) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -407,10 +433,10 @@ def tucker2_factors(kernel, ranks) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """
     w = as_float64_kernel(kernel)
     r1, r2 = (int(ranks), int(ranks)) if np.isscalar(ranks) else (int(x) for x in ranks)
-    a, b = _unfoldings(w)
-    # left singular vectors of the wide unfoldings = eigenvectors of their Gram matrices
-    u = gram_svd(a, r1)[0]
-    v = gram_svd(b, r2)[0]
+    (a, gram_a), (b, gram_b) = _tucker2_grams(w)
+    # left singular vectors of the channel unfoldings, from their Gram matrices
+    u = _gram_svd(a, r1, gram_a)[0]
+    v = _gram_svd(b, r2, gram_b)[0]
     core = np.einsum("xycn,ca,nb->xyab", w, u, v, optimize=True)
     return u[None, None], core, v.T[None, None]
 
