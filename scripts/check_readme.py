@@ -262,7 +262,7 @@ def _claims() -> list[tuple[str, str, list[str]]]:
     claims.append(
         (
             "benchmarks/results/convert_amx`, best of 5): `svd` {}x the clone time, `decef` {}x,\n"
-            "`tucker2` {}x (",
+            "`tucker2` {}x. Two changes got there",
             "convert_amx.json",
             [
                 "rows[method=svd].ratio",

@@ -223,16 +223,31 @@ def test_shared_work_reuses_the_gram_matrix_bit_identically(monkeypatch, unfoldi
     assert mx.shared_array(owner, lambda: np.ones(2)).flags.writeable  # outside: as computed
 
 
+@pytest.mark.parametrize("filters", [7, 8, 9, 16])  # 9 taps: the Gram path from 9 filters on
+def test_decef_factors_are_exact_at_full_rank_and_optimal_below(filters):
+    w = np.random.default_rng(5).normal(size=(3, 3, 6, filters))
+    q = min(9, filters)
+    e, a = mx.decef_factors(w, q)
+    rebuilt = np.einsum("xycr,crn->xycn", e, a[0, 0].reshape(6, q, filters))
+    np.testing.assert_allclose(rebuilt, w, atol=1e-10)
+    # rank 2: each channel's best rank-2 approximation (Eckart-Young), its error the tail
+    e, a = mx.decef_factors(w, 2)
+    rebuilt = np.einsum("xycr,crn->xycn", e, a[0, 0].reshape(6, 2, filters))
+    spectrum = mx.decef_spectrum(w)
+    assert np.sum((w - rebuilt) ** 2) == pytest.approx(spectrum[2:].sum(), rel=1e-9)
+    assert spectrum.sum() == pytest.approx(np.sum(w**2), rel=1e-12)
+
+
 def test_shared_work_reuses_the_decef_svd_and_its_results_are_read_only(monkeypatch):
-    kernel = np.random.default_rng(4).normal(size=(3, 3, 6, 8))
+    kernel = np.random.default_rng(4).normal(size=(3, 3, 6, 12))
     plain_s, plain_f = mx.decef_spectrum(kernel), mx.decef_factors(kernel, 3)
-    calls = _counting(monkeypatch, "svd")
+    calls = _counting(monkeypatch, "eigh")  # of the 9 x 9 per-channel Gram matrices
     with mx.shared_work():
         k = mx.shared_array("layer", lambda: kernel)
         with mx.shared_work():  # nested: the outer block keeps the results
             s = mx.decef_spectrum(k)
         f = mx.decef_factors(k, 3)
-        assert calls == ["svd"]
+        assert calls == ["eigh"]
         np.testing.assert_array_equal(s, plain_s)
         for got, want in zip(f, plain_f):
             np.testing.assert_array_equal(got, want)
@@ -241,7 +256,7 @@ def test_shared_work_reuses_the_decef_svd_and_its_results_are_read_only(monkeypa
         writable = kernel.copy()  # not made by shared_array: computed every time
         mx.decef_spectrum(writable)
         mx.decef_spectrum(writable)
-        assert calls == ["svd"] * 3
+        assert calls == ["eigh"] * 3
 
 
 def test_shared_work_keeps_at_most_its_memory_limit(monkeypatch):

@@ -419,8 +419,8 @@ def test_tucker2_meets_a_mac_budget():
 @pytest.mark.parametrize("method", ["svd", "decef"])
 def test_budget_conversion_computes_each_spectrum_once_and_matches_the_layers(monkeypatch, method):
     """A budget conversion decomposes each layer from the Gram matrix (svd) or per-channel
-    SVD (decef) its rank choice computed (counted), and the replacements are bit-identical
-    to building each layer alone at the chosen rank."""
+    Gram eigendecomposition (decef) its rank choice computed (counted), and the
+    replacements are bit-identical to building each layer alone at the chosen rank."""
     from keras_eigenconv.decompositions import matrix as mx
 
     model = small_cnn()
@@ -445,8 +445,9 @@ def test_budget_conversion_computes_each_spectrum_once_and_matches_the_layers(mo
         assert calls.count("eigvalsh") == len(candidates) and "svd" not in calls
         assert calls.count("eigh") == len(replaced)
         assert calls.count("gram") == len(candidates)  # the factors reuse the Gram matrix
-    else:  # one batched SVD per candidate, none again for the factors
-        assert calls.count("svd") == len(candidates)
+    else:  # one batched eigh of the per-channel Gram matrices (an SVD when a kernel has
+        # more taps than filters) per candidate, none again for the factors
+        assert calls.count("eigh") + calls.count("svd") == len(candidates)
     monkeypatch.undo()
     for row in replaced:
         alone = registry.get_method(method).build(model.get_layer(row.name), rank=row.rank)

@@ -361,11 +361,31 @@ def _gram_svd(matrix, rank: int | None, gram: np.ndarray | None = None):
 
 
 def _decef_svd(w: np.ndarray):
+    """Per input channel ``c``, the SVD of ``M_c = W[:, :, c, :].reshape(kh*kw, N)`` as
+    ``(U (C, kk, q), s (C, q), S V^T (C, q, N))``, ``q = min(kk, N)``, descending; the
+    spectrum and the factors share it (``shared_work``)."""
     kh, kw, c, n = w.shape
     # (C, kh*kw, N): one matrix per input channel, rows are the k*k taps.
     per_channel = np.transpose(w, (2, 0, 1, 3)).reshape(c, kh * kw, n)
-    # u (C,kk,q) s (C,q) vt (C,q,N); the spectrum and the factors share it (shared_work)
-    return _shared("decef_svd", w, lambda: np.linalg.svd(per_channel, full_matrices=False))
+    return _shared("decef_svd", w, lambda: _batched_row_svd(per_channel))
+
+
+def _batched_row_svd(m: np.ndarray):
+    """``(U, s, S V^T)`` of each ``m[c]`` (``k x N``) from the ``k x k`` Gram matrices.
+
+    For ``k <= N`` (a 3x3 kernel's 9 taps against N filters): ``M M^T = U diag(s^2) U^T``
+    (a batched ``eigh`` of ``k x k`` matrices, many times faster than the SVD of each
+    ``k x N`` matrix) and ``S V^T = U^T M`` exactly, so ``U_r U_r^T M`` is the best rank-``r``
+    approximation and full rank gives ``M`` to float64 round-off. For ``k > N``: the SVD.
+    """
+    k, n = m.shape[1:]
+    if k > n:
+        u, s, vt = np.linalg.svd(m, full_matrices=False)
+        return u, s, s[..., None] * vt
+    lam, u = np.linalg.eigh(m @ m.transpose(0, 2, 1))  # ascending
+    u = np.ascontiguousarray(u[..., ::-1])
+    s = np.sqrt(np.clip(lam[..., ::-1], 0.0, None))
+    return u, s, u.transpose(0, 2, 1) @ m
 
 
 def decef_spectrum(kernel) -> np.ndarray:
@@ -407,10 +427,10 @@ def decef_factors(kernel, rank: int) -> tuple[np.ndarray, np.ndarray]:
     """
     w = as_float64_kernel(kernel)
     kh, kw, c, n = w.shape
-    u, s, vt = _decef_svd(w)
-    u, s, vt = u[:, :, :rank], s[:, :rank], vt[:, :rank, :]
+    u, _, svt = _decef_svd(w)
+    u, svt = u[:, :, :rank], svt[:, :rank, :]
     eigen = np.transpose(u.reshape(c, kh, kw, rank), (1, 2, 0, 3))
-    comb = (s[:, :, None] * vt).reshape(1, 1, c * rank, n)
+    comb = svt.reshape(1, 1, c * rank, n)
     return eigen, comb
 
 
