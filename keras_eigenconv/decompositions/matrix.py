@@ -271,10 +271,14 @@ def _gram_key(m: np.ndarray) -> tuple:
     return (m.shape, hashlib.blake2b(np.ascontiguousarray(m).data, digest_size=16).digest())
 
 
+def _tall(m: np.ndarray) -> np.ndarray:
+    """The tall orientation of a matrix: itself, or its transpose when it is wide."""
+    return m if m.shape[0] >= m.shape[1] else m.T
+
+
 def _tall_gram(matrix) -> tuple[np.ndarray, np.ndarray]:
     """``(M, M^T M)`` for the tall orientation ``M`` of ``matrix`` (float64)."""
-    m = np.asarray(matrix, dtype=np.float64)
-    m = m if m.shape[0] >= m.shape[1] else m.T
+    m = _tall(np.asarray(matrix, dtype=np.float64))
     return m, m.T @ m
 
 
@@ -534,7 +538,7 @@ def _kernel_gram(w: np.ndarray, unfolding: str) -> tuple[np.ndarray, np.ndarray]
     """``(M, M^T M)`` of the tall orientation ``M`` of the kernel's ``"filter"`` or
     ``"spatial"`` unfolding; the Gram matrix is shared inside ``shared_work()``."""
     m = _filter_matrix(w) if unfolding == "filter" else _spatial_matrix(w)
-    tall = m if m.shape[0] >= m.shape[1] else m.T
+    tall = _tall(m)
     return tall, _shared(unfolding + "_gram", w, lambda: _tall_gram(m)[1])
 
 

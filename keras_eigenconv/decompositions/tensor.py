@@ -28,6 +28,7 @@ from .matrix import (
     _energies,
     _gram_svd,
     _shared,
+    _tall,
     _tall_gram,
     as_float64_kernel,
     energy_rank,
@@ -398,10 +399,6 @@ def tucker2_spectra(kernel) -> tuple[np.ndarray, np.ndarray]:
         w,
         lambda: tuple(_energies(_tall(m), gram) for m, gram in _tucker2_grams(w)),
     )
-
-
-def _tall(m: np.ndarray) -> np.ndarray:
-    return m if m.shape[0] >= m.shape[1] else m.T
 
 
 def _tucker2_grams(w: np.ndarray) -> tuple:
