@@ -1266,9 +1266,9 @@ def convert(model: keras.Model, method="decef", budget=None, target=None, **kwar
         )
         if tgt.runtime == "train" and by_id:
             # each layer trains the way it measured faster here (its table entry is the
-            # faster of its two training paths)
+            # faster of its two training paths); the model was just built: set in place
             new_model, _ = tune_implementations(
-                new_model, batch_size=tgt.batch, cache_path=table.timer.cache_path
+                new_model, batch_size=tgt.batch, cache_path=table.timer.cache_path, copy=False
             )
         return new_model, report
 

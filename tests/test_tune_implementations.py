@@ -187,3 +187,13 @@ def test_layers_that_cannot_be_tuned_are_reported_and_kept(tmp_path):
     assert [c.path for c in report.choices] == ["fixed"]
     assert tuned.get_layer("fixed").training_implementation == report.choices[0].chosen
     assert tuned.get_layer("bn_basis").resolved_training_implementation == "factorized"
+
+
+def test_copy_false_sets_the_layers_of_the_model_itself(tmp_path):
+    model, _ = _model()
+    cache = tmp_path / "t.json"
+    copied, report = tune_implementations(model, batch_size=8, cache_path=cache, rounds=2)
+    same, again = tune_implementations(model, batch_size=8, cache_path=cache, copy=False)
+    assert same is model and again.measured == 0 and again.choices == report.choices
+    assert model.get_layer("low").training_implementation == report.choices[0].chosen
+    assert model.get_layer("low").resolved_training_implementation == report.choices[0].chosen

@@ -158,6 +158,7 @@ def tune_implementations(
     batch_size: int = 32,
     cache_path: str | os.PathLike | None = None,
     rounds: int = 7,
+    copy: bool = True,
 ) -> tuple[keras.Model, TuningReport]:
     """Choose each factorized layer's training path by timing it on this machine.
 
@@ -184,10 +185,14 @@ def tune_implementations(
         cache_path: The JSON timing cache; None: ``train_step_timings.json`` in the
             package's cache directory.
         rounds: The number of interleaved timing rounds.
+        copy: Tune a copy (default: the model passed in is not modified). ``False`` sets
+            the layers of ``model`` itself: for a model you own and would copy only to
+            throw the original away (one ``convert`` just returned).
 
     Returns:
-        ``(copy, report)``: the tuned copy (compile it before ``fit``) and a
-        ``TuningReport`` with each layer's step times and choice.
+        ``(tuned, report)``: the tuned model (a copy, or ``model`` with ``copy=False``;
+        compile it before ``fit``) and a ``TuningReport`` with each layer's step times and
+        choice.
 
     Raises:
         ValueError: When ``batch_size`` or ``rounds`` is not a positive int, the Keras
@@ -204,9 +209,10 @@ def tune_implementations(
             "on an input (or build it) first."
         )
     timer = TrainStepTimer(cache_path, batch=batch_size, rounds=rounds)
-    copy = graph.clone_model(model)  # first: a model that cannot be copied fails before timing
+    # first: a model that cannot be copied fails before timing
+    tuned = graph.clone_model(model) if copy else model
     walked = list(graph.walk(model))
-    copied = list(graph.walk(copy))
+    copied = list(graph.walk(tuned)) if copy else walked
     if [type(la) for _, la in walked] != [type(la) for _, la in copied]:
         raise ValueError(f"{who}: the copy of '{model.name}' does not have the original's layers.")
     report = TuningReport(batch=timer.batch, cache_path=timer.cache_path)
@@ -245,11 +251,11 @@ def tune_implementations(
                 chosen=choice,
             )
         )
-        twin.training_implementation = choice  # the copy is ours to set
+        twin.training_implementation = choice  # the copy (or, copy=False, the model)
         twin.resolve_implementations(shapes[0])
     walked_ids = {id(la) for _, la in walked}
     for path, layer in graph.walk_all(model):
         if isinstance(layer, FactorizedConv2D) and id(layer) not in walked_ids:
             report.skipped.append((path, "inside a custom layer, copied whole from its config"))
     report.measured = timer.measured
-    return copy, report
+    return tuned, report
