@@ -239,6 +239,32 @@ def test_subclassed_model_of_the_packages_layers_is_copied_with_its_weights():
         assert a is not b
 
 
+def test_graph_copy_keeps_the_weights_and_the_users_initializers():
+    # the copy draws no random values for weights it overwrites (its Keras layers are built
+    # with zero initializers), then gets the user's initializers back: its config, and what
+    # a later fresh build draws, are the original's
+    inp = keras.Input((10, 10, 3))
+    h = keras.layers.Conv2D(8, 3, kernel_initializer="he_normal", bias_initializer="ones")(inp)
+    h = keras.layers.BatchNormalization(moving_variance_initializer="ones")(h)
+    out = keras.layers.Dense(4, kernel_initializer=keras.initializers.Orthogonal(seed=3))(h)
+    model = keras.Model(inp, out)
+    for w in model.weights:  # values no initializer gives
+        w.assign(np.random.default_rng(len(w.path)).normal(size=w.shape).astype(w.dtype))
+    copy = graph.clone_model(model)
+    for a, b in zip(model.weights, copy.weights):
+        np.testing.assert_array_equal(np.asarray(b), np.asarray(a))
+    assert [la.get_config() for la in copy.layers[1:]] == [
+        la.get_config() for la in model.layers[1:]
+    ]
+    conv = copy.layers[1]
+    assert isinstance(conv.kernel_initializer, keras.initializers.HeNormal)
+    assert isinstance(copy.layers[2].moving_variance_initializer, keras.initializers.Ones)
+    # a fresh-initialization copy still draws its initial values
+    scratch = graph.clone_model(model, copy_weights_=False)
+    kernel = np.asarray(scratch.layers[1].kernel)
+    assert kernel.std() > 0.1 and np.all(np.asarray(scratch.layers[1].bias) == 1.0)
+
+
 def test_subclassed_model_that_its_config_cannot_rebuild_gets_a_clear_error():
     class Opaque(keras.Model):
         def __init__(self, fn, **kwargs):  # a function argument: no config
