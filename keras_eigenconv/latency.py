@@ -74,7 +74,7 @@ from .compress import convert as compress_convert
 from .compress import ranks as rk
 from .compress.channels import ChannelPruner, prunable_blocks
 from .compress.channels import prune_channels as compress_prune_channels
-from .compress.convert import shared_work
+from .compress.convert import shared_work, spill_shared
 from .compress.registry import available_methods, get_method
 from .compress.report import Progress
 from .deploy.litert import convert_for_timing, make_interpreter, random_representative
@@ -776,6 +776,7 @@ def _time_table(
             err2 = rk.relative_errors(s) ** 2
             for r in latency_ranks(len(s), ranks_per_layer):
                 offers.append((m, r, float(err2[r - 1]), opts))
+        spill_shared(getattr(layer, "kernel", None))  # one kernel held at a time
         if offers:
             entries.append((path, layer, shapes, offers))
     table = _Table(target, [], 0.0, 0.0, timer, predictor, None)

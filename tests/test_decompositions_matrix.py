@@ -223,6 +223,39 @@ def test_shared_work_reuses_the_gram_matrix_bit_identically(monkeypatch, unfoldi
     assert mx.shared_array(owner, lambda: np.ones(2)).flags.writeable  # outside: as computed
 
 
+def test_a_spilled_kernel_is_read_again_and_finds_its_results(monkeypatch):
+    # whole-model rank choice keeps one kernel at a time: spilled after its spectrum, read
+    # again for the factors, which still reuse the spectrum's Gram matrix
+    kernel = np.random.default_rng(4).normal(size=(3, 3, 5, 7))
+    plain_f = mx.svd_channel_factors(kernel, 4)
+    mx._EIGH_CACHE.clear()
+    reads, grams = [], []
+    real_gram = mx._tall_gram
+    monkeypatch.setattr(mx, "_tall_gram", lambda m: grams.append(1) or real_gram(m))
+
+    def read():
+        reads.append(1)
+        return kernel.copy()
+
+    with mx.shared_work():
+        memo = mx._SHARED.get()
+        s = mx.svd_channel_spectrum(mx.shared_array("layer", read))
+        mx.spill_shared("layer")
+        assert memo.nbytes == s.nbytes + memo.spilled[id("layer")]["filter_gram"].nbytes
+        assert not memo.arrays  # the kernel itself is no longer held
+        mx.spill_shared("layer")  # twice: nothing more to drop
+        k = mx.shared_array("layer", read)
+        assert reads == [1, 1] and not k.flags.writeable
+        f = mx.svd_channel_factors(k, 4)
+        assert grams == [1]  # the Gram matrix came back with the kernel
+        for got, want in zip(f, plain_f):
+            np.testing.assert_array_equal(got, want)
+        mx.spill_shared("layer")
+        mx.release_shared("layer")  # a spilled owner is released with its results
+        assert memo.nbytes == 0 and not memo.owners and not memo.spilled
+    mx.spill_shared("layer")  # outside a block: nothing to do
+
+
 @pytest.mark.parametrize("filters", [7, 8, 9, 16])  # 9 taps: the Gram path from 9 filters on
 def test_decef_factors_are_exact_at_full_rank_and_optimal_below(filters):
     w = np.random.default_rng(5).normal(size=(3, 3, 6, filters))

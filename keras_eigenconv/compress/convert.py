@@ -28,14 +28,14 @@ import numpy as np
 from .. import decompositions as dec
 from .. import graph
 from ..cost import Cost, layer_cost, model_cost
-from ..decompositions import shared_work
+from ..decompositions import shared_work, spill_shared
 from ..layers.base import IMPLEMENTATIONS
 from . import calibration as cal
 from . import ranks as rk
 from .registry import Method, get_method
 from .report import ConversionReport, LayerReport, Progress
 
-__all__ = ["RANK_RULES", "convert", "shared_work"]
+__all__ = ["RANK_RULES", "convert", "shared_work", "spill_shared"]
 
 RANK_RULES = ("full", "effective", "entropy", "vbmf")
 _LISTED_TYPES = (
@@ -389,6 +389,8 @@ def convert(
         items, kept_cost = [], 0.0
         for _path, layer, m, opts, shapes, row in plans:
             s = spectrum(layer, m, opts)
+            # one kernel held at a time: read again (its results kept) if it is replaced
+            spill_shared(getattr(layer, "kernel", None))
             cand = rk.candidate_ranks(len(s), round_to)
             err2 = rk.relative_errors(s)[cand - 1] ** 2
             # unknown input sizes (a params budget): costed at the nominal size, whose

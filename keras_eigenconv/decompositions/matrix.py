@@ -30,6 +30,7 @@ __all__ = [
     "energy_rank",
     "gram_svd",
     "singular_energies",
+    "spill_shared",
     "entropy_rank",
     "relative_error",
     "release_shared",
@@ -118,12 +119,16 @@ def relative_error(reference, approximation) -> float:
     Returns:
         The relative error as a float: 0 when both are zero, 1 when only ``A`` is zero.
     """
-    a = np.asarray(reference, dtype=np.float64)
-    b = np.asarray(approximation, dtype=np.float64)
-    denom = np.linalg.norm(a)
+    a, b = np.asarray(reference), np.asarray(approximation)
+    # one float64 array (the inputs are cast chunk by chunk), reused for ||A||: float32
+    # kernels are not copied whole to float64 first
+    buf = np.subtract(a, b, dtype=np.float64)
+    diff = np.linalg.norm(buf)
+    buf[...] = a
+    denom = np.linalg.norm(buf)
     if denom == 0.0:
-        return float(np.linalg.norm(b) > 0.0)
-    return float(np.linalg.norm(a - b) / denom)
+        return float(np.linalg.norm(b.astype(np.float64)) > 0.0)
+    return float(diff / denom)
 
 
 # --- fast SVD of tall or wide matrices ----------------------------------------------------
@@ -145,12 +150,14 @@ _SHARED_BYTES = 512 * 2**20  # at most this much kept per block (beyond it: comp
 
 
 class _Shared:
-    """What one ``shared_work()`` block keeps: per array id ``(array, {kind: result})``
-    and per owner id ``(owner, array)``."""
+    """What one ``shared_work()`` block keeps: per array id ``(array, {kind: result})``,
+    per owner id ``(owner, array)`` (``array`` None once spilled) and per spilled owner id
+    its ``{kind: result}``."""
 
     def __init__(self):
         self.arrays: dict[int, tuple[np.ndarray, dict]] = {}
-        self.owners: dict[int, tuple[object, np.ndarray]] = {}
+        self.owners: dict[int, tuple[object, np.ndarray | None]] = {}
+        self.spilled: dict[int, dict] = {}
         self.nbytes = 0
         self.depth = 0  # blocks nested inside the one that made it
 
@@ -217,7 +224,9 @@ def shared_array(owner, compute: Callable[[], np.ndarray]) -> np.ndarray:
     if memo is None:
         return compute()
     hit = memo.owners.get(id(owner))
-    if hit is not None and hit[0] is owner:
+    if hit is not None and hit[0] is not owner:
+        hit = None  # a dead owner's id, reused
+    if hit is not None and hit[1] is not None:
         return hit[1]
     value = compute()
     if not memo.room(value.nbytes):
@@ -225,10 +234,33 @@ def shared_array(owner, compute: Callable[[], np.ndarray]) -> np.ndarray:
     if value.base is not None or not value.flags.owndata:
         value = np.array(value)  # owns its data
     value.setflags(write=False)
+    results = memo.spilled.pop(id(owner), {}) if hit is not None else {}
     memo.owners[id(owner)] = (owner, value)
-    memo.arrays[id(value)] = (value, {})
+    memo.arrays[id(value)] = (value, results)
     memo.nbytes += value.nbytes
     return value
+
+
+def spill_shared(owner) -> None:
+    """Drop the array ``shared_work()`` keeps for ``owner`` but keep the results computed
+    from it: the next ``shared_array(owner, compute)`` computes the array again and finds
+    them. Choosing ranks for a whole model reads every kernel once and decomposes a few of
+    them; spilling each kernel once its spectrum is known keeps one kernel in memory at a
+    time instead of all of them (ResNet50: 200 MB of fresh float64 pages per conversion,
+    whose first touch cost up to 0.5 s on a loaded machine). Nothing happens outside a
+    block.
+
+    Args:
+        owner: an object passed to ``shared_array``.
+    """
+    memo = _SHARED.get()
+    hit = None if memo is None else memo.owners.get(id(owner))
+    if hit is None or hit[0] is not owner or hit[1] is None:
+        return
+    _, results = memo.arrays.pop(id(hit[1]))
+    memo.owners[id(owner)] = (owner, None)
+    memo.spilled[id(owner)] = results
+    memo.nbytes -= hit[1].nbytes
 
 
 def release_shared(owner) -> None:
@@ -245,8 +277,12 @@ def release_shared(owner) -> None:
     if hit is None or hit[0] is not owner:
         return
     del memo.owners[id(owner)]
-    _, results = memo.arrays.pop(id(hit[1]), (None, {}))
-    memo.nbytes -= hit[1].nbytes + sum(_nbytes(r) for r in results.values())
+    if hit[1] is None:  # spilled: only its results are kept
+        results = memo.spilled.pop(id(owner), {})
+    else:
+        results = memo.arrays.pop(id(hit[1]), (None, {}))[1]
+        memo.nbytes -= hit[1].nbytes
+    memo.nbytes -= sum(_nbytes(r) for r in results.values())
 
 
 def _shared(kind: str, array: np.ndarray, compute: Callable[[], object]):
