@@ -397,6 +397,16 @@ def _gram_svd(matrix, rank: int | None, gram: np.ndarray | None = None):
     return u, s, v.T.copy()
 
 
+def _left_vectors(matrix, rank: int, gram: np.ndarray | None = None) -> np.ndarray:
+    """``gram_svd(matrix, rank)[0]`` (the leading left singular vectors) without the right
+    ones: for a wide matrix they are the eigenvectors of its Gram matrix ``M M^T`` (the
+    long side's ``M^T U / s`` is not computed); ``gram``: that Gram matrix when known."""
+    m = np.asarray(matrix, dtype=np.float64)
+    if m.shape[0] < m.shape[1]:
+        return _gram_eigh(m.T, gram)[1][:, :rank].copy()
+    return _gram_svd(m, rank, gram)[0]
+
+
 # --- DeCEF: per-input-channel eigen-filters (Yu et al., arXiv 1910.09359) ---------------
 
 
@@ -521,7 +531,7 @@ def basis_factors(kernel, rank: int) -> tuple[np.ndarray, np.ndarray]:
     w = as_float64_kernel(kernel)
     kh, kw, c, n = w.shape
     wm = _filter_matrix(w)
-    u, _, _ = _gram_svd(wm, rank, _kernel_gram(w, "filter")[1])  # left vectors of W_m
+    u = _left_vectors(wm, rank, _kernel_gram(w, "filter")[1])
     basis = u[:, :rank]
     comb = basis.T @ wm
     return basis.reshape(kh, kw, c, rank), comb.reshape(1, 1, rank, n)

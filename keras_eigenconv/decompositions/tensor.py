@@ -26,7 +26,7 @@ import numpy as np
 
 from .matrix import (
     _energies,
-    _gram_svd,
+    _left_vectors,
     _shared,
     _tall,
     _tall_gram,
@@ -432,8 +432,8 @@ def tucker2_factors(kernel, ranks) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     r1, r2 = (int(ranks), int(ranks)) if np.isscalar(ranks) else (int(x) for x in ranks)
     (a, gram_a), (b, gram_b) = _tucker2_grams(w)
     # left singular vectors of the channel unfoldings, from their Gram matrices
-    u = _gram_svd(a, r1, gram_a)[0]
-    v = _gram_svd(b, r2, gram_b)[0]
+    u = _left_vectors(a, r1, gram_a)
+    v = _left_vectors(b, r2, gram_b)
     core = np.einsum("xycn,ca,nb->xyab", w, u, v, optimize=True)
     return u[None, None], core, v.T[None, None]
 
