@@ -129,7 +129,8 @@ def test_convert_can_fix_each_layers_measured_training_path(
     monkeypatch.setenv("KERAS_EIGENCONV_TIMING_CACHE", str(tmp_path / "timings.json"))
     code = main(
         ["convert", str(path), "--method", "svd", "--rank", "2", "--tune-training", "4",
-         "-o", str(out), "--no-progress"]
+         "-o", str(out), "--no-progress", "--json", str(tmp_path / "r.json"),
+         "--markdown", str(tmp_path / "r.md")]
     )  # fmt: skip
     assert code == 0
     printed = capsys.readouterr().out
@@ -137,6 +138,12 @@ def test_convert_can_fix_each_layers_measured_training_path(
     saved = keras.saving.load_model(out)
     tuned = [la for la in saved.layers if isinstance(la, keras_eigenconv.SVDConv2D)]
     assert tuned and all(la.training_implementation in ("factorized", "dense") for la in tuned)
+    # the reports carry the per-layer table: what was timed and chosen
+    paths = json.loads((tmp_path / "r.json").read_text())["training_paths"]
+    assert paths["batch"] == 4 and paths["measured"] >= 2 * len(tuned)
+    assert [r["chosen"] for r in paths["layers"]] == [la.training_implementation for la in tuned]
+    assert all(r["factorized_ms"] > 0 and r["dense_ms"] > 0 for r in paths["layers"])
+    assert "## Training paths (measured at batch 4)" in (tmp_path / "r.md").read_text()
     # each choice is the faster of the two paths timed, cached next to the LiteRT cache
     from keras_eigenconv.deploy import TrainStepTimer
 

@@ -149,15 +149,26 @@ def _load_model_and_calibration(args):
     return model, calibration
 
 
-def _write_model_outputs(args, new_model, report) -> None:
-    """Save the new model (``-o``) and the report (``--markdown``, ``--json``)."""
+def _write_model_outputs(args, new_model, report, tuning=None) -> None:
+    """Save the new model (``-o``) and the report (``--markdown``, ``--json``); with
+    ``tuning`` (``--tune-training``'s ``TuningReport``) its per-layer table too (a
+    ``training_paths`` key in the JSON, a section in the Markdown)."""
     if args.output:
         save_model_atomically(new_model, args.output)
         print(f"saved {args.output}")
     if args.markdown:
-        atomic_write_text(args.markdown, report.to_markdown(), what="Markdown file")
+        text = report.to_markdown()
+        if tuning is not None:
+            text = (
+                f"{text.rstrip()}\n\n## Training paths (measured at batch {tuning.batch})\n\n"
+                f"{tuning.to_markdown()}"
+            )
+        atomic_write_text(args.markdown, text, what="Markdown file")
     if args.json:
-        _write_json(args.json, report.to_dict())
+        data = report.to_dict()
+        if tuning is not None:
+            data["training_paths"] = tuning.to_dict()
+        _write_json(args.json, data)
 
 
 def _add_model_arguments(p, what: str, calibration_help: str) -> None:
@@ -289,12 +300,13 @@ def _cli_convert(args) -> int:
     plan = getattr(report, "latency", None)
     if plan is not None:
         print(plan)
+    tuning = None
     if args.tune_training is not None:
         from ..training import tune_implementations
 
         new_model, tuning = tune_implementations(new_model, batch_size=args.tune_training)
         print(tuning)
-    _write_model_outputs(args, new_model, report)
+    _write_model_outputs(args, new_model, report, tuning)
     return 0
 
 
@@ -394,7 +406,7 @@ def add_convert(subparsers) -> None:
         metavar="BATCH",
         help="time each layer's two training paths (factor ops, rebuilt dense kernel) at "
         "this fit batch size on this machine and save the faster in each layer "
-        "(training.tune_implementations)",
+        "(training.tune_implementations); --json and --markdown get the per-layer table",
     )
     _add_model_arguments(p, "converted", " for data-aware conversion")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

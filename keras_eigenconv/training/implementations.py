@@ -110,6 +110,21 @@ class TuningReport:
             for c in self.choices
         ]
 
+    def to_dict(self) -> dict:
+        """The report as JSON-ready data.
+
+        Returns:
+            A dict with ``batch``, ``cache_path``, ``measured``, ``layers`` (``rows()``)
+            and ``skipped`` (``{"layer", "why"}`` dicts).
+        """
+        return {
+            "batch": self.batch,
+            "cache_path": str(self.cache_path),
+            "measured": self.measured,
+            "layers": self.rows(),
+            "skipped": [{"layer": path, "why": why} for path, why in self.skipped],
+        }
+
     _COLUMNS = ("layer", "class", "factorized_ms", "dense_ms", "ratio", "modelled", "chosen")
     _FORMATS = {"factorized_ms": ".3f", "dense_ms": ".3f", "ratio": ".2f"}
 
