@@ -1068,12 +1068,38 @@ def clone_model(
 
 _ZEROS = keras.initializers.Zeros()
 
+# Keras layers (exact types) whose initializers go to ``add_weight`` in ``build`` and
+# nowhere else. Not e.g. MultiHeadAttention, whose build makes sublayers with copies of its
+# initializers (they would keep the zeros), nor subclasses, whose build may do anything.
+_ZERO_INIT_TYPES = frozenset(
+    {
+        keras.layers.BatchNormalization,
+        keras.layers.Conv1D,
+        keras.layers.Conv1DTranspose,
+        keras.layers.Conv2D,
+        keras.layers.Conv2DTranspose,
+        keras.layers.Conv3D,
+        keras.layers.Conv3DTranspose,
+        keras.layers.Dense,
+        keras.layers.DepthwiseConv1D,
+        keras.layers.DepthwiseConv2D,
+        keras.layers.EinsumDense,
+        keras.layers.Embedding,
+        keras.layers.GroupNormalization,
+        keras.layers.LayerNormalization,
+        keras.layers.PReLU,
+        keras.layers.SeparableConv1D,
+        keras.layers.SeparableConv2D,
+    }
+)
+
 
 def _skip_initializers(layer) -> list[tuple[Any, str, Any]]:
-    """Set the initializers of a rebuilt Keras layer (and of its Keras sublayers) to zeros
-    until its weights are copied: drawing random values (ResNet50: 25M of them) that the
-    copy then overwrites costs about a fifth of a clone. Only Keras' own layers, which use
-    their initializers for ``add_weight`` in ``build`` and nowhere else, are changed.
+    """Set the initializers of a rebuilt layer (and of its sublayers) to zeros until its
+    weights are copied: drawing random values (ResNet50: 25M of them) that the copy then
+    overwrites costs about a fifth of a clone. Only the Keras layers of ``_ZERO_INIT_TYPES``
+    (exact types), which use their initializers for ``add_weight`` in ``build`` and nowhere
+    else, are changed; any other layer draws as usual.
 
     Args:
         layer: a layer or model just made from its config, not built.
@@ -1083,7 +1109,7 @@ def _skip_initializers(layer) -> list[tuple[Any, str, Any]]:
     """
     out = []
     for sub in layer._flatten_layers(include_self=True, recursive=True):
-        if not type(sub).__module__.startswith("keras.src.layers."):
+        if type(sub) not in _ZERO_INIT_TYPES:
             continue
         for attr, value in list(vars(sub).items()):
             if isinstance(value, keras.initializers.Initializer):

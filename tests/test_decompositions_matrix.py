@@ -256,6 +256,16 @@ def test_a_spilled_kernel_is_read_again_and_finds_its_results(monkeypatch):
     mx.spill_shared("layer")  # outside a block: nothing to do
 
 
+@pytest.mark.parametrize("shape", [(6, 40), (40, 6), (9, 9)])
+def test_left_vectors_are_gram_svds_left_vectors(shape):
+    # wide: the Gram matrix's eigenvectors, without the long side's product
+    m = np.random.default_rng(6).normal(size=shape)
+    for r in (1, 3, min(shape)):
+        np.testing.assert_array_equal(mx._left_vectors(m, r), mx._gram_svd(m, r)[0][:, :r])
+        u = np.linalg.svd(m)[0][:, :r]
+        np.testing.assert_allclose(np.abs(mx._left_vectors(m, r)), np.abs(u), atol=1e-8)
+
+
 @pytest.mark.parametrize("filters", [7, 8, 9, 16])  # 9 taps: the Gram path from 9 filters on
 def test_decef_factors_are_exact_at_full_rank_and_optimal_below(filters):
     w = np.random.default_rng(5).normal(size=(3, 3, 6, filters))

@@ -265,6 +265,35 @@ def test_graph_copy_keeps_the_weights_and_the_users_initializers():
     assert kernel.std() > 0.1 and np.all(np.asarray(scratch.layers[1].bias) == 1.0)
 
 
+def test_copies_keep_the_initializers_of_sublayers_and_of_subclassed_models():
+    # MultiHeadAttention builds its sublayers from copies of its initializers: it is built
+    # with them as they are (only layers that use them in add_weight alone get zeros)
+    inp = keras.Input((4, 8))
+    mha = keras.layers.MultiHeadAttention(2, 4, kernel_initializer="he_normal")
+    model = keras.Model(inp, mha(inp, inp))
+    copy = graph.clone_model(model)
+    for sub in ("_query_dense", "_key_dense", "_value_dense", "_output_dense"):
+        assert isinstance(
+            getattr(copy.layers[1], sub).kernel_initializer, keras.initializers.HeNormal
+        )
+    np.testing.assert_array_equal(
+        np.asarray(copy(np.ones((1, 4, 8)))), np.asarray(model(np.ones((1, 4, 8))))
+    )
+    # a subclassed model is copied from its config and built: its layers' initializers too
+    net = Net()
+    net(np.zeros((1, 8, 8, 3), "float32"))
+    copy = graph.clone_model(net)
+    assert isinstance(copy.stem.kernel_initializer, keras.initializers.GlorotUniform)
+    assert isinstance(copy.head.layers[-1].bias_initializer, keras.initializers.Zeros)
+    pairs = zip(net._flatten_layers(), copy._flatten_layers())
+    for a, b in pairs:  # every layer's initializers, by class and config
+        inits = {k: v for k, v in vars(a).items() if isinstance(v, keras.initializers.Initializer)}
+        for k, v in inits.items():
+            assert type(getattr(b, k)) is type(v) and getattr(b, k).get_config() == v.get_config()
+    for a, b in zip(net.weights, copy.weights):
+        np.testing.assert_array_equal(np.asarray(b), np.asarray(a))
+
+
 def test_subclassed_model_that_its_config_cannot_rebuild_gets_a_clear_error():
     class Opaque(keras.Model):
         def __init__(self, fn, **kwargs):  # a function argument: no config

@@ -159,10 +159,7 @@ def _write_model_outputs(args, new_model, report, tuning=None) -> None:
     if args.markdown:
         text = report.to_markdown()
         if tuning is not None:
-            text = (
-                f"{text.rstrip()}\n\n## Training paths (measured at batch {tuning.batch})\n\n"
-                f"{tuning.to_markdown()}"
-            )
+            text = f"{text.rstrip()}\n\n### Training paths\n\n{tuning.to_markdown()}"
         atomic_write_text(args.markdown, text, what="Markdown file")
     if args.json:
         data = report.to_dict()

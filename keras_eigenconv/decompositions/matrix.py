@@ -120,12 +120,17 @@ def relative_error(reference, approximation) -> float:
         The relative error as a float: 0 when both are zero, 1 when only ``A`` is zero.
     """
     a, b = np.asarray(reference), np.asarray(approximation)
-    # one float64 array (the inputs are cast chunk by chunk), reused for ||A||: float32
-    # kernels are not copied whole to float64 first
-    buf = np.subtract(a, b, dtype=np.float64)
-    diff = np.linalg.norm(buf)
-    buf[...] = a
-    denom = np.linalg.norm(buf)
+    real = all(x.dtype.kind in "biuf" for x in (a, b))
+    if real and a.shape == b.shape:
+        # one float64 array (the inputs are cast chunk by chunk), reused for ||A||: float32
+        # kernels are not copied whole to float64 first
+        buf = np.subtract(a, b, dtype=np.float64)
+        diff = np.linalg.norm(buf)
+        buf[...] = a
+        denom = np.linalg.norm(buf)
+    else:  # broadcasting shapes, or other dtypes: as NumPy casts them
+        a, b = a.astype(np.float64), b.astype(np.float64)
+        diff, denom = np.linalg.norm(a - b), np.linalg.norm(a)
     if denom == 0.0:
         return float(np.linalg.norm(b.astype(np.float64)) > 0.0)
     return float(diff / denom)
@@ -181,8 +186,8 @@ def shared_work() -> Iterator[None]:
     them: the results are bit-identical to computing them again. Writeable arrays (and
     everything outside a block) are computed as usual. At most 512 MiB is kept per block
     (beyond it, results are computed as usual); ``release_shared`` drops an owner's
-    results early. Blocks nest (the outermost one holds the results); the results are
-    dropped when it ends.
+    results early, ``spill_shared`` its array only (its results stay). Blocks nest (the
+    outermost one holds the results); the results are dropped when it ends.
 
     Returns:
         A context manager (use ``with shared_work(): ...``).
@@ -209,9 +214,10 @@ def shared_array(owner, compute: Callable[[], np.ndarray]) -> np.ndarray:
     variable; compared by identity and kept alive until the block ends or
     ``release_shared(owner)``) keeps ``compute()`` (which must return a new array: it is
     made read-only; a view is copied) and later calls return that same array, so the
-    spectrum and the factors computed from it share their work (``shared_work``). The
-    owner's value must not change inside the block. Outside a block (or when the block's
-    memory limit is reached): ``compute()`` itself.
+    spectrum and the factors computed from it share their work (``shared_work``). After
+    ``spill_shared(owner)`` the next call computes the array again and attaches the results
+    kept from the first one. The owner's value must not change inside the block. Outside a
+    block (or when the block's memory limit is reached): ``compute()`` itself.
 
     Args:
         owner: the object the array belongs to.
@@ -247,8 +253,10 @@ def spill_shared(owner) -> None:
     them. Choosing ranks for a whole model reads every kernel once and decomposes a few of
     them; spilling each kernel once its spectrum is known keeps one kernel in memory at a
     time instead of all of them (ResNet50: 200 MB of fresh float64 pages per conversion,
-    whose first touch cost up to 0.5 s on a loaded machine). Nothing happens outside a
-    block.
+    whose first touch cost up to 0.5 s on a loaded machine). Unlike ``release_shared`` it
+    acts inside nested blocks too: it only costs a second read. The owner's value must not
+    change before that read (the results would be those of the old value). Nothing happens
+    outside a block.
 
     Args:
         owner: an object passed to ``shared_array``.

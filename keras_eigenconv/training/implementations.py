@@ -128,21 +128,26 @@ class TuningReport:
     _COLUMNS = ("layer", "class", "factorized_ms", "dense_ms", "ratio", "modelled", "chosen")
     _FORMATS = {"factorized_ms": ".3f", "dense_ms": ".3f", "ratio": ".2f"}
 
-    def to_markdown(self) -> str:
-        """The per-layer table in Markdown.
-
-        Returns:
-            The table as a string.
-        """
-        return markdown_table(self.rows(), self._COLUMNS, self._FORMATS)
-
-    def __str__(self) -> str:
-        head = (
+    def _head(self) -> str:
+        return (
             f"training paths measured at batch {self.batch}: {len(self.choices)} layers, "
             f"{len(self.changed)} changed from the cost model's choice, {self.measured} "
             f"candidates timed (cache {self.cache_path})"
         )
-        lines = [head, text_table(self.rows(), self._COLUMNS, self._FORMATS)]
+
+    def to_markdown(self) -> str:
+        """The summary, the per-layer table and the layers left as they are, in Markdown.
+
+        Returns:
+            The Markdown text, ending with a newline.
+        """
+        lines = [f"- {self._head()}", "", markdown_table(self.rows(), self._COLUMNS, self._FORMATS)]
+        if self.skipped:
+            lines += ["", *(f"- left as it is: {path} ({why})" for path, why in self.skipped)]
+        return "\n".join(lines).rstrip("\n") + "\n"
+
+    def __str__(self) -> str:
+        lines = [self._head(), text_table(self.rows(), self._COLUMNS, self._FORMATS)]
         lines += [f"left as it is: {path} ({why})" for path, why in self.skipped]
         return "\n".join(lines)
 
