@@ -8,8 +8,12 @@ each method, times in the same run, interleaved, best of ``--repeats``:
 - convert: ``keras_eigenconv.convert(model, method=..., energy=...)`` (spectra, rank choice,
   decompositions, clone, weight copy, report).
 
-Goal: convert / clone <= 1.5. Also recorded: the decomposition share of the conversion and
-the MACs before and after. Written: ``benchmarks/results/convert.{json,md}``.
+Goal: convert / clone <= 1.5 (best convert over best clone). Also recorded: each round's
+ratio (the convert over the clone just before it) and their median, which a burst of load
+on a shared machine moves less than the best times do; the MACs before and after; the peak
+memory that NumPy and Python allocate during one more (untimed) conversion, traced with
+``tracemalloc`` (TensorFlow's own buffers are not traced). Written (atomically):
+``benchmarks/results/convert.{json,md}``.
 
 With ``--latency x``: ``keras_eigenconv.convert(model, method=..., budget={"latency": x},
 target="litert-fp32")`` with a fresh timing cache (a temporary ``cache_path``), called
@@ -30,11 +34,11 @@ import argparse
 import gc
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
+import tracemalloc
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -42,7 +46,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 
 from keras_eigenconv import model_cost  # noqa: E402
+from keras_eigenconv._io import atomic_write_text  # noqa: E402
 from keras_eigenconv.compress import convert  # noqa: E402
+from keras_eigenconv.deploy.timing import machine_summary  # noqa: E402
 
 MODELS = {"resnet50": "ResNet50", "mobilenetv2": "MobileNetV2"}
 
@@ -73,6 +79,14 @@ def run(models, methods, size, energy, repeats, macs=None):
                 conv_t.append(time.perf_counter() - t)
             after = model_cost(new).total
             per_round = [c / k for c, k in zip(conv_t, clone_t)]
+            del new
+            gc.collect()
+            tracemalloc.start()  # untimed: tracing slows every allocation
+            try:
+                convert(model, method=method, progress=False, **sel)
+                peak = tracemalloc.get_traced_memory()[1]
+            finally:
+                tracemalloc.stop()
             rows.append(
                 {
                     "model": MODELS[key],
@@ -90,12 +104,14 @@ def run(models, methods, size, energy, repeats, macs=None):
                     "clone_all_s": clone_t,
                     "convert_all_s": conv_t,
                     "round_ratios": per_round,
+                    "round_ratio_median": statistics.median(per_round),
                     "round_ratio_min": min(per_round),
                     "round_ratio_max": max(per_round),
                     "first_ratio": per_round[0],
                     "macs_before": before.macs,
                     "macs_after": after.macs,
                     "macs_ratio": after.macs / before.macs,
+                    "peak_traced_mb": peak / 2**20,
                 }
             )
             print(json.dumps(rows[-1]), flush=True)
@@ -229,17 +245,20 @@ def to_markdown(rows, meta) -> str:
         + f"; `{meta.get('command', 'python benchmarks/convert.py')}`).",
         "",
         "| model | input | method | replaced | clone-only (s) | convert (s) | convert / clone "
-        "| goal <= 1.5 | per-round ratios (first: cold) | MACs before | MACs after | MACs ratio |",
-        "|---|---|---|---:|---:|---:|---:|---|---|---:|---:|---:|",
+        "| goal <= 1.5 | median of per-round ratios | per-round ratios (first: cold) "
+        "| MACs before | MACs after | MACs ratio | peak traced MB (NumPy, Python) |",
+        "|---|---|---|---:|---:|---:|---:|---|---:|---|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
             f"| {r['model']} | {r['input']} | {r['method']} | {r['replaced']} | "
             f"{r['clone_s']:.2f} | {r['convert_s']:.2f} | {r['ratio']:.2f} | "
             f"{'yes' if r['goal_met'] else 'no'} | "
-            f"{', '.join(f'{x:.2f}' for x in r.get('round_ratios', []))} | "
+            + (f"{statistics.median(r['round_ratios']):.2f} | " if r.get("round_ratios") else "| ")
+            + f"{', '.join(f'{x:.2f}' for x in r.get('round_ratios', []))} | "
             f"{r['macs_before']:,} | {r['macs_after']:,} | "
-            f"{r['macs_ratio']:.3f} |"
+            f"{r['macs_ratio']:.3f} | "
+            + (f"{r['peak_traced_mb']:.0f} |" if "peak_traced_mb" in r else "|")
         )
     return "\n".join(lines) + "\n"
 
@@ -272,7 +291,7 @@ def main():
     if args.quick:
         args.size, args.repeats = 64, 1
     meta = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+        "machine": machine_summary(),
         "blas_threads": args.blas_threads or "default",
         "repeats": args.repeats,
         "energy": args.energy,
@@ -297,8 +316,10 @@ def main():
                 models, methods, args.size, args.latency, args.warm_calls, args.latency_cache
             )
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-        out.with_suffix(".md").write_text(latency_markdown(rows, meta))
+        atomic_write_text(
+            out.with_suffix(".json"), json.dumps({"meta": meta, "rows": rows}, indent=2)
+        )
+        atomic_write_text(out.with_suffix(".md"), latency_markdown(rows, meta))
         print(latency_markdown(rows, meta))
         return
     if args.blas_threads:
@@ -310,8 +331,8 @@ def main():
         rows = run(models, methods, args.size, args.energy, args.repeats, args.macs)
     out = Path(args.out or results / "convert")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    out.with_suffix(".md").write_text(to_markdown(rows, meta))
+    atomic_write_text(out.with_suffix(".json"), json.dumps({"meta": meta, "rows": rows}, indent=2))
+    atomic_write_text(out.with_suffix(".md"), to_markdown(rows, meta))
     print(to_markdown(rows, meta))
 
 

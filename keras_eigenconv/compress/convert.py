@@ -432,6 +432,8 @@ def convert(
             except ValueError as err:
                 row.reason = f"cannot choose a rank: {err}"
                 continue
+            finally:
+                spill_shared(getattr(layer, "kernel", None))  # as above
 
     # -- 3. build the replacements --------------------------------------------------------
     for _, layer, _, _, _, _ in plans:  # what the layers kept computed is not needed again
