@@ -157,7 +157,7 @@ def test_ties_go_to_dense_and_a_layer_called_twice_sums_its_calls(tmp_path):
 
 
 def test_layers_that_cannot_be_tuned_are_reported_and_kept(tmp_path):
-    from keras_eigenconv import BasisConv2D
+    from keras_eigenconv import BasisConv2D, NaiveTTConv2D
 
     @keras.saving.register_keras_serializable(package="test_tune")
     class Block(keras.layers.Layer):
@@ -174,6 +174,7 @@ def test_layers_that_cannot_be_tuned_are_reported_and_kept(tmp_path):
     x = keras.Input((16, 16, 8))
     y = BasisConv2D(8, 3, rank=4, batch_norm=True, padding="same", name="bn_basis")(x)
     y = Block(name="block")(y)
+    y = NaiveTTConv2D(8, 3, rank=2, padding="same", name="naive_tt")(y)  # dense either way
     y = SVDConv2D(8, 3, rank=2, padding="same", name="fixed", training_implementation="dense")(y)
     model = keras.Model(x, y)
     tuned, report = tune_implementations(
@@ -182,6 +183,7 @@ def test_layers_that_cannot_be_tuned_are_reported_and_kept(tmp_path):
     assert dict(report.skipped) == {
         "bn_basis": "trains one way only",
         "block/inner": "inside a custom layer, copied whole from its config",
+        "naive_tt": "trains one way only",
     }
     # a training_implementation set before is measured again (the last layer)
     assert [c.path for c in report.choices] == ["fixed"]

@@ -1043,6 +1043,9 @@ class FactorizedConv2D(CompressedLayer):
 
     # name of the factor that scales the rebuilt kernel linearly (used to keep its norm)
     _scale_factor: str = ""
+    # False when the "factorized" call is itself the dense conv of the rebuilt kernel (one
+    # training path only: training.tune_implementations has nothing to choose)
+    _factor_ops: bool = True
     # name of the factor that is the kernel of the last layer of inference_layers() (what
     # set_output_projection replaces; "" when there is none)
     _output_factor: str = ""

@@ -417,8 +417,10 @@ class NaiveTTConv2D(FactorizedConv2D):
     The modes are ``(kh, kw, C, N)``, with cores ``core_1 (1, kh, r1)``,
     ``core_2 (r1, kw, r2)``, ``core_3 (r2, C, r3)``, ``core_4 (r3, N, 1)``. It saves
     parameters only: the forward always rebuilds the kernel and runs one conv
-    (``implementation`` is accepted for API symmetry; ``"factorized"`` runs the same dense
-    path). ``from_conv2d``: TT-SVD, exact at full ranks; ``energy`` as in ``TTConv2D``.
+    (``implementation`` and ``training_implementation`` are accepted for API symmetry;
+    ``"factorized"`` runs the same dense path, and ``training.tune_implementations`` leaves
+    the layer as it is). ``from_conv2d``: TT-SVD, exact at full ranks; ``energy`` as in
+    ``TTConv2D``.
 
     Args:
         filters: int, the number ``N`` of output filters.
@@ -437,6 +439,7 @@ class NaiveTTConv2D(FactorizedConv2D):
     """
 
     _scale_factor = "core_4"
+    _factor_ops = False
     rank_selection = "layer"
 
     def validate_rank(self, rank, in_channels=None):

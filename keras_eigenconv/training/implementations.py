@@ -161,10 +161,11 @@ def training_path_variants(layer) -> dict[str, keras.layers.Layer]:
     Returns:
         ``{"factorized": copy, "dense": copy}``, each copy from ``layer``'s config with
         ``training_implementation`` fixed to that path; a path the layer refuses (a
-        batch-normalized ``BasisConv2D`` always runs its factors) is absent.
+        batch-normalized ``BasisConv2D`` always runs its factors) is absent, and so is
+        ``"factorized"`` where it runs the same dense conv (``NaiveTTConv2D``).
     """
     out = {}
-    for path in _PATHS:
+    for path in _PATHS if getattr(layer, "_factor_ops", True) else ("dense",):
         try:
             config = {**layer.get_config(), "training_implementation": path}
             out[path] = type(layer).from_config(config)
@@ -195,8 +196,9 @@ def tune_implementations(
     machine) is measured again and replaced. Inference (``implementation``) and the weights
     are unchanged: the copy computes the same function. Left as they are, and listed in
     ``report.skipped``: layers that train one way only (a batch-normalized ``BasisConv2D``
-    always runs its factors), layers without a known input size, and layers inside a custom
-    layer of a graph model (which is copied whole from its config).
+    always runs its factors, a ``NaiveTTConv2D`` always its dense conv), layers without a
+    known input size, and layers inside a custom layer of a graph model (which is copied
+    whole from its config).
 
     Args:
         model: A built ``keras.Model`` (graph or subclassed) whose input size is known.
